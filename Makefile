@@ -1,0 +1,37 @@
+# anatldm — every target sets itself up: a fresh clone needs nothing but python3 and make.
+PYTHON ?= python3
+VENV ?= .venv
+# The CPU wheel that lies on disk here; GPU users: make install TORCH_SPEC="torch==2.6.0" (or any CUDA build).
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+FORCE ?=
+
+.PHONY: install test quickstart bench lint previews clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+quickstart: $(STAMP)
+	FORCE=$(FORCE) PATH="$(abspath $(BIN)):$$PATH" bash scripts/quickstart.sh
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check anatldm tests benchmarks scripts
+
+previews: $(STAMP)
+	$(BIN)/python scripts/make_phantom_previews.py --out docs/images
+
+clean:
+	rm -rf $(VENV) .pytest_cache runs .cache

@@ -1,0 +1,171 @@
+"""The 2D slice cache: 3D subjects are decoded once, training reads memory-mapped arrays.
+
+A cache is a folder ``<cache_dir>/slices-<key>/`` where ``key`` hashes the preprocessing
+settings and the identity (path, size, modification time) of every source file, so changing
+either builds a new cache and an unchanged data set reuses the old one. It holds
+
+- ``images.npy``   ``(N, H, W) float32`` slices in [-1, 1],
+- ``masks.npy``    ``(N, H, W) uint8`` class-index label maps,
+- ``subjects.npy`` ``(N,) int32`` index of each slice's subject in ``meta.json``,
+- ``positions.npy`` ``(N,) int32`` slice position along the slice axis,
+- ``meta.json``    settings, subject names and fixed splits, class names, per-class counts.
+
+It is written into a temporary sibling folder and renamed into place in one step, so a crash
+or a bad file never leaves a half-written cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from anatldm.data.volumes import VolumePair, VolumePreprocessor
+from anatldm.errors import ConfigError, DataInputError
+
+__all__ = ["SliceCache", "SliceDataset", "build_slice_cache", "cache_key"]
+
+logger = logging.getLogger(__name__)
+CACHE_VERSION = 1
+
+
+def _file_identity(path: Path) -> list:
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+
+
+def cache_key(pairs: Sequence[VolumePair], settings: dict, class_names: Sequence[str]) -> str:
+    """Hash of everything the cache content depends on."""
+    identity = {
+        "version": CACHE_VERSION,
+        "settings": settings,
+        "class_names": list(class_names),
+        "sources": [[p.subject, _file_identity(p.image), _file_identity(p.label)] for p in pairs],
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class SliceCache:
+    """Read-only view of a built cache; arrays are memory-mapped, so workers share pages."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not (self.path / "meta.json").is_file():
+            raise DataInputError(f"{self.path}: not a slice cache (meta.json missing)")
+        self.meta = json.loads((self.path / "meta.json").read_text())
+        self.images = np.load(self.path / "images.npy", mmap_mode="r")  # (N, H, W)
+        self.masks = np.load(self.path / "masks.npy", mmap_mode="r")  # (N, H, W)
+        self.subjects = np.load(self.path / "subjects.npy")  # (N,)
+        self.positions = np.load(self.path / "positions.npy")  # (N,)
+        self.subject_names: list[str] = list(self.meta["subjects"])
+        self.class_names: list[str] = list(self.meta["class_names"])
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+
+    def slice_indices(self, subject_names: Sequence[str]) -> np.ndarray:
+        """Indices of all slices that belong to the given subjects."""
+        wanted = [i for i, name in enumerate(self.subject_names) if name in set(subject_names)]
+        return np.flatnonzero(np.isin(self.subjects, wanted))
+
+
+def build_slice_cache(
+    pairs: Sequence[VolumePair],
+    preprocessor: VolumePreprocessor,
+    class_names: Sequence[str],
+    cache_dir: str | Path,
+) -> Path:
+    """Build the cache for ``pairs`` unless an identical one exists; return its folder."""
+    if not pairs:
+        raise DataInputError("no subjects to build a slice cache from")
+    if len(class_names) != preprocessor.num_classes:
+        raise ConfigError(f"{len(class_names)} class names for {preprocessor.num_classes} classes")
+    cache_dir = Path(cache_dir)
+    key = cache_key(pairs, preprocessor.settings, class_names)
+    final = cache_dir / f"slices-{key}"
+    if (final / "meta.json").is_file():
+        logger.info("reusing slice cache %s", final)
+        return final
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".slices-{key}-", dir=cache_dir))
+    try:
+        _write_cache(staging, pairs, preprocessor, class_names, key)
+        try:
+            os.replace(staging, final)
+        except OSError:  # another process finished the same cache first
+            if not (final / "meta.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    logger.info("wrote slice cache %s", final)
+    return final
+
+
+def _write_cache(folder: Path, pairs: Sequence[VolumePair], preprocessor: VolumePreprocessor,
+                 class_names: Sequence[str], key: str) -> None:
+    images, masks, subjects, positions, kept = [], [], [], [], []
+    for index, pair in enumerate(pairs):
+        subject_images, subject_masks, subject_positions = preprocessor(pair)
+        images.append(subject_images)
+        masks.append(subject_masks)
+        positions.append(subject_positions)
+        subjects.append(np.full(len(subject_positions), index, dtype=np.int32))
+        kept.append(len(subject_positions))
+        logger.debug("%s: kept %d slices", pair.subject, len(subject_positions))
+    masks_all = np.concatenate(masks)  # (N, H, W)
+    if masks_all.shape[0] == 0:
+        raise DataInputError(f"no slice passes min_foreground={preprocessor.min_foreground} "
+                             f"in {len(pairs)} subject(s); lower data.min_foreground")
+    np.save(folder / "images.npy", np.concatenate(images))
+    np.save(folder / "masks.npy", masks_all)
+    np.save(folder / "subjects.npy", np.concatenate(subjects))
+    np.save(folder / "positions.npy", np.concatenate(positions))
+    present = [(masks_all == c).any(axis=(1, 2)) for c in range(len(class_names))]
+    meta = {
+        "version": CACHE_VERSION,
+        "key": key,
+        "settings": preprocessor.settings,
+        "class_names": list(class_names),
+        "subjects": [p.subject for p in pairs],
+        "fixed_splits": [p.split for p in pairs],
+        "slices_per_subject": kept,
+        "slices_with_class": {n: int(p.sum()) for n, p in zip(class_names, present, strict=True)},
+        "num_slices": int(masks_all.shape[0]),
+    }
+    (folder / "meta.json").write_text(json.dumps(meta, indent=1))
+
+
+class SliceDataset:
+    """Map-style dataset over chosen slices of a :class:`SliceCache`.
+
+    Items are ``{"image": (1, H, W) float32, "mask": (H, W) int64, "subject": str,
+    "position": int}``. ``transform`` (e.g. torchio augmentation) receives and returns the
+    ``(image, mask)`` pair.
+    """
+
+    def __init__(self, cache: SliceCache, indices: np.ndarray, transform=None) -> None:
+        self.cache = cache
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, item: int) -> dict:
+        index = int(self.indices[item])
+        image = torch.from_numpy(np.array(self.cache.images[index]))[None]  # (1, H, W)
+        mask = torch.from_numpy(np.array(self.cache.masks[index])).long()  # (H, W)
+        if self.transform is not None:
+            image, mask = self.transform(image, mask)
+        subject = self.cache.subject_names[int(self.cache.subjects[index])]
+        return {"image": image, "mask": mask, "subject": subject,
+                "position": int(self.cache.positions[index])}

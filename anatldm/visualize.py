@@ -1,0 +1,63 @@
+"""PNG grids of slices with their label maps outlined, for users to look at."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+
+__all__ = ["CLASS_COLORS", "save_overlay_grid"]
+
+#: one colour per foreground class (background has none)
+CLASS_COLORS = ("#ff595e", "#ffca3a", "#8ac926", "#1982c4", "#6a4c93", "#ff924c", "#52d1dc", "#f15bb5")
+
+
+def save_overlay_grid(
+    images: np.ndarray,
+    masks: np.ndarray | None,
+    class_names: Sequence[str],
+    path: str | Path,
+    titles: Sequence[str] | None = None,
+    columns: int = 4,
+    title: str | None = None,
+) -> Path:
+    """Save ``images (N, H, W)`` in [-1, 1] with the outlines of ``masks (N, H, W)``.
+
+    The PNG is written to a temporary name and renamed, so no half-written file is left.
+    """
+    images = np.asarray(images, dtype=np.float32)
+    rows = int(np.ceil(len(images) / columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(2.4 * columns, 2.4 * rows + 0.5), squeeze=False)
+    for index, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if index >= len(images):
+            continue
+        ax.imshow(images[index], cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
+        if masks is not None:
+            for c in range(1, len(class_names)):
+                if (masks[index] == c).any():
+                    ax.contour(masks[index] == c, levels=[0.5], colors=CLASS_COLORS[(c - 1) % len(CLASS_COLORS)],
+                               linewidths=0.8)
+        if titles is not None:
+            ax.set_title(titles[index], fontsize=7)
+    if masks is not None:
+        handles = [Line2D([], [], color=CLASS_COLORS[(c - 1) % len(CLASS_COLORS)], label=name)
+                   for c, name in enumerate(class_names) if c > 0]
+        fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0.04 if masks is not None else 0, 1, 1))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    fig.savefig(partial, dpi=110, format="png")
+    plt.close(fig)
+    os.replace(partial, path)
+    return path
