@@ -43,7 +43,7 @@ class SliceAugmentation:
                              degrees=(0, 0, 0, 0, -degrees, degrees),
                              translation=(-translation, translation, -translation, translation, 0, 0),
                              default_pad_value="minimum"),
-            tio.RandomElasticDeformation(num_control_points=(7, 7, 4), max_displacement=(3, 3, 0),
+            tio.RandomElasticDeformation(num_control_points=7, max_displacement=(3, 3, 0),
                                          p=elastic_probability),
             tio.RandomNoise(std=(0, noise_std), p=0.5),
         ])

@@ -18,9 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import nibabel as nib
 import numpy as np
 import torch
 import torchio as tio
+from torchio.data.io import read_image
 
 from anatldm.data.orientation import ras_to_display
 from anatldm.errors import ConfigError, DataInputError
@@ -147,12 +149,34 @@ def read_manifest(path: str | Path) -> list[VolumePair]:
     return pairs
 
 
+def strict_reader(path: str | Path) -> tuple[torch.Tensor, np.ndarray]:
+    """torchio reader that refuses truncated NIfTI files.
+
+    SimpleITK (torchio's first choice) silently zero-fills a truncated ``.nii.gz``; nibabel
+    raises, so NIfTI goes through nibabel and every other format through torchio's reader.
+    """
+    if not str(path).lower().endswith((".nii", ".nii.gz")):
+        return read_image(path)
+    nifti = nib.load(str(path), mmap=False)
+    data = np.asanyarray(nifti.dataobj)  # raises on a truncated file
+    if data.ndim == 3:
+        data = data[None]  # (1, X, Y, Z)
+    elif data.ndim == 4:
+        data = np.moveaxis(data, -1, 0)  # (C, X, Y, Z)
+    else:
+        raise DataInputError(f"{path}: {data.ndim}D NIfTI; expected one 3D volume per file")
+    dtype = np.int64 if np.issubdtype(data.dtype, np.integer) else np.float32
+    return torch.from_numpy(np.ascontiguousarray(data, dtype=dtype)), nifti.affine
+
+
 def _read(image: tio.Image, path: Path) -> torch.Tensor:
     """Decode a torchio image, turning every reader failure into one clear error."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return image.data
+    except DataInputError:
+        raise
     except Exception as err:  # readers raise many types: corrupt, truncated, unknown format
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise DataInputError(f"{path}: corrupt, truncated or unreadable volume ({reason})") from None
@@ -255,8 +279,8 @@ class VolumePreprocessor:
         return image[keep], label[keep], keep.astype(np.int32)
 
     def _load(self, pair: VolumePair) -> tio.Subject:
-        image = tio.ScalarImage(pair.image)
-        label = tio.LabelMap(pair.label)
+        image = tio.ScalarImage(pair.image, reader=strict_reader)
+        label = tio.LabelMap(pair.label, reader=strict_reader)
         image_data, label_data = _read(image, pair.image), _read(label, pair.label)
         for path, data in ((pair.image, image_data), (pair.label, label_data)):
             if data.shape[0] != 1:

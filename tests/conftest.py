@@ -1,0 +1,42 @@
+"""Shared fixtures: tiny labelled volumes written as NIfTI by the test itself."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+
+def write_nifti(path: Path, data: np.ndarray, affine: np.ndarray | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(data, np.diag([1.5, 1.5, 3.0, 1.0]) if affine is None else affine), path)
+    return path
+
+
+def labelled_volume(seed: int, shape=(20, 18, 6)) -> tuple[np.ndarray, np.ndarray]:
+    """A CT-like volume in HU with a bright disc (class 1) and a dark square (class 2)."""
+    rng = np.random.default_rng(seed)
+    x, y = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
+    label = np.zeros(shape, dtype=np.uint8)
+    disc = (x - shape[0] / 2) ** 2 + (y - shape[1] / 2) ** 2 < (shape[0] / 4) ** 2
+    label[disc, 1:-1] = 1
+    label[1:4, 1:4, 2:] = 2
+    image = rng.normal(0, 10, shape).astype(np.float32) - 100
+    image[label == 1] += 250
+    image[label == 2] -= 400
+    return image, label
+
+
+@pytest.fixture
+def volume_folder(tmp_path: Path) -> Path:
+    """``images/`` + ``labels/`` with four subjects and a ``classes.json``."""
+    root = tmp_path / "dataset"
+    for index in range(4):
+        image, label = labelled_volume(index)
+        write_nifti(root / "images" / f"case{index}.nii.gz", image)
+        write_nifti(root / "labels" / f"case{index}.nii.gz", label)
+    (root / "classes.json").write_text(json.dumps(["background", "disc", "square"]))
+    return root

@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from anatldm.data import AnatomyDataModule
+from anatldm.errors import ConfigError, DataInputError
+
+
+def folder_module(root: Path, tmp_path: Path, **kwargs) -> AnatomyDataModule:
+    settings = dict(source="folder", root=str(root), preset="ct", image_size=16, batch_size=4,
+                    num_workers=0, cache_dir=str(tmp_path / "cache"), min_foreground=0.0)
+    return AnatomyDataModule(**{**settings, **kwargs})
+
+
+def test_folder_batches(volume_folder: Path, tmp_path: Path) -> None:
+    dm = folder_module(volume_folder, tmp_path, augment=True)
+    dm.prepare_data()
+    dm.setup("fit")
+    assert dm.class_names == ["background", "disc", "square"] and dm.num_classes == 3
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (4, 1, 16, 16) and batch["image"].dtype == torch.float32
+    assert batch["mask"].shape == (4, 16, 16) and batch["mask"].dtype == torch.int64
+    assert batch["image"].min() >= -1 and batch["image"].max() <= 1
+    assert int(batch["mask"].max()) < 3
+    assert dm.normalization["preset"] == "ct"
+
+
+def test_split_is_by_subject_and_seeded(volume_folder: Path, tmp_path: Path) -> None:
+    dm = folder_module(volume_folder, tmp_path, split_fractions=(0.5, 0.25, 0.25))
+    dm.setup()
+    subjects = {s: set(dm.cache.subjects[d.indices]) for s, d in dm.datasets.items()}
+    assert [len(v) for v in subjects.values()] == [2, 1, 1]
+    assert not (subjects["train"] & subjects["val"] or subjects["train"] & subjects["test"])
+    again = folder_module(volume_folder, tmp_path, split_fractions=(0.5, 0.25, 0.25))
+    again.setup()
+    other = folder_module(volume_folder, tmp_path, split_fractions=(0.5, 0.25, 0.25), split_seed=3)
+    other.setup()
+    assert again.split_subjects(again._pairs()) == dm.split_subjects(dm._pairs())
+    assert other.split_subjects(other._pairs()) != dm.split_subjects(dm._pairs())
+
+
+def test_manifest_split_column_is_obeyed(volume_folder: Path, tmp_path: Path) -> None:
+    manifest = volume_folder / "manifest.csv"
+    rows = [f"images/case{i}.nii.gz,labels/case{i}.nii.gz,{s}" for i, s in enumerate(["train", "train", "val", "test"])]
+    manifest.write_text("image,label,split\n" + "\n".join(rows) + "\n")
+    dm = AnatomyDataModule(source="folder", manifest=str(manifest), preset="ct", image_size=16,
+                           num_workers=0, cache_dir=str(tmp_path / "c"), min_foreground=0.0)
+    dm.setup()
+    assert dm.split_subjects(dm._pairs()) == {"train": ["case0", "case1"], "val": ["case2"], "test": ["case3"]}
+
+
+def test_folder_needs_preset_and_root(volume_folder: Path, tmp_path: Path) -> None:
+    with pytest.raises(DataInputError, match="data.preset is required"):
+        folder_module(volume_folder, tmp_path, preset=None)
+    with pytest.raises(DataInputError, match="exactly one of data.root or data.manifest"):
+        AnatomyDataModule(source="folder")
+
+
+def test_folder_without_class_names(volume_folder: Path, tmp_path: Path) -> None:
+    (volume_folder / "classes.json").unlink()
+    with pytest.raises(DataInputError, match="data.class_names is not set"):
+        folder_module(volume_folder, tmp_path)
+    dm = folder_module(volume_folder, tmp_path, class_names=["bg", "a", "b"])
+    assert dm.num_classes == 3
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"batch_size": 0}, "data.batch_size must be positive"),
+    ({"split_fractions": (0.5, 0.5, 0.5)}, "data.split_fractions"),
+    ({"min_foreground": 1.5}, "data.min_foreground must lie in"),
+    ({"ct_window": (-1.0, 40.0)}, "data.ct_window width must be positive"),
+])
+def test_bad_settings(volume_folder: Path, tmp_path: Path, kwargs: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        folder_module(volume_folder, tmp_path, **kwargs)
