@@ -76,3 +76,17 @@ def test_folder_without_class_names(volume_folder: Path, tmp_path: Path) -> None
 def test_bad_settings(volume_folder: Path, tmp_path: Path, kwargs: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         folder_module(volume_folder, tmp_path, **kwargs)
+
+
+@pytest.mark.parametrize("family, classes", [("ct_abdomen", 6), ("breast_mri", 4)])
+def test_phantom_source(tmp_path: Path, family: str, classes: int) -> None:
+    dm = AnatomyDataModule(source="phantom", phantom_family=family, num_subjects=3, num_slices=8,
+                           image_size=32, batch_size=2, num_workers=0, cache_dir=str(tmp_path))
+    dm.prepare_data()
+    dm.setup("fit")
+    assert dm.num_classes == classes and dm.normalization["preset"] in ("ct", "mri")
+    assert sorted(len(v) for v in dm.split_subjects(dm._pairs()).values()) == [1, 1, 1]
+    batch = next(iter(dm.val_dataloader()))
+    assert batch["image"].shape == (2, 1, 32, 32) and batch["mask"].max() < classes
+    # phantoms take the real-data path: NIfTI pairs on disk, then the slice cache
+    assert len(list((tmp_path / "phantoms").glob("*/images/*.nii.gz"))) == 3

@@ -1,0 +1,76 @@
+"""The reverse-diffusion loop: mask-free sampling with the head's mask read at the last step."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+from anatldm.models.denoiser import AnatomicalDenoiser
+
+__all__ = ["SampleOutput", "initial_noise", "sample_latents"]
+
+
+@dataclass
+class SampleOutput:
+    """``latents (B, C, *S)`` at t = 0; ``anatomy_logits (B, classes, *mask_size)`` of the last
+    denoiser call, or ``None`` for a model without a head; per-level register ``attention``
+    maps averaged over the recorded steps, when asked for."""
+
+    latents: torch.Tensor
+    anatomy_logits: torch.Tensor | None
+    attention: dict[str, torch.Tensor] | None = None
+
+
+def initial_noise(seeds: Sequence[int], shape: Sequence[int], device: torch.device | str = "cpu") -> torch.Tensor:
+    """Noise ``(B, *shape)`` where sample ``i`` depends only on ``seeds[i]`` (not on the batch)."""
+    noise = [torch.randn(tuple(shape), generator=torch.Generator().manual_seed(int(seed))) for seed in seeds]
+    return torch.stack(noise).to(device)
+
+
+@torch.no_grad()
+def sample_latents(
+    denoiser: AnatomicalDenoiser,
+    scheduler: SchedulerMixin,
+    noise: torch.Tensor,
+    num_inference_steps: int,
+    mask_size: Sequence[int] | None = None,
+    registers: torch.Tensor | None = None,
+    attention_steps: int = 0,
+    generator: torch.Generator | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> SampleOutput:
+    """Run the sampler from ``noise`` to clean latents; no mask or condition is needed.
+
+    Args:
+        denoiser: the trained denoiser (EMA weights in practice), in eval mode.
+        scheduler: a fresh sampler from :func:`~anatldm.diffusion.make_sampler`.
+        noise: initial latents ``(B, C, *S)``.
+        num_inference_steps: denoiser calls.
+        mask_size: spatial size of the head's mask (the image size).
+        registers: edited ``(K, D)`` register tokens, or ``None`` for the learned bank.
+        attention_steps: record register attention over the last this many steps (0: none).
+        generator: randomness of stochastic samplers (DDPM).
+        progress: called with ``(step, total)`` after each step.
+    """
+    if num_inference_steps < 1:
+        raise ValueError(f"num_inference_steps must be at least 1, got {num_inference_steps}")
+    scheduler.set_timesteps(num_inference_steps, device=noise.device)
+    latents = noise * scheduler.init_noise_sigma
+    output = None
+    attention: dict[str, torch.Tensor] = {}
+    timesteps = scheduler.timesteps
+    for index, t in enumerate(timesteps):
+        record = index >= len(timesteps) - attention_steps
+        model_input = scheduler.scale_model_input(latents, t)
+        output = denoiser(model_input, t.expand(latents.shape[0]), mask_size=mask_size, registers=registers,
+                          return_attention=record)
+        if record:
+            for name, maps in output.attention.items():
+                attention[name] = attention.get(name, 0) + maps / attention_steps
+        latents = scheduler.step(output.sample, t, latents, generator=generator).prev_sample
+        if progress is not None:
+            progress(index + 1, len(timesteps))
+    return SampleOutput(latents, output.anatomy_logits, attention or None)

@@ -1,0 +1,70 @@
+"""The anatomical segmentation head: decoder features of the denoiser -> label-map logits."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from monai.networks.layers import Conv
+from torch import nn
+
+__all__ = ["AnatomicalSegmentationHead"]
+
+
+class AnatomicalSegmentationHead(nn.Module):
+    """Fuse decoder feature maps of several resolutions and predict class logits.
+
+    Each level is projected to ``hidden_channels`` with a 1x1 convolution and resized to the
+    finest level; the sum goes through a small conv block and a 1x1 classifier; the logits are
+    interpolated to the requested mask size. Akin to the feature-pyramid fusion of
+    Kirillov et al., "Panoptic Feature Pyramid Networks" (CVPR 2019), read from a diffusion
+    UNet's decoder as in Baranchuk et al., "Label-Efficient Semantic Segmentation with Diffusion
+    Models" (ICLR 2022).
+
+    Args:
+        spatial_dims: 2 or 3.
+        in_channels: channels of each fused feature map, coarse or fine in any order.
+        num_classes: classes including background.
+        hidden_channels: width of the fusion block.
+        norm_num_groups: groups of the GroupNorm layers.
+    """
+
+    def __init__(self, spatial_dims: int, in_channels: Sequence[int], num_classes: int,
+                 hidden_channels: int = 32, norm_num_groups: int = 8) -> None:
+        super().__init__()
+        if len(in_channels) == 0:
+            raise ValueError("in_channels must name at least one feature level")
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be at least 2 (background included), got {num_classes}")
+        if hidden_channels % norm_num_groups:
+            raise ValueError(f"hidden_channels ({hidden_channels}) must be divisible by "
+                             f"norm_num_groups ({norm_num_groups})")
+        conv = Conv[Conv.CONV, spatial_dims]
+        self.spatial_dims = spatial_dims
+        self.projections = nn.ModuleList(conv(c, hidden_channels, kernel_size=1) for c in in_channels)
+        self.fuse = nn.Sequential(
+            nn.GroupNorm(norm_num_groups, hidden_channels),
+            nn.SiLU(),
+            conv(hidden_channels, hidden_channels, kernel_size=3, padding=1),
+            nn.GroupNorm(norm_num_groups, hidden_channels),
+            nn.SiLU(),
+        )
+        self.classifier = conv(hidden_channels, num_classes, kernel_size=1)
+
+    def forward(self, features: Sequence[torch.Tensor], output_size: Sequence[int]) -> torch.Tensor:
+        """``features[i]: (B, C_i, *S_i)`` -> logits ``(B, num_classes, *output_size)``."""
+        if len(features) != len(self.projections):
+            raise ValueError(f"expected {len(self.projections)} feature maps, got {len(features)}")
+        finest = max((f.shape[2:] for f in features), key=lambda s: s.numel())  # S_max
+        mode = "bilinear" if self.spatial_dims == 2 else "trilinear"
+        fused = 0
+        for projection, feature in zip(self.projections, features, strict=True):
+            projected = projection(feature)  # (B, hidden, *S_i)
+            if projected.shape[2:] != finest:
+                projected = F.interpolate(projected, size=finest, mode=mode, align_corners=False)
+            fused = fused + projected  # (B, hidden, *S_max)
+        logits = self.classifier(self.fuse(fused))  # (B, num_classes, *S_max)
+        if tuple(logits.shape[2:]) != tuple(output_size):
+            logits = F.interpolate(logits, size=tuple(output_size), mode=mode, align_corners=False)
+        return logits  # (B, num_classes, *output_size)

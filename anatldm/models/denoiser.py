@@ -1,0 +1,210 @@
+"""Register-conditioned denoiser: MONAI ``DiffusionModelUNet`` + register bank + anatomy head.
+
+The UNet itself is MONAI's, unchanged. Forward hooks on the last residual block of chosen
+resolution levels add a slim cross-attention to the register bank (encoder and decoder side),
+and hooks on the decoder collect the feature maps the anatomy head reads. With
+``num_registers=0`` and ``num_classes=0`` nothing is hooked and the network is exactly the
+standard LDM denoiser, which makes the baseline comparison exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from monai.networks.nets import DiffusionModelUNet
+from torch import nn
+
+from anatldm.models.anatomy_head import AnatomicalSegmentationHead
+from anatldm.models.registers import AnatomicalRegisterBank
+
+__all__ = ["AnatomicalDenoiser", "DenoiserOutput", "RegisterCrossAttention"]
+
+
+@dataclass
+class DenoiserOutput:
+    """``sample``: predicted noise (or v) ``(B, C, *S)``; ``anatomy_logits``:
+    ``(B, num_classes, *mask_size)`` or ``None`` without a head; ``attention``: per level,
+    register attention maps ``(B, K, *S_level)`` averaged over heads, when asked for."""
+
+    sample: torch.Tensor
+    anatomy_logits: torch.Tensor | None = None
+    attention: dict[str, torch.Tensor] | None = None
+
+
+class RegisterCrossAttention(nn.Module):
+    """Slim residual cross-attention from a feature map to the register tokens.
+
+    GroupNorm, then queries from the features and keys/values from the ``K`` registers, then a
+    zero-initialised output projection (so training starts from the plain UNet). Unlike MONAI's
+    ``SpatialTransformer`` there is no self-attention and no feed-forward: the cost is two
+    ``C x C`` projections per position plus ``K`` attention logits. Keys and values are
+    computed once per call from the ``(K, D)`` bank, not per sample.
+
+    Args:
+        channels: channels ``C`` of the feature map.
+        register_dim: width ``D`` of the register tokens.
+        num_heads: attention heads (must divide ``channels``).
+        norm_num_groups: groups of the input GroupNorm.
+    """
+
+    def __init__(self, channels: int, register_dim: int, num_heads: int = 4, norm_num_groups: int = 32) -> None:
+        super().__init__()
+        if channels % num_heads:
+            raise ValueError(f"num_heads ({num_heads}) must divide channels ({channels})")
+        self.num_heads = num_heads
+        self.norm = nn.GroupNorm(norm_num_groups, channels, eps=1e-6)
+        self.to_q = nn.Linear(channels, channels, bias=False)
+        self.to_k = nn.Linear(register_dim, channels, bias=False)
+        self.to_v = nn.Linear(register_dim, channels, bias=False)
+        self.to_out = nn.Linear(channels, channels)
+        nn.init.zeros_(self.to_out.weight)
+        nn.init.zeros_(self.to_out.bias)
+
+    def forward(self, x: torch.Tensor, registers: torch.Tensor,
+                return_attention: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``x (B, C, *S)``, ``registers (K, D)`` -> ``(x + attention output, maps or None)``."""
+        batch, channels, *spatial = x.shape
+        heads, head_dim = self.num_heads, channels // self.num_heads
+        h = self.norm(x).flatten(2).transpose(1, 2)  # (B, N, C)
+        q = self.to_q(h).view(batch, -1, heads, head_dim).transpose(1, 2)  # (B, h, N, c)
+        k = self.to_k(registers).view(1, -1, heads, head_dim).transpose(1, 2)  # (1, h, K, c)
+        v = self.to_v(registers).view(1, -1, heads, head_dim).transpose(1, 2)  # (1, h, K, c)
+        k, v = k.expand(batch, -1, -1, -1).to(q.dtype), v.expand(batch, -1, -1, -1).to(q.dtype)
+        out = F.scaled_dot_product_attention(q, k, v)  # (B, h, N, c)
+        out = self.to_out(out.transpose(1, 2).reshape(batch, -1, channels))  # (B, N, C)
+        maps = None
+        if return_attention:
+            weights = torch.softmax(q @ k.transpose(-1, -2) * head_dim**-0.5, dim=-1)  # (B, h, N, K)
+            maps = weights.mean(1).transpose(1, 2).reshape(batch, -1, *spatial)  # (B, K, *S)
+        return x + out.transpose(1, 2).reshape(x.shape), maps  # (B, C, *S)
+
+
+class AnatomicalDenoiser(nn.Module):
+    """MONAI ``DiffusionModelUNet`` conditioned on an anatomical register bank, with a head.
+
+    Levels are numbered from the finest (0, the latent's resolution) to the coarsest.
+
+    Args:
+        spatial_dims: 2 or 3.
+        in_channels: latent channels.
+        channels: UNet channels per level.
+        num_res_blocks: residual blocks per level.
+        attention_levels: MONAI self-attention per level (kept identical in the baseline).
+        norm_num_groups: GroupNorm groups throughout.
+        num_head_channels: channels per self-attention head of the UNet.
+        num_registers: tokens ``K`` in the register bank; 0 builds the standard LDM denoiser.
+        register_dim: token width ``D``.
+        register_levels: levels whose decoder blocks cross-attend to the registers.
+        register_heads: heads of the register cross-attention.
+        register_encoder: the encoder blocks of ``register_levels`` cross-attend too.
+        num_classes: classes of the anatomy head (background included); 0 builds no head.
+        head_levels: decoder levels fused by the head (2-3 recommended).
+        head_channels: width of the head's fusion block.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int = 2,
+        in_channels: int = 4,
+        channels: Sequence[int] = (64, 128, 256),
+        num_res_blocks: int = 2,
+        attention_levels: Sequence[bool] = (False, False, True),
+        norm_num_groups: int = 32,
+        num_head_channels: int = 32,
+        num_registers: int = 16,
+        register_dim: int = 128,
+        register_levels: Sequence[int] = (1, 2),
+        register_heads: int = 4,
+        register_encoder: bool = False,
+        num_classes: int = 0,
+        head_levels: Sequence[int] = (0, 1, 2),
+        head_channels: int = 32,
+    ) -> None:
+        super().__init__()
+        num_levels = len(channels)
+        if len(attention_levels) != num_levels:
+            raise ValueError(f"attention_levels has {len(attention_levels)} entries for {num_levels} levels")
+        for name, levels in (("register_levels", register_levels), ("head_levels", head_levels)):
+            bad = [level for level in levels if not 0 <= level < num_levels]
+            if bad:
+                raise ValueError(f"{name} {bad} out of range for {num_levels} levels")
+        if num_registers < 0 or num_classes < 0:
+            raise ValueError(f"num_registers and num_classes must be >= 0, got {num_registers}, {num_classes}")
+        self.unet = DiffusionModelUNet(
+            spatial_dims=spatial_dims, in_channels=in_channels, out_channels=in_channels,
+            channels=tuple(channels), num_res_blocks=num_res_blocks, attention_levels=tuple(attention_levels),
+            norm_num_groups=norm_num_groups, num_head_channels=num_head_channels,
+        )
+        self.num_levels = num_levels
+        self.registers = AnatomicalRegisterBank(num_registers, register_dim) if num_registers else None
+        self.register_levels = tuple(register_levels) if num_registers else ()
+        self.register_attention = nn.ModuleDict()
+        sides = ("down", "up") if register_encoder else ("up",)
+        for level in self.register_levels:
+            for side in sides:
+                self.register_attention[f"{side}{level}"] = RegisterCrossAttention(
+                    channels[level], register_dim, register_heads, norm_num_groups)
+        self.head_levels = tuple(sorted(head_levels)) if num_classes else ()
+        self.head = (AnatomicalSegmentationHead(spatial_dims, [channels[lv] for lv in self.head_levels],
+                                                num_classes, head_channels, min(norm_num_groups, head_channels))
+                     if num_classes else None)
+        self._state: dict = {}
+        hooked = {("down", lv) for lv in self.register_levels if register_encoder}
+        hooked |= {("up", lv) for lv in (*self.register_levels, *self.head_levels)}
+        for side, level in sorted(hooked):
+            self._block(side, level).register_forward_hook(self._make_hook(side, level))
+
+    def _block(self, side: str, level: int) -> nn.Module:
+        """The last residual block of a level, on the encoder or the decoder side."""
+        if side == "down":
+            return self.unet.down_blocks[level].resnets[-1]
+        return self.unet.up_blocks[self.num_levels - 1 - level].resnets[-1]
+
+    def _make_hook(self, side: str, level: int):
+        name = f"{side}{level}"
+
+        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+            if not self._state:  # the UNet called on its own, outside forward()
+                return output
+            if name in self.register_attention:
+                output, maps = self.register_attention[name](output, self._state["tokens"],
+                                                             self._state["return_attention"])
+                if maps is not None:
+                    self._state["attention"][name] = maps
+            if side == "up" and level in self.head_levels:
+                self._state["features"][level] = output
+            return output
+
+        return hook
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, mask_size: Sequence[int] | None = None,
+                registers: torch.Tensor | None = None, return_attention: bool = False) -> DenoiserOutput:
+        """Predict the noise of ``x (B, C, *S)`` at ``timesteps (B,)``.
+
+        Args:
+            mask_size: spatial size of the head's logits (default: the latent's).
+            registers: edited ``(K, D)`` tokens to use instead of the learned bank.
+            return_attention: also return each level's register attention maps.
+        """
+        tokens = None
+        if self.registers is not None:
+            tokens = self.registers.tokens if registers is None else registers  # (K, D)
+            if tokens.shape != self.registers.tokens.shape:
+                raise ValueError(f"registers of shape {tuple(tokens.shape)} for a bank of "
+                                 f"{tuple(self.registers.tokens.shape)}")
+        elif registers is not None:
+            raise ValueError("this denoiser has no register bank (num_registers=0)")
+        self._state = {"tokens": tokens, "features": {}, "attention": {}, "return_attention": return_attention}
+        try:
+            sample = self.unet(x, timesteps)  # (B, C, *S)
+            features = [self._state["features"][level] for level in self.head_levels]
+            attention = self._state["attention"] if return_attention else None
+        finally:
+            self._state = {}
+        logits = None
+        if self.head is not None:
+            logits = self.head(features, tuple(mask_size or x.shape[2:]))  # (B, classes, *mask_size)
+        return DenoiserOutput(sample, logits, attention)

@@ -1,0 +1,86 @@
+"""The real ``anatldm`` entry point, as a user runs it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from anatldm import __version__
+from anatldm.cli import main
+
+ANATLDM = str(Path(sys.executable).parent / "anatldm")
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([ANATLDM, *args], capture_output=True, text=True, timeout=300)
+
+
+def test_help_through_console_script() -> None:
+    result = run("--help")
+    assert result.returncode == 0
+    for subcommand in ("fit", "validate", "test", "predict"):
+        assert subcommand in result.stdout
+
+
+def test_version() -> None:
+    result = run("--version")
+    assert result.returncode == 0 and __version__ in result.stdout
+
+
+def test_fit_help_lists_data_options(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--data" in out and "--model" in out and "AnatomyDataModule" in out
+    with pytest.raises(SystemExit):
+        main(["fit", "--data", "AnatomyDataModule", "--print_config"])
+    config = yaml.safe_load(capsys.readouterr().out)
+    for key in ("source", "phantom_family", "image_size", "preset", "spacing", "slice_axis",
+                "min_foreground", "label_map", "split_fractions", "cache_dir", "augment"):
+        assert key in config["data"]["init_args"]
+
+
+def write_config(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump({"data": {"class_path": "AnatomyDataModule", "init_args": data}}))
+    return path
+
+
+def test_inspect_folder_dataset(volume_folder: Path, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "c.yaml", {"source": "folder", "root": str(volume_folder), "preset": "ct",
+                                                 "image_size": 16, "cache_dir": str(tmp_path / "cache"),
+                                                 "split_fractions": [0.5, 0.25, 0.25]})
+    result = run("inspect", "--config", str(config), "--out", str(tmp_path / "preview.png"))
+    assert result.returncode == 0, result.stderr
+    assert "split  subjects  slices  disc  square" in result.stdout
+    assert (tmp_path / "preview.png").stat().st_size > 1000
+
+
+def test_bad_data_is_one_line_error(volume_folder: Path, tmp_path: Path) -> None:
+    (volume_folder / "labels" / "case1.nii.gz").unlink()
+    config = write_config(tmp_path / "c.yaml", {"source": "folder", "root": str(volume_folder), "preset": "ct",
+                                                 "cache_dir": str(tmp_path / "cache")})
+    result = run("inspect", "--config", str(config), "--out", str(tmp_path / "preview.png"))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("anatldm: error: ")
+    assert "case1.nii.gz: image without label" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "preview.png").exists() and not (tmp_path / "cache").exists()
+
+
+def test_unknown_config_key(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "c.yaml", {"source": "phantom", "imag_size": 32})
+    result = run("fit", "--config", str(config))
+    assert result.returncode != 0
+    assert "imag_size" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_unknown_preset_value(volume_folder: Path, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "c.yaml", {"source": "folder", "root": str(volume_folder), "preset": "pet"})
+    result = run("fit", "--config", str(config))
+    assert result.returncode != 0
+    assert "preset" in result.stderr and "pet" in result.stderr and "Traceback" not in result.stderr
