@@ -13,25 +13,21 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-__all__ = ["CLASS_COLORS", "save_overlay_grid"]
+__all__ = ["CLASS_COLORS", "render_overlay_grid", "save_overlay_grid"]
 
 #: one colour per foreground class (background has none)
 CLASS_COLORS = ("#ff595e", "#ffca3a", "#8ac926", "#1982c4", "#6a4c93", "#ff924c", "#52d1dc", "#f15bb5")
 
 
-def save_overlay_grid(
+def _figure(
     images: np.ndarray,
     masks: np.ndarray | None,
     class_names: Sequence[str],
-    path: str | Path,
     titles: Sequence[str] | None = None,
     columns: int = 4,
     title: str | None = None,
-) -> Path:
-    """Save ``images (N, H, W)`` in [-1, 1] with the outlines of ``masks (N, H, W)``.
-
-    The PNG is written to a temporary name and renamed, so no half-written file is left.
-    """
+) -> plt.Figure:
+    """A figure of ``images (N, H, W)`` in [-1, 1] with the outlines of ``masks (N, H, W)``."""
     images = np.asarray(images, dtype=np.float32)
     rows = int(np.ceil(len(images) / columns))
     fig, axes = plt.subplots(rows, columns, figsize=(2.4 * columns, 2.4 * rows + 0.5), squeeze=False)
@@ -54,6 +50,33 @@ def save_overlay_grid(
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0.04 if masks is not None else 0, 1, 1))
+    return fig
+
+
+def render_overlay_grid(images: np.ndarray, masks: np.ndarray | None, class_names: Sequence[str],
+                        titles: Sequence[str] | None = None, columns: int = 4) -> np.ndarray:
+    """The grid of :func:`save_overlay_grid` as an RGB array ``(H, W, 3) uint8`` (for loggers)."""
+    fig = _figure(images, masks, class_names, titles, columns)
+    fig.canvas.draw()
+    rgb = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(fig)
+    return rgb
+
+
+def save_overlay_grid(
+    images: np.ndarray,
+    masks: np.ndarray | None,
+    class_names: Sequence[str],
+    path: str | Path,
+    titles: Sequence[str] | None = None,
+    columns: int = 4,
+    title: str | None = None,
+) -> Path:
+    """Save ``images (N, H, W)`` in [-1, 1] with the outlines of ``masks (N, H, W)`` as a PNG.
+
+    The PNG is written to a temporary name and renamed, so no half-written file is left.
+    """
+    fig = _figure(images, masks, class_names, titles, columns, title)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")

@@ -7,6 +7,7 @@ from anatldm.data.phantoms import (
     generate_phantom,
     write_phantom_dataset,
 )
+from anatldm.data.sampling import SampleSeeds
 from anatldm.data.slices import SliceCache, SliceDataset, build_slice_cache
 from anatldm.data.volumes import VolumePair, VolumePreprocessor, find_volume_pairs, read_manifest
 
@@ -14,6 +15,7 @@ __all__ = [
     "PHANTOM_CLASSES",
     "AnatomyDataModule",
     "PhantomSubject",
+    "SampleSeeds",
     "SliceAugmentation",
     "SliceCache",
     "SliceDataset",

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 
 __all__ = [
     "AnatomicalRegisterBank",
+    "RegisterEdit",
     "ablate_registers",
+    "apply_register_edits",
     "interpolate_registers",
     "replace_registers",
     "scale_registers",
@@ -92,3 +96,45 @@ def interpolate_registers(tokens: torch.Tensor, other: torch.Tensor, alpha: floa
     if other.shape != tokens.shape:
         raise ValueError(f"other bank has shape {tuple(other.shape)}, expected {tuple(tokens.shape)}")
     return torch.where(_select(tokens, indices), torch.lerp(tokens, other.to(tokens), alpha), tokens)
+
+
+@dataclass
+class RegisterEdit:
+    """One edit of the register bank, applied at sampling time.
+
+    Args:
+        operation: ``"scale"`` (by ``factor``), ``"ablate"`` (set to zero), ``"replace"`` (take
+            the registers of the bank in ``source``) or ``"interpolate"`` (towards the bank in
+            ``source`` by ``alpha``).
+        registers: indices of the edited registers; ``None`` edits all of them.
+        factor: scale factor of ``"scale"``.
+        alpha: interpolation weight of ``"interpolate"`` (0 keeps the bank, 1 is ``source``).
+        source: checkpoint holding the other bank of ``"replace"`` and ``"interpolate"``.
+    """
+
+    operation: Literal["scale", "ablate", "replace", "interpolate"]
+    registers: list[int] | None = None
+    factor: float = 1.0
+    alpha: float = 0.5
+    source: str | None = None
+
+
+def apply_register_edits(tokens: torch.Tensor, edits: Sequence[RegisterEdit],
+                         load_bank: Callable[[str], torch.Tensor]) -> torch.Tensor:
+    """Apply ``edits`` in order to the ``(K, D)`` bank ``tokens``; ``load_bank(source)`` reads
+    another bank for ``replace`` and ``interpolate``."""
+    for edit in edits:
+        if edit.operation == "scale":
+            tokens = scale_registers(tokens, edit.factor, edit.registers)
+        elif edit.operation == "ablate":
+            tokens = ablate_registers(tokens, edit.registers)
+        elif edit.operation in ("replace", "interpolate"):
+            if edit.source is None:
+                raise ValueError(f"the '{edit.operation}' edit needs a 'source' checkpoint")
+            other = load_bank(edit.source)
+            tokens = (replace_registers(tokens, other, edit.registers) if edit.operation == "replace"
+                      else interpolate_registers(tokens, other, edit.alpha, edit.registers))
+        else:
+            raise ValueError(f"unknown register edit '{edit.operation}'; expected scale, ablate, "
+                             f"replace or interpolate")
+    return tokens

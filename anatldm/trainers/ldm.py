@@ -1,0 +1,306 @@
+"""``AnatomicalLDMTask``: latent diffusion with a register bank and an anatomy head."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch import Tensor
+from torchmetrics.segmentation import DiceScore
+
+from anatldm.diffusion import make_sampler, make_train_scheduler, min_snr_weights, sample_latents
+from anatldm.diffusion.sampling import initial_noise
+from anatldm.diffusion.schedulers import SamplerName
+from anatldm.errors import ConfigError
+from anatldm.losses import AnatomyLoss, AnatomyWeightSchedule
+from anatldm.models.autoencoder_bundle import load_autoencoder_bundle
+from anatldm.models.denoiser import AnatomicalDenoiser
+from anatldm.models.registers import RegisterEdit, apply_register_edits
+from anatldm.trainers.base import AnatomyTask
+from anatldm.visualize import render_overlay_grid
+
+__all__ = ["AnatomicalLDMTask", "load_register_bank"]
+
+logger = logging.getLogger(__name__)
+
+
+def load_register_bank(checkpoint_path: str) -> Tensor:
+    """The learned ``(K, D)`` register tokens of an ``AnatomicalLDMTask`` checkpoint (weights only)."""
+    try:
+        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError) as err:
+        raise ConfigError(f"{checkpoint_path}: cannot read the checkpoint ({err})") from None
+    key = "denoiser.registers.tokens"
+    if key not in checkpoint.get("state_dict", {}):
+        raise ConfigError(f"{checkpoint_path}: holds no register bank ('{key}' missing); is it a baseline?")
+    return checkpoint["state_dict"][key]
+
+
+class AnatomicalLDMTask(AnatomyTask):
+    """Anatomical latent diffusion model (DESIGN section 1).
+
+    A frozen KL autoencoder (an export bundle of :class:`AutoencoderTask`) maps slices to
+    latents scaled by its ``scale_factor``. :class:`AnatomicalDenoiser` predicts the noise while
+    cross-attending to a learnable register bank, and its anatomy head predicts the clean
+    slice's label map from the noisy latent. Loss::
+
+        L = L_diffusion + anatomy_weight(step) * DiceCE(head logits, mask)
+
+    with the progressive :class:`AnatomyWeightSchedule`. ``num_registers: 0`` and
+    ``anatomy_weight: 0`` give the standard LDM baseline, without a single register or head
+    parameter. EMA weights come from Lightning's ``EMAWeightAveraging`` callback (see the
+    configs): they are swapped in for validation and written to checkpoints.
+
+    Sampling needs no mask: every sample comes out as an (image, mask) pair, the mask read from
+    the head at the last denoising step.
+
+    Args:
+        autoencoder: path of the autoencoder export bundle (folder or ``autoencoder.json``).
+        channels: denoiser UNet channels per level.
+        num_res_blocks: residual blocks per level.
+        attention_levels: UNet self-attention per level.
+        norm_num_groups: GroupNorm groups.
+        num_head_channels: channels per self-attention head.
+        num_registers: register tokens ``K``; 0 for the baseline.
+        register_dim: register width ``D``.
+        register_levels: decoder levels (0 = latent resolution) that cross-attend to registers.
+        register_heads: heads of the register cross-attention.
+        register_encoder: encoder blocks of ``register_levels`` cross-attend too.
+        head_levels: decoder levels fused by the anatomy head.
+        head_channels: width of the head.
+        anatomy_weight: ``lambda_max`` of the anatomy loss; 0 builds no head (baseline).
+        anatomy_weight_min: ``lambda_min`` reached at the end of training.
+        anatomy_warmup_fraction: fraction of training steps held at ``lambda_max``.
+        anatomy_decay: ``"cosine"``, ``"linear"`` or ``"constant"``.
+        num_train_timesteps: diffusion steps of the forward process.
+        beta_schedule: diffusers beta schedule.
+        beta_start: first beta.
+        beta_end: last beta.
+        prediction_type: ``"epsilon"`` or ``"v_prediction"``.
+        min_snr_gamma: Min-SNR-gamma loss weighting; ``None`` for the plain MSE.
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        preview_every_n_epochs: log a fixed-seed sample grid with head masks every N epochs (0: never).
+        num_preview_samples: samples in that grid.
+        sampler: ``"ddpm"``, ``"ddim"`` or ``"dpm_solver++"`` for previews and ``predict``.
+        num_inference_steps: denoiser calls per sample.
+        register_edits: edits of the register bank applied when sampling (controllable
+            generation); inference-only, not saved with the checkpoint.
+    """
+
+    #: inference-only settings: not hyperparameters, so a sampling config can change them
+    ignore = ("sampler", "num_inference_steps", "register_edits")
+
+    def __init__(
+        self,
+        autoencoder: str,
+        channels: tuple[int, ...] = (128, 256, 512),
+        num_res_blocks: int = 2,
+        attention_levels: tuple[bool, ...] = (False, True, True),
+        norm_num_groups: int = 32,
+        num_head_channels: int = 32,
+        num_registers: int = 16,
+        register_dim: int = 256,
+        register_levels: tuple[int, ...] = (1, 2),
+        register_heads: int = 4,
+        register_encoder: bool = False,
+        head_levels: tuple[int, ...] = (0, 1, 2),
+        head_channels: int = 64,
+        anatomy_weight: float = 2.0,
+        anatomy_weight_min: float = 0.5,
+        anatomy_warmup_fraction: float = 0.2,
+        anatomy_decay: Literal["cosine", "linear", "constant"] = "cosine",
+        num_train_timesteps: int = 1000,
+        beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "scaled_linear",
+        beta_start: float = 0.0015,
+        beta_end: float = 0.0195,
+        prediction_type: Literal["epsilon", "v_prediction"] = "epsilon",
+        min_snr_gamma: float | None = 5.0,
+        lr: float = 1e-4,
+        weight_decay: float = 0.0,
+        preview_every_n_epochs: int = 1,
+        num_preview_samples: int = 8,
+        sampler: SamplerName = "ddim",
+        num_inference_steps: int = 50,
+        register_edits: list[RegisterEdit] | None = None,
+    ) -> None:
+        if num_inference_steps < 1:
+            raise ConfigError(f"model.num_inference_steps must be at least 1, got {num_inference_steps}")
+        if min_snr_gamma is not None and min_snr_gamma <= 0:
+            raise ConfigError(f"model.min_snr_gamma must be positive or null, got {min_snr_gamma}")
+        if lr <= 0:
+            raise ConfigError(f"model.lr must be positive, got {lr}")
+        if register_edits and not num_registers:
+            raise ConfigError("model.register_edits needs a register bank, but num_registers is 0")
+        self.sampler_name = sampler
+        self.num_inference_steps = num_inference_steps
+        self.register_edits = list(register_edits or [])
+        super().__init__()
+        self.anatomy_schedule: AnatomyWeightSchedule | None = None
+
+    # -- construction ------------------------------------------------------------------------
+    def configure_models(self) -> None:
+        hp = self.hparams
+        self.autoencoder, self.bundle = load_autoencoder_bundle(hp.autoencoder)
+        self.autoencoder.requires_grad_(False)
+        self.register_buffer("scale_factor", torch.tensor(float(self.bundle["scale_factor"])))
+        self.class_names = list(self.bundle["class_names"])
+        self.image_size = tuple(self.bundle["image_size"])
+        config = self.bundle["config"]
+        downsampling = 2 ** (len(config["channels"]) - 1)
+        self.latent_shape = (config["latent_channels"], *(s // downsampling for s in self.image_size))
+        try:
+            self.denoiser = AnatomicalDenoiser(
+                spatial_dims=config.get("spatial_dims", 2), in_channels=config["latent_channels"],
+                channels=hp.channels, num_res_blocks=hp.num_res_blocks, attention_levels=hp.attention_levels,
+                norm_num_groups=hp.norm_num_groups, num_head_channels=hp.num_head_channels,
+                num_registers=hp.num_registers, register_dim=hp.register_dim, register_levels=hp.register_levels,
+                register_heads=hp.register_heads, register_encoder=hp.register_encoder,
+                num_classes=len(self.class_names) if hp.anatomy_weight > 0 else 0,
+                head_levels=hp.head_levels, head_channels=hp.head_channels,
+            )
+        except ValueError as err:
+            raise ConfigError(f"model: {err}") from None
+        self.train_scheduler = make_train_scheduler(hp.num_train_timesteps, hp.beta_schedule, hp.beta_start,
+                                                    hp.beta_end, hp.prediction_type)
+        if self.register_edits:  # fail on a bad edit now, not after a long sampling run
+            self.edited_registers()
+
+    def configure_losses(self) -> None:
+        self.anatomy_loss = AnatomyLoss() if self.denoiser.head is not None else None
+
+    def configure_metrics(self) -> None:
+        self.val_dice = (DiceScore(num_classes=len(self.class_names), include_background=False,
+                                   average="macro", input_format="index")
+                         if self.denoiser.head is not None else None)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.denoiser.parameters(), lr=self.hparams.lr,
+                                 weight_decay=self.hparams.weight_decay)
+
+    def train(self, mode: bool = True) -> AnatomicalLDMTask:
+        super().train(mode)
+        self.autoencoder.eval()  # frozen, always
+        return self
+
+    # -- training ----------------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        hp = self.hparams
+        if self.trainer.datamodule is not None and hasattr(self.trainer.datamodule, "class_names") \
+                and list(self.trainer.datamodule.class_names) != self.class_names:
+            raise ConfigError(f"data: classes {self.trainer.datamodule.class_names} differ from the autoencoder "
+                              f"bundle's {self.class_names} ({hp.autoencoder})")
+        self.anatomy_schedule = AnatomyWeightSchedule(
+            lambda_max=hp.anatomy_weight, lambda_min=min(hp.anatomy_weight_min, hp.anatomy_weight),
+            warmup_fraction=hp.anatomy_warmup_fraction, decay=hp.anatomy_decay,
+            total_steps=max(int(self.trainer.estimated_stepping_batches), 1))
+
+    @torch.no_grad()
+    def encode(self, images: Tensor) -> Tensor:
+        """Scaled latents ``(B, C_z, *S/f)`` of images ``(B, 1, *S)`` in [-1, 1]."""
+        return self.autoencoder.encode_stage_2_inputs(images) * self.scale_factor
+
+    @torch.no_grad()
+    def decode(self, latents: Tensor) -> Tensor:
+        """Images ``(B, 1, *S)`` in [-1, 1] from scaled latents."""
+        return self.autoencoder.decode_stage_2_outputs(latents / self.scale_factor).clamp(-1, 1)
+
+    def _losses(self, batch: dict, generator: torch.Generator | None = None,
+                max_timestep: int | None = None) -> tuple[dict[str, Tensor], Tensor | None]:
+        images, masks = batch["image"], batch["mask"]  # (B, 1, H, W), (B, H, W)
+        latents = self.encode(images)  # (B, C_z, h, w)
+        batch_size = latents.shape[0]
+        noise = torch.randn(latents.shape, generator=generator, device="cpu").to(latents) \
+            if generator is not None else torch.randn_like(latents)
+        high = max_timestep or self.train_scheduler.config.num_train_timesteps
+        timesteps = torch.randint(0, high, (batch_size,), generator=generator, device="cpu").to(latents.device) \
+            if generator is not None else torch.randint(0, high, (batch_size,), device=latents.device)
+        noisy = self.train_scheduler.add_noise(latents, noise, timesteps)  # (B, C_z, h, w)
+        output = self.denoiser(noisy, timesteps, mask_size=masks.shape[1:])
+        target = noise if self.hparams.prediction_type == "epsilon" else \
+            self.train_scheduler.get_velocity(latents, noise, timesteps)
+        per_sample = F.mse_loss(output.sample.float(), target.float(), reduction="none").flatten(1).mean(1)  # (B,)
+        if self.hparams.min_snr_gamma is not None:
+            per_sample = per_sample * min_snr_weights(self.train_scheduler, timesteps, self.hparams.min_snr_gamma)
+        losses = {"diffusion_loss": per_sample.mean()}
+        if self.anatomy_loss is not None:
+            losses["anatomy_loss"] = self.anatomy_loss(output.anatomy_logits, masks)
+        return losses, output.anatomy_logits
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        losses, _ = self._losses(batch)
+        loss = losses["diffusion_loss"]
+        batch_size = batch["image"].shape[0]
+        if self.anatomy_loss is not None:
+            weight = self.anatomy_schedule(self.global_step)
+            loss = loss + weight * losses["anatomy_loss"]
+            self.log("train/anatomy_weight", weight, batch_size=batch_size)
+        self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, batch_size=batch_size)
+        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=batch_size)
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        """Fixed-noise diffusion loss over all timesteps; head Dice at low noise (t < 200)."""
+        batch_size = batch["image"].shape[0]
+        generator = torch.Generator().manual_seed(batch_idx)
+        losses, _ = self._losses(batch, generator=generator)
+        self.log_dict({f"val/{k}": v for k, v in losses.items()}, batch_size=batch_size, sync_dist=True)
+        if self.val_dice is not None:
+            _, logits = self._losses(batch, generator=generator, max_timestep=200)
+            self.val_dice.update(logits.argmax(1), batch["mask"])
+            self.log("val/anatomy_dice", self.val_dice, batch_size=batch_size)
+
+    def on_validation_epoch_end(self) -> None:
+        every = self.hparams.preview_every_n_epochs
+        if not every or self.trainer.sanity_checking or (self.current_epoch + 1) % every:
+            return
+        if not self.trainer.is_global_zero or not isinstance(self.logger, TensorBoardLogger):
+            return
+        samples = self.generate(range(self.hparams.num_preview_samples))
+        grid = render_overlay_grid(samples["image"][:, 0].float().cpu().numpy(),
+                                   None if samples["mask"] is None else samples["mask"].cpu().numpy(),
+                                   self.class_names, columns=4)
+        self.logger.experiment.add_image("samples", grid, self.global_step, dataformats="HWC")
+
+    # -- sampling ----------------------------------------------------------------------------
+    def edited_registers(self) -> Tensor | None:
+        """The register tokens after ``register_edits`` (``None``: use the bank unchanged)."""
+        if not self.register_edits:
+            return None
+        try:
+            return apply_register_edits(self.denoiser.registers.tokens, self.register_edits, load_register_bank)
+        except ValueError as err:
+            raise ConfigError(f"model.register_edits: {err}") from None
+
+    @torch.no_grad()
+    def generate(self, seeds: Sequence[int], sampler: SamplerName | None = None,
+                 num_inference_steps: int | None = None, registers: Tensor | None = None,
+                 attention_steps: int = 0) -> dict[str, Any]:
+        """Sample one (image, mask) pair per seed; no mask or condition is needed.
+
+        Returns ``{"image": (B, 1, H, W) in [-1, 1], "mask": (B, H, W) int64 or None,
+        "attention": per-level maps or None}``; sample ``i`` depends only on ``seeds[i]``.
+        """
+        seeds = [int(s) for s in seeds]
+        noise = initial_noise(seeds, self.latent_shape, self.device)
+        scheduler = make_sampler(sampler or self.sampler_name, self.train_scheduler)
+        generator = torch.Generator(self.device).manual_seed(seeds[0]) if seeds else None
+        was_training = self.denoiser.training
+        self.denoiser.eval()
+        try:
+            output = sample_latents(self.denoiser, scheduler, noise, num_inference_steps or self.num_inference_steps,
+                                    mask_size=self.image_size,
+                                    registers=registers if registers is not None else self.edited_registers(),
+                                    attention_steps=attention_steps, generator=generator)
+        finally:
+            self.denoiser.train(was_training)
+        masks = output.anatomy_logits.argmax(1) if output.anatomy_logits is not None else None
+        return {"image": self.decode(output.latents), "mask": masks, "attention": output.attention}
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict[str, Any]:
+        samples = self.generate(batch["seed"].tolist())
+        return {"image": samples["image"], "mask": samples["mask"], "seed": batch["seed"]}
