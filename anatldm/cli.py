@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
+from argparse import ArgumentError
 
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningCLI
@@ -25,10 +27,41 @@ __all__ = ["main"]
 logger = logging.getLogger("anatldm")
 
 
-def _fail(error: AnatLDMInputError) -> None:
+def _fail(message: object) -> None:
     """A user's mistake: one line on stderr and exit code 2, no traceback."""
-    print(f"anatldm: error: {error}", file=sys.stderr)
+    print(f"anatldm: error: {message}", file=sys.stderr)
     raise SystemExit(2)
+
+
+def _summary(error: ArgumentError) -> str:
+    """One line from jsonargparse's nested report: the full key, the innermost problem, the value."""
+    lines = [line.strip(" -") for line in str(error).splitlines() if line.strip(" -")]
+    key_lines = [n for n, line in enumerate(lines) if line.startswith("Parser key")]
+    if not key_lines:
+        return " ".join(lines)
+    key = ".".join(lines[n].split('"')[1] for n in key_lines)
+    rest_of_key_line = lines[key_lines[-1]].split('":', 1)[1].strip()
+    inner = [rest_of_key_line, *lines[key_lines[-1] + 1:]]
+    skipped = ("Does not validate", "Subtypes:", "Errors:", "Given value", "Expected a <class 'NoneType'>",
+               "Problem with given class_path")
+    problem = next((line for line in lines if line.startswith("Option '")), None) or \
+        next((line for line in inner if line and not line.startswith(skipped)), "invalid value")
+    if problem.startswith("Option '"):
+        return f"{key}: {problem}"
+    given = next((line.split(":", 1)[1].strip() for line in inner if line.startswith("Given value:")), None)
+    return f"{key}: {problem}" + (f" (given: {given})" if given is not None else "")
+
+
+def _input_error(error: BaseException) -> AnatLDMInputError | None:
+    """The user-input error behind ``error``: jsonargparse wraps errors raised while it
+    instantiates classes from a config."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, AnatLDMInputError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
 
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -42,7 +75,8 @@ def _lightning_cli(args: list[str]) -> LightningCLI:
         subclass_mode_data=True,
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
-        parser_kwargs={"version": f"anatldm {__version__}"},
+        # parse errors raise instead of exiting, so main() can report them as one line
+        parser_kwargs={"version": __version__, "exit_on_error": False},
         args=args,
     )
 
@@ -64,6 +98,7 @@ def _help_with_data_options(subcommand: str) -> None:
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``anatldm`` command."""
     args = list(sys.argv[1:] if args is None else args)
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter")  # we pass sys.argv on purpose
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -76,8 +111,13 @@ def main(args: list[str] | None = None) -> None:
             _help_with_data_options(args[0])
             raise SystemExit(0)
         _lightning_cli(args)
-    except AnatLDMInputError as error:
-        _fail(error)
+    except ArgumentError as error:  # unknown key, wrong type, missing file named in a config
+        _fail(_input_error(error) or _summary(error))
+    except Exception as error:
+        cause = _input_error(error)
+        if cause is None:
+            raise
+        _fail(cause)
 
 
 if __name__ == "__main__":

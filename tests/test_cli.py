@@ -76,11 +76,25 @@ def test_unknown_config_key(tmp_path: Path) -> None:
     config = write_config(tmp_path / "c.yaml", {"source": "phantom", "imag_size": 32})
     result = run("fit", "--config", str(config))
     assert result.returncode != 0
-    assert "imag_size" in result.stderr and "Traceback" not in result.stderr
+    assert "data: Option 'imag_size' is not accepted" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_unknown_preset_value(volume_folder: Path, tmp_path: Path) -> None:
     config = write_config(tmp_path / "c.yaml", {"source": "folder", "root": str(volume_folder), "preset": "pet"})
     result = run("fit", "--config", str(config))
     assert result.returncode != 0
-    assert "preset" in result.stderr and "pet" in result.stderr and "Traceback" not in result.stderr
+    assert "data.preset: Expected" in result.stderr and "(given: pet)" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["fit", "--config", "/nonexistent/config.yaml"], "config: File does not exist: '/nonexistent/config.yaml'"),
+    (["fit", "--trainer.max_epochs", "abc"], "trainer.max_epochs: Expected a <class 'int'> (given: abc)"),
+    (["fly"], "invalid choice: 'fly'"),
+])
+def test_parse_errors_are_one_line(args: list[str], message: str, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("anatldm: error: ") and message in err[-1]

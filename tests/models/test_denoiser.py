@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from anatldm.models.anatomy_head import AnatomicalSegmentationHead
+from anatldm.models.denoiser import AnatomicalDenoiser
+
+TINY = {"in_channels": 4, "channels": (8, 16), "attention_levels": (False, True), "norm_num_groups": 4,
+        "num_head_channels": 4, "register_dim": 8, "register_levels": (0, 1), "register_heads": 2,
+        "head_levels": (0, 1), "head_channels": 8}
+
+# (num_registers, num_classes, input shape, mask size)
+CASES = [
+    (0, 0, (2, 4, 8, 8), (32, 32)),
+    (4, 6, (2, 4, 8, 8), (32, 32)),
+    (16, 3, (3, 4, 16, 16), (16, 16)),
+]
+
+
+@pytest.mark.parametrize("num_registers, num_classes, shape, mask_size", CASES)
+def test_shapes(num_registers: int, num_classes: int, shape: tuple, mask_size: tuple) -> None:
+    model = AnatomicalDenoiser(num_registers=num_registers, num_classes=num_classes, **TINY)
+    out = model(torch.randn(shape), torch.randint(0, 1000, (shape[0],)), mask_size=mask_size,
+                return_attention=True)
+    assert out.sample.shape == shape
+    if num_classes:
+        assert out.anatomy_logits.shape == (shape[0], num_classes, *mask_size)
+    else:
+        assert out.anatomy_logits is None
+    if num_registers:
+        assert set(out.attention) == {"up0", "up1"}
+        maps = out.attention["up0"]
+        assert maps.shape == (shape[0], num_registers, *shape[2:])
+        torch.testing.assert_close(maps.sum(1), torch.ones(shape[0], *shape[2:]))
+
+
+def test_baseline_has_no_register_or_head_parameter() -> None:
+    baseline = AnatomicalDenoiser(num_registers=0, num_classes=0, **TINY)
+    names = [name for name, _ in baseline.named_parameters()]
+    assert all(name.startswith("unet.") for name in names)
+    full = AnatomicalDenoiser(num_registers=4, num_classes=6, **TINY)
+    extra = {n for n, _ in full.named_parameters()} - set(names)
+    assert extra and all(n.split(".")[0] in ("registers", "register_attention", "head") for n in extra)
+    # the UNet is the same network in both: identical parameter names and shapes
+    assert {n: p.shape for n, p in full.unet.named_parameters()} == \
+        {n: p.shape for n, p in baseline.unet.named_parameters()}
+
+
+def _wake_output_layer(model: AnatomicalDenoiser) -> None:
+    """MONAI zero-initialises the UNet's output conv; give it weights so outputs can differ."""
+    for p in model.unet.out.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+
+
+def test_zero_init_register_attention_starts_from_the_plain_unet() -> None:
+    torch.manual_seed(0)
+    full = AnatomicalDenoiser(num_registers=4, num_classes=0, **TINY)
+    _wake_output_layer(full)
+    baseline = AnatomicalDenoiser(num_registers=0, num_classes=0, **TINY)
+    baseline.unet.load_state_dict(full.unet.state_dict())
+    x, t = torch.randn(2, 4, 8, 8), torch.tensor([10, 500])
+    reference = baseline(x, t).sample
+    assert reference.abs().mean() > 0.01
+    torch.testing.assert_close(full(x, t).sample, reference)
+
+
+def test_edited_registers_change_the_output() -> None:
+    torch.manual_seed(0)
+    model = AnatomicalDenoiser(num_registers=4, num_classes=0, **TINY)
+    _wake_output_layer(model)
+    for p in model.register_attention.parameters():  # leave the zero init behind
+        torch.nn.init.normal_(p, std=0.5)
+    x, t = torch.randn(2, 4, 8, 8), torch.tensor([10, 500])
+    reference = model(x, t).sample
+    assert torch.equal(model(x, t, registers=model.registers.tokens * 1.0).sample, reference)
+    assert not torch.allclose(model(x, t, registers=model.registers.tokens * 3.0).sample, reference)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"register_levels": (5,)}, "register_levels \\[5\\] out of range"),
+    ({"head_levels": (-1,)}, "head_levels \\[-1\\] out of range"),
+    ({"attention_levels": (False,)}, "attention_levels has 1 entries"),
+    ({"num_registers": -1}, "must be >= 0"),
+])
+def test_denoiser_errors(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        AnatomicalDenoiser(**{**TINY, "num_registers": 4, "num_classes": 3, **kwargs})
+
+
+def test_head_fuses_levels() -> None:
+    head = AnatomicalSegmentationHead(2, [8, 16], num_classes=5, hidden_channels=8, norm_num_groups=4)
+    logits = head([torch.randn(2, 8, 16, 16), torch.randn(2, 16, 8, 8)], output_size=(64, 64))
+    assert logits.shape == (2, 5, 64, 64)
+    with pytest.raises(ValueError, match="expected 2 feature maps"):
+        head([torch.randn(2, 8, 16, 16)], output_size=(64, 64))
+    with pytest.raises(ValueError, match="num_classes must be at least 2"):
+        AnatomicalSegmentationHead(2, [8], num_classes=1)
+
+
+def test_head_learns_to_segment_from_features() -> None:
+    """Overfit the whole denoiser's head on four fixed phantom-like masks: the loss must fall."""
+    torch.manual_seed(0)
+    from anatldm.losses import AnatomyLoss
+
+    model = AnatomicalDenoiser(num_registers=4, num_classes=3, **TINY)
+    x = torch.randn(4, 4, 8, 8)
+    masks = torch.zeros(4, 32, 32, dtype=torch.long)
+    masks[:, 4:16, 4:14] = 1
+    masks[:, 18:28, 16:30] = 2
+    x[:, 0, 1:4, 1:4] += 3  # the input carries the layout
+    loss_fn, optimizer = AnatomyLoss(), torch.optim.Adam(model.parameters(), lr=3e-3)
+    t = torch.full((4,), 50)
+    losses = []
+    for _ in range(40):
+        loss = loss_fn(model(x, t, mask_size=(32, 32)).anatomy_logits, masks)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]

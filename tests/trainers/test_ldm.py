@@ -1,0 +1,171 @@
+"""AnatomicalLDMTask through the real CLI on tiny phantom data and a tiny autoencoder bundle."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+import yaml
+from monai.networks.nets import AutoencoderKL
+
+from anatldm.cli import main
+from anatldm.data import AnatomyDataModule
+from anatldm.data.phantoms import CT_ABDOMEN_CLASSES
+from anatldm.errors import ConfigError
+from anatldm.models.autoencoder_bundle import save_autoencoder_bundle
+from anatldm.models.registers import RegisterEdit
+from anatldm.trainers import AnatomicalLDMTask
+
+ANATLDM = str(Path(sys.executable).parent / "anatldm")
+TINY_DENOISER = {"channels": [16, 32], "attention_levels": [False, True], "norm_num_groups": 8,
+                 "num_head_channels": 8, "register_dim": 16, "register_levels": [0, 1], "head_levels": [0, 1],
+                 "head_channels": 16, "num_inference_steps": 3, "preview_every_n_epochs": 1,
+                 "num_preview_samples": 2}
+TINY_DATA = {"source": "phantom", "num_subjects": 4, "num_slices": 8, "image_size": 32, "batch_size": 4,
+             "num_workers": 0, "split_fractions": [0.5, 0.25, 0.25], "min_foreground": 0.0}
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real (untrained) autoencoder bundle: 1x32x32 slices -> 4x16x16 latents."""
+    config = {"spatial_dims": 2, "in_channels": 1, "out_channels": 1, "channels": [8, 16], "latent_channels": 4,
+              "num_res_blocks": 1, "norm_num_groups": 8, "attention_levels": [False, False],
+              "with_encoder_nonlocal_attn": False, "with_decoder_nonlocal_attn": False}
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("bundle")
+    save_autoencoder_bundle(folder, AutoencoderKL(**config), config, 1.3,
+                            {"preset": "ct", "ct_window": [400.0, 40.0], "spacing": None}, CT_ABDOMEN_CLASSES, (32, 32))
+    return folder
+
+
+def task(bundle: Path, **overrides) -> AnatomicalLDMTask:
+    return AnatomicalLDMTask(autoencoder=str(bundle), **{**TINY_DENOISER, "num_registers": 4, **overrides})
+
+
+def write_config(path: Path, bundle: Path, root: Path, model: dict | None = None, **trainer) -> Path:
+    config = {
+        "trainer": {"accelerator": "cpu", "devices": 1, "default_root_dir": str(root),
+                    "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                               "init_args": {"save_dir": str(root), "name": "tb"}},
+                    "callbacks": [{"class_path": "lightning.pytorch.callbacks.EMAWeightAveraging",
+                                   "init_args": {"decay": 0.9}}], **trainer},
+        "model": {"class_path": "AnatomicalLDMTask",
+                  "init_args": {"autoencoder": str(bundle), **TINY_DENOISER, "num_registers": 4, **(model or {})}},
+        "data": {"class_path": "AnatomyDataModule", "init_args": {**TINY_DATA, "cache_dir": str(root / "cache")}},
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_baseline_holds_no_register_or_head_parameter(bundle: Path) -> None:
+    baseline = task(bundle, num_registers=0, anatomy_weight=0.0)
+    assert baseline.denoiser.registers is None and baseline.denoiser.head is None
+    assert all(name.startswith("unet.") for name, _ in baseline.denoiser.named_parameters())
+    full = task(bundle)
+    assert full.denoiser.registers.tokens.shape == (4, 16) and full.denoiser.head is not None
+    assert {n: p.shape for n, p in full.denoiser.unet.named_parameters()} == \
+        {n: p.shape for n, p in baseline.denoiser.unet.named_parameters()}
+
+
+@pytest.mark.parametrize("model", [{}, {"num_registers": 0, "anatomy_weight": 0.0}, {"prediction_type": "v_prediction"}])
+def test_fast_dev_run_fit(bundle: Path, tmp_path: Path, model: dict) -> None:
+    config = write_config(tmp_path / "ldm.yaml", bundle, tmp_path, model)
+    main(["fit", "--config", str(config), "--trainer.fast_dev_run", "1"])
+
+
+def test_fit_then_predict_writes_nifti_pairs(bundle: Path, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "ldm.yaml", bundle, tmp_path, max_epochs=1, limit_train_batches=2,
+                          limit_val_batches=1)
+    main(["fit", "--config", str(config)])
+    checkpoint = next((tmp_path / "tb").rglob("*.ckpt"))
+    events = list((tmp_path / "tb").rglob("events.out.tfevents*"))
+    assert events and max(e.stat().st_size for e in events) > 10_000  # the sample grid was logged
+    out = tmp_path / "samples"
+    sample = {
+        "trainer": {"accelerator": "cpu", "devices": 1, "logger": False,
+                    "callbacks": [{"class_path": "SampleWriter", "init_args": {"output_dir": str(out)}}]},
+        "model": {"class_path": "AnatomicalLDMTask",
+                  "init_args": {"autoencoder": str(bundle), "sampler": "dpm_solver++", "num_inference_steps": 2}},
+        "data": {"class_path": "SampleSeeds", "init_args": {"num_samples": 3, "batch_size": 2, "seed": 7}},
+        "ckpt_path": str(checkpoint),
+    }
+    (tmp_path / "sample.yaml").write_text(yaml.safe_dump(sample))
+    main(["predict", "--config", str(tmp_path / "sample.yaml"), "--trainer.fast_dev_run", "1"])
+    images = sorted(out.glob("*_image.nii.gz"))
+    labels = sorted(out.glob("*_label.nii.gz"))
+    assert [p.name for p in images] == ["sample_000007_image.nii.gz", "sample_000008_image.nii.gz"]
+    assert len(labels) == 2 and (out / "samples.png").is_file() and (out / "classes.json").is_file()
+    image, label = nib.load(images[0]).get_fdata(), np.asarray(nib.load(labels[0]).dataobj)
+    assert image.shape == label.shape == (32, 32, 1)
+    assert -1000 <= image.min() and image.max() <= 240  # HU inside the W400/L40 window
+    assert label.dtype == np.uint8 and set(np.unique(label)) <= set(range(len(CT_ABDOMEN_CLASSES)))
+    assert not list(out.glob(".*partial*"))
+
+
+def test_register_edits_change_samples_and_identity_does_not(bundle: Path) -> None:
+    torch.manual_seed(0)
+    model = task(bundle).eval()
+    for p in model.denoiser.register_attention.parameters():  # as after training: non-zero output
+        torch.nn.init.normal_(p, std=0.3)
+    for p in model.denoiser.unet.out.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    reference = model.generate([3, 4])
+    again = model.generate([3, 4])
+    assert torch.equal(reference["image"], again["image"])  # fixed seeds: same samples
+    model.register_edits = [RegisterEdit("scale", factor=1.0), RegisterEdit("scale", registers=[0], factor=1.0)]
+    assert torch.equal(model.generate([3, 4])["image"], reference["image"])
+    model.register_edits = [RegisterEdit("scale", registers=[0, 1], factor=4.0)]
+    assert not torch.allclose(model.generate([3, 4])["image"], reference["image"])
+    model.register_edits = [RegisterEdit("ablate")]
+    assert not torch.allclose(model.generate([3, 4])["image"], reference["image"])
+    alone = model.generate([4])  # a sample depends on its seed, not on its batch
+    model.register_edits = [RegisterEdit("ablate")]
+    torch.testing.assert_close(alone["image"][0], model.generate([3, 4])["image"][1], atol=1e-5, rtol=1e-4)
+
+
+def test_head_learns_on_phantom_slices(bundle: Path, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    dm = AnatomyDataModule(**{**TINY_DATA, "augment": False, "cache_dir": str(tmp_path)})
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    model = task(bundle)
+    optimizer = torch.optim.Adam(model.denoiser.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(30):
+        loss = model._losses(batch, generator=torch.Generator().manual_seed(0), max_timestep=100)[0]["anatomy_loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.6 * losses[0], losses
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ({"num_inference_steps": 0}, "model.num_inference_steps must be at least 1"),
+    ({"num_registers": 0, "register_edits": [RegisterEdit("ablate")]}, "needs a register bank"),
+    ({"register_edits": [RegisterEdit("scale", registers=[9])]}, "register index 9 out of range"),
+    ({"register_levels": [3]}, "register_levels \\[3\\] out of range"),
+])
+def test_bad_settings(bundle: Path, overrides: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        task(bundle, **overrides)
+
+
+def test_missing_bundle_is_one_line_error(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "ldm.yaml", tmp_path / "nope", tmp_path)
+    result = subprocess.run([ANATLDM, "fit", "--config", str(config)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "nope" in result.stderr.strip().splitlines()[-1]
+
+
+def test_ddp_two_processes_fit_to_the_end(bundle: Path, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "ldm.yaml", bundle, tmp_path, max_epochs=1, limit_train_batches=2,
+                          limit_val_batches=1, devices=2, strategy="ddp")
+    result = subprocess.run([ANATLDM, "fit", "--config", str(config)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "max_epochs=1` reached" in result.stderr + result.stdout
