@@ -98,3 +98,15 @@ def test_parse_errors_are_one_line(args: list[str], message: str, capsys: pytest
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("anatldm: error: ") and message in err[-1]
+
+
+CONFIGS = sorted(str(p) for p in Path(__file__).parents[1].glob("configs/**/*.yaml"))
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: c.split("configs/")[1])
+def test_shipped_configs_parse(config: str, capsys: pytest.CaptureFixture) -> None:
+    subcommand = "predict" if "sample" in config else "test" if "eval" in config else "fit"
+    with pytest.raises(SystemExit) as exit_info:
+        main([subcommand, "--config", config, "--print_config"])
+    assert exit_info.value.code == 0
+    assert yaml.safe_load(capsys.readouterr().out)["model"]["class_path"].startswith("anatldm.trainers.")
