@@ -1,0 +1,133 @@
+"""``SegmenterTask``: the downstream segmenter that judges generated anatomy."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from monai.networks.nets import UNet
+from torch import Tensor, nn
+from torchmetrics import MetricCollection
+from torchmetrics.segmentation import DiceScore
+
+from anatldm.errors import ConfigError
+from anatldm.losses import AnatomyLoss
+from anatldm.trainers.base import AnatomyTask
+
+__all__ = ["SegmenterTask", "bottleneck_module"]
+
+logger = logging.getLogger(__name__)
+
+
+def bottleneck_module(unet: UNet) -> nn.Module:
+    """The deepest block of a MONAI ``UNet`` (its encoder's last stage)."""
+    module: nn.Module = unet.model
+    while True:  # UNet nests Sequential(down, SkipConnection(Sequential(down, ...)), up)
+        inner = [m for m in module.children() if m.__class__.__name__ == "SkipConnection"]
+        if not inner:
+            return module[1] if isinstance(module, nn.Sequential) and len(module) == 3 else module
+        module = inner[0].submodule
+
+
+class SegmenterTask(AnatomyTask):
+    """A MONAI ``UNet`` trained on real slices only; the judge of generated anatomy.
+
+    Its Dice on real test slices is the ceiling of every anatomical-accuracy number, and its
+    globally pooled bottleneck features are the domain encoder of the FID/KID in the
+    evaluation (see DESIGN section 4). UNet of Ronneberger et al. (MICCAI 2015) with residual
+    units (Kerfoot et al., 2018), as implemented in MONAI.
+
+    Args:
+        num_classes: classes including background; must match the data.
+        spatial_dims: 2 for slices, 3 for volumes.
+        channels: UNet channels per level.
+        strides: downsampling strides (one fewer than ``channels``).
+        num_res_units: residual units per block.
+        dropout: dropout probability.
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        spatial_dims: int = 2,
+        channels: tuple[int, ...] = (32, 64, 128, 256),
+        strides: tuple[int, ...] = (2, 2, 2),
+        num_res_units: int = 2,
+        dropout: float = 0.0,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-5,
+    ) -> None:
+        if num_classes < 2:
+            raise ConfigError(f"model.num_classes must be at least 2 (background included), got {num_classes}")
+        if len(strides) != len(channels) - 1:
+            raise ConfigError(f"model.strides needs {len(channels) - 1} entries for {len(channels)} channels, "
+                              f"got {len(strides)}")
+        super().__init__()
+
+    def configure_models(self) -> None:
+        hp = self.hparams
+        self.network = UNet(spatial_dims=hp.spatial_dims, in_channels=1, out_channels=hp.num_classes,
+                            channels=hp.channels, strides=hp.strides, num_res_units=hp.num_res_units,
+                            dropout=hp.dropout, norm="batch")
+
+    def configure_losses(self) -> None:
+        self.loss = AnatomyLoss()
+
+    def configure_metrics(self) -> None:
+        dice = MetricCollection({"dice": DiceScore(num_classes=self.hparams.num_classes, include_background=False,
+                                                   average="none", input_format="index")})
+        self.val_metrics = dice.clone(prefix="val/")
+        self.test_metrics = dice.clone(prefix="test/")
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.network.parameters(), lr=self.hparams.lr,
+                                 weight_decay=self.hparams.weight_decay)
+
+    @property
+    def feature_channels(self) -> int:
+        """Channels of the bottleneck features used for FID/KID."""
+        return self.hparams.channels[-1]
+
+    def setup(self, stage: str) -> None:
+        names = getattr(self.trainer.datamodule, "class_names", None) if self.trainer.datamodule else None
+        if names is not None and len(names) != self.hparams.num_classes:
+            raise ConfigError(f"model.num_classes is {self.hparams.num_classes} but the data has "
+                              f"{len(names)} classes {names}")
+        self.class_names = list(names) if names is not None else None
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Logits ``(B, num_classes, *S)`` of images ``(B, 1, *S)`` in [-1, 1]."""
+        return self.network(images)
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        loss = self.loss(self(batch["image"]), batch["mask"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["image"].shape[0])
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, self.val_metrics, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, self.test_metrics, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_dice(self.val_metrics, "val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_dice(self.test_metrics, "test")
+
+    def _evaluate(self, batch: dict, metrics: MetricCollection, stage: str) -> None:
+        logits = self(batch["image"])  # (B, C, H, W)
+        self.log(f"{stage}/loss", self.loss(logits, batch["mask"]), batch_size=batch["image"].shape[0],
+                 sync_dist=True)
+        metrics.update(logits.argmax(1), batch["mask"])
+
+    def _log_dice(self, metrics: MetricCollection, stage: str) -> None:
+        per_class = metrics.compute()[f"{stage}/dice"]  # (C - 1,)
+        metrics.reset()
+        names = getattr(self, "class_names", None) or [f"class{c}" for c in range(self.hparams.num_classes)]
+        values = {f"{stage}/dice_{name}": per_class[c - 1] for c, name in enumerate(names) if c > 0}
+        values[f"{stage}/dice_mean"] = per_class.mean()
+        self.log_dict(values)
