@@ -1,0 +1,138 @@
+"""Diffusion stage at the quickstart size: train-step time of the register model vs the baseline.
+
+    python benchmarks/bench_ldm.py
+
+Builds ``AnatomicalLDMTask`` twice from ``configs/quickstart/ldm.yaml`` and
+``configs/quickstart/ldm_baseline.yaml`` (with an untrained autoencoder of the quickstart
+architecture: weights do not change the cost) and times full training steps (encode, forward,
+losses, backward, AdamW step) on one fixed 64x64 batch of 16 phantom-like slices. Steps of the
+two models alternate, so machine noise hits both alike; the ratio is of medians.
+
+It also times the denoiser alone with two register designs: ours (slim cross-attention, no
+feed-forward, decoder only) and MONAI's conditioning path (``with_conditioning=True``: a full
+transformer block with self-attention, cross-attention and feed-forward at every attention level).
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from monai.networks.nets import AutoencoderKL, DiffusionModelUNet
+
+from anatldm.models.autoencoder_bundle import save_autoencoder_bundle
+from anatldm.trainers import AnatomicalLDMTask
+
+ROOT = Path(__file__).resolve().parents[1]
+ROUNDS, WARMUP = 30, 5
+
+
+def _init_args(name: str) -> dict:
+    return dict(yaml.safe_load((ROOT / "configs" / "quickstart" / name).read_text())["model"]["init_args"])
+
+
+def _bundle(folder: Path) -> Path:
+    vae = yaml.safe_load((ROOT / "configs" / "quickstart" / "vae.yaml").read_text())["model"]["init_args"]
+    config = {"spatial_dims": 2, "in_channels": 1, "out_channels": 1, "channels": vae["channels"],
+              "latent_channels": vae["latent_channels"], "num_res_blocks": vae["num_res_blocks"],
+              "norm_num_groups": vae["norm_num_groups"], "attention_levels": vae["attention_levels"],
+              "with_encoder_nonlocal_attn": False, "with_decoder_nonlocal_attn": False}
+    classes = ["background", "liver", "spleen", "kidney", "bone", "lung"]
+    save_autoencoder_bundle(folder, AutoencoderKL(**config), config, 1.0, {"preset": "ct"}, classes, (64, 64))
+    return folder
+
+
+def _step_fn(task: AnatomicalLDMTask, batch: dict):
+    optimizer = torch.optim.AdamW(task.denoiser.parameters(), lr=1e-4)
+
+    def step() -> None:
+        losses, _ = task._losses(batch)
+        loss = losses["diffusion_loss"] + losses.get("anatomy_loss", 0.0)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def _alternate(steps: dict) -> dict[str, float]:
+    times = {name: [] for name in steps}
+    for round_index in range(ROUNDS + WARMUP):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            if round_index >= WARMUP:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def _denoiser_designs(batch_size: int = 16) -> dict[str, float]:
+    """Denoiser-only step time: no registers, our registers, MONAI's transformer conditioning."""
+    args = _init_args("ldm.yaml")
+    common = {"spatial_dims": 2, "in_channels": 4, "out_channels": 4, "channels": args["channels"],
+              "num_res_blocks": args["num_res_blocks"], "attention_levels": args["attention_levels"],
+              "norm_num_groups": args["norm_num_groups"], "num_head_channels": args["num_head_channels"]}
+    from anatldm.models.denoiser import AnatomicalDenoiser
+
+    plain = AnatomicalDenoiser(num_registers=0, **{k: v for k, v in common.items() if k != "out_channels"})
+    ours = AnatomicalDenoiser(num_registers=args["num_registers"], register_dim=args["register_dim"],
+                              register_levels=args["register_levels"], register_heads=args["register_heads"],
+                              **{k: v for k, v in common.items() if k != "out_channels"})
+    monai = DiffusionModelUNet(with_conditioning=True, cross_attention_dim=args["register_dim"], **common)
+    bank = torch.nn.Parameter(torch.randn(args["num_registers"], args["register_dim"]) * 0.02)
+    x, t = torch.randn(batch_size, 4, 16, 16), torch.randint(0, 1000, (batch_size,))
+
+    def make(forward, parameters):
+        optimizer = torch.optim.AdamW(list(parameters), lr=1e-4)
+
+        def step():
+            loss = forward().square().mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        return step
+
+    return _alternate({
+        "plain": make(lambda: plain(x, t).sample, plain.parameters()),
+        "ours": make(lambda: ours(x, t).sample, ours.parameters()),
+        "monai": make(lambda: monai(x, t, context=bank.expand(batch_size, -1, -1)),
+                      [*monai.parameters(), bank]),
+    })
+
+
+def run() -> list[dict]:
+    torch.manual_seed(0)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle = str(_bundle(Path(tmp)))
+        register = AnatomicalLDMTask(**{**_init_args("ldm.yaml"), "autoencoder": bundle})
+        baseline = AnatomicalLDMTask(**{**_init_args("ldm_baseline.yaml"), "autoencoder": bundle})
+        images = torch.rand(16, 1, 64, 64) * 2 - 1
+        masks = torch.randint(0, 6, (16, 64, 64))
+        batch = {"image": images, "mask": masks}
+        medians = _alternate({"register": _step_fn(register, batch), "baseline": _step_fn(baseline, batch)})
+    designs = _denoiser_designs()
+    params = {name: sum(p.numel() for p in task.denoiser.parameters()) for name, task in
+              (("register", register), ("baseline", baseline))}
+    note = f"quickstart size, batch 16, {torch.get_num_threads()} threads, median of {ROUNDS}"
+    return [
+        {"benchmark": "ldm/train_step_baseline", "value": medians["baseline"] * 1e3, "unit": "ms", "note": note},
+        {"benchmark": "ldm/train_step_register", "value": medians["register"] * 1e3, "unit": "ms", "note": note},
+        {"benchmark": "ldm/register_over_baseline", "value": medians["register"] / medians["baseline"],
+         "unit": "x", "note": "target <= 1.10 on CPU (registers + head + anatomy loss)"},
+        {"benchmark": "ldm/extra_parameters", "value": params["register"] - params["baseline"], "unit": "params",
+         "note": f"of {params['baseline']} in the baseline denoiser"},
+        {"benchmark": "ldm/denoiser_slim_registers", "value": designs["ours"] / designs["plain"], "unit": "x",
+         "note": "denoiser step, our slim decoder cross-attention vs no registers"},
+        {"benchmark": "ldm/denoiser_monai_transformer", "value": designs["monai"] / designs["plain"], "unit": "x",
+         "note": "denoiser step, MONAI with_conditioning (transformer block + FF) vs no registers"},
+    ]
+
+
+if __name__ == "__main__":
+    for row in run():
+        print(f"{row['benchmark']:<34} {row['value']:>10.4g} {row['unit']:<7} {row['note']}")
