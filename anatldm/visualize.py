@@ -16,7 +16,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 __all__ = ["CLASS_COLORS", "render_overlay_grid", "save_overlay_grid"]
 
 #: one colour per foreground class (background has none)
-CLASS_COLORS = ("#ff595e", "#ffca3a", "#8ac926", "#1982c4", "#6a4c93", "#ff924c", "#52d1dc", "#f15bb5")
+CLASS_COLORS = ("#ff3b30", "#ffcc00", "#34c759", "#00c7ff", "#af52de", "#ff9500", "#52d1dc", "#f15bb5")
 
 
 def _figure(
@@ -27,30 +27,34 @@ def _figure(
     columns: int = 4,
     title: str | None = None,
 ) -> plt.Figure:
-    """A figure of ``images (N, H, W)`` in [-1, 1] with the outlines of ``masks (N, H, W)``."""
+    """A dark figure of ``images (N, H, W)`` in [-1, 1] with the outlines of ``masks (N, H, W)``."""
     images = np.asarray(images, dtype=np.float32)
     rows = int(np.ceil(len(images) / columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(2.4 * columns, 2.4 * rows + 0.5), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.2 * rows + 0.6), squeeze=False,
+                             facecolor="black")
     for index, ax in enumerate(axes.flat):
         ax.axis("off")
         if index >= len(images):
             continue
-        ax.imshow(images[index], cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
+        ax.imshow(images[index], cmap="gray", vmin=-1, vmax=1, interpolation="bilinear")
         if masks is not None:
             for c in range(1, len(class_names)):
                 if (masks[index] == c).any():
-                    ax.contour(masks[index] == c, levels=[0.5], colors=CLASS_COLORS[(c - 1) % len(CLASS_COLORS)],
-                               linewidths=0.8)
+                    ax.contour(masks[index] == c, levels=[0.5], colors=[_color(c)], linewidths=0.9)
         if titles is not None:
-            ax.set_title(titles[index], fontsize=7)
+            ax.set_title(titles[index], color="white", fontsize=8)
     if masks is not None:
-        handles = [Line2D([], [], color=CLASS_COLORS[(c - 1) % len(CLASS_COLORS)], label=name)
-                   for c, name in enumerate(class_names) if c > 0]
-        fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=8, frameon=False)
+        handles = [Line2D([], [], color=_color(c), label=name) for c, name in enumerate(class_names) if c > 0]
+        fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), frameon=False,
+                   labelcolor="white")
     if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0.04 if masks is not None else 0, 1, 1))
+        fig.suptitle(title, color="white")
+    fig.tight_layout(rect=(0, 0.03 if masks is not None else 0, 1, 0.98 if title else 1))
     return fig
+
+
+def _color(class_index: int) -> str:
+    return CLASS_COLORS[(class_index - 1) % len(CLASS_COLORS)]
 
 
 def render_overlay_grid(images: np.ndarray, masks: np.ndarray | None, class_names: Sequence[str],
@@ -80,7 +84,7 @@ def save_overlay_grid(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")
-    fig.savefig(partial, dpi=110, format="png")
+    fig.savefig(partial, dpi=80, format="png", facecolor="black")
     plt.close(fig)
     os.replace(partial, path)
     return path

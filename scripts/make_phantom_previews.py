@@ -11,15 +11,11 @@ import argparse
 import logging
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-
-from anatldm.data.orientation import ras_to_display  # noqa: E402
-from anatldm.data.phantoms import PHANTOM_CLASSES, PhantomSubject, generate_phantom  # noqa: E402
+from anatldm.data.orientation import ras_to_display
+from anatldm.data.phantoms import PHANTOM_CLASSES, PhantomSubject, generate_phantom
+from anatldm.visualize import save_overlay_grid
 
 logger = logging.getLogger("make_phantom_previews")
 
@@ -28,47 +24,34 @@ LEVEL_FRACTIONS = {  # where the interesting anatomy is, caudal to cranial
     "ct_abdomen": (0.15, 0.42, 0.7, 0.92),
     "breast_mri": (0.2, 0.4, 0.55, 0.8),
 }
-COLOURS = ("#ff3b30", "#ffcc00", "#34c759", "#00c7ff", "#af52de", "#ff9500")
 
 
 def _window(subject: PhantomSubject, stack: np.ndarray) -> np.ndarray:
-    """Display range 0..1: W400/L40 for CT, 0.5-99.5 percentiles of the volume for MRI."""
+    """Display range -1..1: W400/L40 for CT, 0.5-99.5 percentiles of the volume for MRI."""
     if subject.family == "ct_abdomen":
         low, high = 40 - 200, 40 + 200
     else:
         low, high = np.percentile(subject.image, [0.5, 99.5])
-    return np.clip((stack - low) / (high - low), 0, 1)
+    return np.clip((stack - low) / (high - low), 0, 1) * 2 - 1
 
 
 def make_preview(family: str, size: int, seed: int, out: Path) -> Path:
     """Render the grid of one family to ``out/phantom_<family>.png``."""
-    class_names = PHANTOM_CLASSES[family]
-    fig, axes = plt.subplots(LEVELS, SUBJECTS, figsize=(3.2 * SUBJECTS, 3.2 * LEVELS + 0.6),
-                             facecolor="black")
+    images, labels, titles = [], [], []
     for column in range(SUBJECTS):
         subject = generate_phantom(family, seed + column, (size, size), 48)
         image = _window(subject, ras_to_display(subject.image))  # (Z, H, W) display slices
         label = ras_to_display(subject.label)
-        for row, fraction in enumerate(LEVEL_FRACTIONS[family]):
+        for fraction in LEVEL_FRACTIONS[family]:
             level = min(int(fraction * image.shape[0]), image.shape[0] - 1)
-            ax = axes[row, column]
-            ax.imshow(image[level], cmap="gray", vmin=0, vmax=1, interpolation="bilinear")
-            for value in range(1, len(class_names)):
-                if (label[level] == value).any():
-                    ax.contour(label[level] == value, levels=[0.5], colors=[COLOURS[value - 1]],
-                               linewidths=0.9)
-            ax.set_title(f"subject {seed + column}, slice {level}", color="white", fontsize=8)
-            ax.axis("off")
-    handles = [Line2D([], [], color=COLOURS[value - 1], label=class_names[value])
-               for value in range(1, len(class_names))]
-    fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False, labelcolor="white")
-    fig.suptitle(f"{family} phantoms ({size}x{size}x48), radiological view: patient's right on the left",
-                 color="white")
-    fig.tight_layout(rect=(0, 0.03, 1, 0.98))
-    path = out / f"phantom_{family}.png"
-    fig.savefig(path, dpi=80, facecolor="black")
-    plt.close(fig)
-    return path
+            images.append(image[level])
+            labels.append(label[level])
+            titles.append(f"subject {seed + column}, slice {level}")
+    order = [column * LEVELS + row for row in range(LEVELS) for column in range(SUBJECTS)]  # rows = levels
+    return save_overlay_grid(
+        np.stack(images)[order], np.stack(labels)[order], PHANTOM_CLASSES[family], out / f"phantom_{family}.png",
+        titles=[titles[i] for i in order], columns=SUBJECTS,
+        title=f"{family} phantoms ({size}x{size}x48), radiological view: patient's right on the left")
 
 
 def main(argv: list[str] | None = None) -> None:
