@@ -46,7 +46,7 @@ class SliceAugmentation:
             tio.RandomElasticDeformation(num_control_points=7, max_displacement=(3, 3, 0),
                                          p=elastic_probability),
             tio.RandomNoise(std=(0, noise_std), p=0.5),
-        ])
+        ], copy=False)  # each call builds a fresh subject: no need for torchio's deep copy
 
     def __call__(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         subject = tio.Subject(image=tio.ScalarImage(tensor=image[..., None]),  # (1, H, W, 1)
