@@ -40,3 +40,22 @@ def volume_folder(tmp_path: Path) -> Path:
         write_nifti(root / "labels" / f"case{index}.nii.gz", label)
     (root / "classes.json").write_text(json.dumps(["background", "disc", "square"]))
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real (untrained) autoencoder export bundle: 1x32x32 CT-phantom slices -> 4x16x16 latents."""
+    import torch
+    from monai.networks.nets import AutoencoderKL
+
+    from anatldm.data.phantoms import CT_ABDOMEN_CLASSES
+    from anatldm.models.autoencoder_bundle import save_autoencoder_bundle
+
+    config = {"spatial_dims": 2, "in_channels": 1, "out_channels": 1, "channels": [8, 16], "latent_channels": 4,
+              "num_res_blocks": 1, "norm_num_groups": 8, "attention_levels": [False, False],
+              "with_encoder_nonlocal_attn": False, "with_decoder_nonlocal_attn": False}
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("bundle")
+    save_autoencoder_bundle(folder, AutoencoderKL(**config), config, 1.3,
+                            {"preset": "ct", "ct_window": [400.0, 40.0], "spacing": None}, CT_ABDOMEN_CLASSES, (32, 32))
+    return folder

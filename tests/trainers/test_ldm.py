@@ -11,13 +11,11 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from monai.networks.nets import AutoencoderKL
 
 from anatldm.cli import main
 from anatldm.data import AnatomyDataModule
 from anatldm.data.phantoms import CT_ABDOMEN_CLASSES
 from anatldm.errors import ConfigError
-from anatldm.models.autoencoder_bundle import save_autoencoder_bundle
 from anatldm.models.registers import RegisterEdit
 from anatldm.trainers import AnatomicalLDMTask
 
@@ -30,17 +28,9 @@ TINY_DATA = {"source": "phantom", "num_subjects": 4, "num_slices": 8, "image_siz
              "num_workers": 0, "split_fractions": [0.5, 0.25, 0.25], "min_foreground": 0.0}
 
 
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real (untrained) autoencoder bundle: 1x32x32 slices -> 4x16x16 latents."""
-    config = {"spatial_dims": 2, "in_channels": 1, "out_channels": 1, "channels": [8, 16], "latent_channels": 4,
-              "num_res_blocks": 1, "norm_num_groups": 8, "attention_levels": [False, False],
-              "with_encoder_nonlocal_attn": False, "with_decoder_nonlocal_attn": False}
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("bundle")
-    save_autoencoder_bundle(folder, AutoencoderKL(**config), config, 1.3,
-                            {"preset": "ct", "ct_window": [400.0, 40.0], "spacing": None}, CT_ABDOMEN_CLASSES, (32, 32))
-    return folder
+@pytest.fixture
+def bundle(tiny_bundle: Path) -> Path:
+    return tiny_bundle
 
 
 def task(bundle: Path, **overrides) -> AnatomicalLDMTask:

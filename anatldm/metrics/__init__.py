@@ -1,0 +1,67 @@
+"""Evaluation metrics (DESIGN section 4), each a ``torchmetrics.Metric`` that syncs across DDP ranks.
+
+- Anatomical accuracy (primary): :class:`PlausibilityRate` against :class:`AnatomyRules` fitted
+  once on real training masks.
+- Segmentation statistics: :class:`FrechetSegmentationDistance`, :class:`AreaWasserstein`,
+  :class:`SelfConsistencyDice`.
+- Realism: FID / KID on a domain encoder (:func:`make_fid_kid`, :class:`PooledEncoderFeatures`).
+- Diversity and memorisation: :class:`PairwiseMSSSIM`, :class:`Memorisation`.
+- Uncertainty: :func:`bootstrap_ci`, :func:`relative_change_ci`.
+"""
+
+from anatldm.metrics.base import SampleMetric, area_fractions, gather_state
+from anatldm.metrics.bootstrap import bootstrap_ci, bootstrap_replicates, relative_change_ci
+from anatldm.metrics.diversity import MSSSIMSettings, PairwiseMSSSIM, msssim_settings
+from anatldm.metrics.features import (
+    InceptionFeatures,
+    PooledEncoderFeatures,
+    RealismMetrics,
+    SeededKernelInceptionDistance,
+    frechet_feature_distance,
+    kernel_feature_distance,
+    make_fid_kid,
+)
+from anatldm.metrics.memorisation import Memorisation, nearest_rmse
+from anatldm.metrics.plausibility import PlausibilityRate
+from anatldm.metrics.rules import AnatomyFeatures, AnatomyRules, anatomy_features
+from anatldm.metrics.segmentation import (
+    AreaWasserstein,
+    FrechetSegmentationDistance,
+    SelfConsistencyDice,
+    frechet_distance,
+    gaussian_statistics,
+    per_class_dice,
+    wasserstein_1d,
+)
+
+__all__ = [
+    "AnatomyFeatures",
+    "AnatomyRules",
+    "AreaWasserstein",
+    "FrechetSegmentationDistance",
+    "InceptionFeatures",
+    "MSSSIMSettings",
+    "Memorisation",
+    "PairwiseMSSSIM",
+    "PlausibilityRate",
+    "PooledEncoderFeatures",
+    "RealismMetrics",
+    "SampleMetric",
+    "SeededKernelInceptionDistance",
+    "SelfConsistencyDice",
+    "anatomy_features",
+    "area_fractions",
+    "bootstrap_ci",
+    "bootstrap_replicates",
+    "frechet_distance",
+    "frechet_feature_distance",
+    "gather_state",
+    "gaussian_statistics",
+    "kernel_feature_distance",
+    "make_fid_kid",
+    "msssim_settings",
+    "nearest_rmse",
+    "per_class_dice",
+    "relative_change_ci",
+    "wasserstein_1d",
+]

@@ -1,0 +1,97 @@
+"""EvaluationTask through the real CLI on tiny checkpoints trained in the test."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from anatldm.cli import main
+from tests.trainers.test_ldm import TINY_DATA, TINY_DENOISER
+
+DATA = {"class_path": "AnatomyDataModule", "init_args": TINY_DATA}
+
+
+def _fit(root: Path, name: str, model: dict) -> Path:
+    config = root / f"{name}.yaml"
+    config.write_text(yaml.safe_dump({
+        "trainer": {"accelerator": "cpu", "devices": 1, "logger": False, "max_steps": 2, "limit_val_batches": 1,
+                    "default_root_dir": str(root / name),
+                    "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                                   "init_args": {"dirpath": str(root / name), "save_last": True}}]},
+        "model": model,
+        "data": {**DATA, "init_args": {**TINY_DATA, "cache_dir": str(root / "cache")}},
+    }))
+    main(["fit", "--config", str(config)])
+    return root / name / "last.ckpt"
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("eval")
+    ldm = {"autoencoder": str(tiny_bundle), **TINY_DENOISER, "preview_every_n_epochs": 0}
+    return {
+        "register": _fit(root, "register", {"class_path": "AnatomicalLDMTask", "init_args": {**ldm, "num_registers": 4}}),
+        "baseline": _fit(root, "baseline", {"class_path": "AnatomicalLDMTask",
+                                            "init_args": {**ldm, "num_registers": 0, "anatomy_weight": 0.0}}),
+        "segmenter": _fit(root, "segmenter", {"class_path": "SegmenterTask",
+                                              "init_args": {"num_classes": 6, "channels": [8, 16, 32], "strides": [2, 2]}}),
+        "root": root,
+    }
+
+
+def _eval_config(checkpoints: dict, out: Path, **overrides) -> Path:
+    model = {"generators": {"register": str(checkpoints["register"]), "baseline": str(checkpoints["baseline"])},
+             "segmenter": str(checkpoints["segmenter"]), "baseline": "baseline", "num_samples": 10,
+             "num_inference_steps": 2, "sample_batch_size": 5, "num_bootstrap": 50, "kid_subset_size": 4,
+             "output_dir": str(out), **overrides}
+    path = out.parent / f"{out.name}.yaml"
+    path.write_text(yaml.safe_dump({
+        "trainer": {"accelerator": "cpu", "devices": 1, "logger": False},
+        "model": {"class_path": "EvaluationTask", "init_args": model},
+        "data": {**DATA, "init_args": {**TINY_DATA, "cache_dir": str(checkpoints["root"] / "cache"), "augment": False}},
+    }))
+    return path
+
+
+def test_report_has_every_field(checkpoints: dict, tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    main(["test", "--config", str(_eval_config(checkpoints, out))])
+    report = json.loads((out / "report.json").read_text())
+    assert report["feature_source"].startswith("segmenter") and report["num_samples"] == 10
+    assert set(report["results"]) == {"register", "baseline"}
+    metrics = {"plausibility_rate", "fsd", "area_w1", "fid", "kid", "diversity_msssim", "memorisation_rmse"}
+    for name, results in report["results"].items():
+        assert metrics <= set(results), name
+        for metric in metrics:
+            value = results[metric]
+            assert value["low"] <= value["high"], (name, metric)
+        assert set(results["violation_rates"]) >= {"liver/area", "cooccurrence"}
+    assert "self_consistency_dice" in report["results"]["register"]
+    assert "self_consistency_dice" not in report["results"]["baseline"]
+    change = report["results"]["register"]["relative_change_vs_baseline"]
+    assert {"fsd", "fid", "area_w1"} <= set(change)
+    assert set(report["real_test"]["segmenter_dice"]) == {"liver", "spleen", "kidney", "bone", "lung"}
+    table = (out / "report.md").read_text()
+    assert "| metric | baseline | register | register vs baseline |" in table  # safe_dump sorts the keys
+    assert "Plausibility rate (primary)" in table
+    rules = json.loads((out / "rules.json").read_text())
+    assert rules["class_names"][0] == "background"
+    for png in ("samples_register.png", "samples_register_head.png", "samples_baseline.png"):
+        assert (out / png).stat().st_size > 5000
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"baseline": "nope"}, "model.baseline 'nope' is not one of the generators"),
+    ({"segmenter": "/nonexistent.ckpt"}, "model.segmenter: checkpoint /nonexistent.ckpt not found"),
+    ({"num_samples": 0}, "model.num_samples must be at least 1"),
+])
+def test_bad_evaluation_settings(checkpoints: dict, tmp_path: Path, overrides: dict, message: str,
+                                 capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "report"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["test", "--config", str(_eval_config(checkpoints, out, **overrides))])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert not out.exists()
