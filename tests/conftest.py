@@ -59,3 +59,14 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     save_autoencoder_bundle(folder, AutoencoderKL(**config), config, 1.3,
                             {"preset": "ct", "ct_window": [400.0, 40.0], "spacing": None}, CT_ABDOMEN_CLASSES, (32, 32))
     return folder
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _run_outside_the_repository(tmp_path_factory: pytest.TempPathFactory):
+    """Tests run in a scratch folder: a stray relative path can never write into the checkout."""
+    import os
+
+    previous = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("cwd"))
+    yield
+    os.chdir(previous)

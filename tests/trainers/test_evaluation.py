@@ -49,7 +49,7 @@ def _eval_config(checkpoints: dict, out: Path, **overrides) -> Path:
              "output_dir": str(out), **overrides}
     path = out.parent / f"{out.name}.yaml"
     path.write_text(yaml.safe_dump({
-        "trainer": {"accelerator": "cpu", "devices": 1, "logger": False},
+        "trainer": {"accelerator": "cpu", "devices": 1, "logger": False, "default_root_dir": str(out.parent)},
         "model": {"class_path": "EvaluationTask", "init_args": model},
         "data": {**DATA, "init_args": {**TINY_DATA, "cache_dir": str(checkpoints["root"] / "cache"), "augment": False}},
     }))

@@ -77,7 +77,7 @@ def test_fit_then_predict_writes_nifti_pairs(bundle: Path, tmp_path: Path) -> No
     assert events and max(e.stat().st_size for e in events) > 10_000  # the sample grid was logged
     out = tmp_path / "samples"
     sample = {
-        "trainer": {"accelerator": "cpu", "devices": 1, "logger": False,
+        "trainer": {"accelerator": "cpu", "devices": 1, "logger": False, "default_root_dir": str(tmp_path),
                     "callbacks": [{"class_path": "SampleWriter", "init_args": {"output_dir": str(out)}}]},
         "model": {"class_path": "AnatomicalLDMTask",
                   "init_args": {"autoencoder": str(bundle), "sampler": "dpm_solver++", "num_inference_steps": 2}},
