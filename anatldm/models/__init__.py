@@ -1,0 +1,1 @@
+"""Networks: plain ``nn.Module`` s and their file formats, with no Lightning import."""

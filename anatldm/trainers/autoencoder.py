@@ -1,0 +1,418 @@
+"""``AutoencoderTask``: the first stage, a KL autoencoder that maps slices to latents.
+
+``anatldm fit --config configs/vae.yaml`` trains it and, at the end of fit, measures the latent
+``scale_factor`` and writes the export bundle the diffusion stage reads
+(:mod:`anatldm.models.autoencoder_bundle`).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.loggers import TensorBoardLogger
+from monai.losses import PatchAdversarialLoss, PerceptualLoss
+from monai.networks.nets import AutoencoderKL, PatchDiscriminator
+from monai.utils import optional_import
+from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, Subset
+from torchmetrics import MetricCollection
+from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
+
+from anatldm.errors import ConfigError
+from anatldm.models.autoencoder_bundle import save_autoencoder_bundle
+from anatldm.trainers.base import AnatomyTask
+
+__all__ = ["AutoencoderTask", "kl_divergence", "reconstruction_grid"]
+
+logger = logging.getLogger(__name__)
+
+
+def kl_divergence(z_mu: Tensor, z_sigma: Tensor) -> Tensor:
+    """KL(N(mu, sigma) || N(0, 1)) summed over a latent, averaged over the batch (float32)."""
+    z_mu, z_sigma = z_mu.float(), z_sigma.float()  # (B, C_z, *latent)
+    per_element = z_mu.pow(2) + z_sigma.pow(2) - torch.log(z_sigma.pow(2)) - 1
+    return 0.5 * per_element.flatten(1).sum(dim=1).mean()
+
+
+def reconstruction_grid(images: Tensor, reconstructions: Tensor, max_images: int = 8,
+                        difference_gain: float = 4.0) -> Tensor:
+    """Rows of ``input | reconstruction | |difference|`` as one ``(1, H * n, 3 * W)`` image in [0, 1].
+
+    Inputs are in [-1, 1]. The difference is shown as ``|input - reconstruction| * difference_gain``
+    on the image's grey scale (0 black, 2 white), so small errors stay visible. 3D volumes show
+    their middle slice along the last axis.
+    """
+    images, reconstructions = images[:max_images].float(), reconstructions[:max_images].float()
+    if images.ndim == 5:  # (B, C, H, W, D) -> middle slice (B, C, H, W)
+        images, reconstructions = images[..., images.shape[-1] // 2], reconstructions[..., images.shape[-1] // 2]
+    images, reconstructions = images[:, :1], reconstructions[:, :1].clamp(-1, 1)  # (n, 1, H, W)
+    difference = ((images - reconstructions).abs() * difference_gain).clamp(0, 2) - 1  # (n, 1, H, W)
+    rows = torch.cat([images, reconstructions, difference], dim=-1)  # (n, 1, H, 3W)
+    grid = torch.cat(list(rows), dim=-2)  # (1, n * H, 3W)
+    return ((grid + 1) / 2).clamp(0, 1).cpu()
+
+
+class AutoencoderTask(AnatomyTask):
+    """KL-regularised autoencoder with a PatchGAN discriminator (Rombach et al. 2022).
+
+    Wires MONAI's ``AutoencoderKL`` (Pinaya et al. 2022, https://arxiv.org/abs/2209.07162),
+    ``PatchDiscriminator`` and ``PatchAdversarialLoss`` into Lightning's manual-optimisation GAN
+    pattern: one generator step (L1 + KL [+ perceptual] [+ adversarial]) and, once the
+    adversarial warm-up is over, one discriminator step per batch. Losses are computed in
+    float32, so ``bf16-mixed`` is safe. Nothing is 2D-only: ``spatial_dims: 3`` trains on volumes.
+
+    At the end of fit, ``scale_factor = 1 / std(z_mu)`` is measured on the first
+    ``scale_factor_batches`` training batches (no shuffle, no augmentation; sums all-reduced
+    across ranks) and the bundle is written to ``export_dir``.
+
+    With the discriminator on, ``trainer.max_steps`` counts the steps of both optimisers
+    (Lightning's rule for manual optimisation); ``max_epochs`` is the simpler stop criterion.
+    Under DDP use ``strategy: ddp_find_unused_parameters_true``: the two networks take turns, so
+    each backward pass leaves the other network's parameters without gradients.
+
+    Args:
+        spatial_dims: 2 for slices, 3 for volumes.
+        in_channels: image channels (also the output channels).
+        channels: feature channels per resolution level; ``len(channels) - 1`` downsamplings.
+        latent_channels: channels of the latent ``z``.
+        num_res_blocks: residual blocks per level.
+        norm_num_groups: GroupNorm groups; every entry of ``channels`` must be divisible by it.
+        attention_levels: self-attention per level; ``None`` means none.
+        with_nonlocal_attention: the attention block in the lowest-resolution middle block of
+            the encoder and decoder.
+        reconstruction_loss: ``"l1"`` (default, as in the LDM paper) or ``"l2"``.
+        generator_lr: Adam learning rate of the autoencoder.
+        discriminator_lr: Adam learning rate of the discriminator.
+        kl_weight: weight of the KL term (summed over latent elements).
+        adv_weight: weight of the adversarial terms; 0 trains no discriminator at all.
+        adversarial_warmup_steps: training batches before the discriminator is switched on.
+        discriminator_layers: convolution layers of the PatchGAN discriminator.
+        discriminator_channels: channels of its first layer (doubled per layer).
+        perceptual_weight: weight of the perceptual loss (only with ``perceptual_weights_path``).
+        perceptual_weights_path: a local torchvision ResNet-50 state dict for MONAI's perceptual
+            loss (needs torchvision). ``None`` switches the perceptual loss off; nothing is ever
+            downloaded.
+        gradient_clip_val: max gradient norm of each optimiser step; ``None`` or 0 disables it
+            (``trainer.gradient_clip_val`` cannot be used with manual optimisation).
+        scale_factor_batches: training batches used to measure the latent scale factor.
+        export_dir: bundle folder; ``None`` means ``<trainer.log_dir>/export``.
+        num_logged_images: rows of the reconstruction grid logged to TensorBoard.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: Literal[2, 3] = 2,
+        in_channels: int = 1,
+        channels: tuple[int, ...] = (128, 128, 256),
+        latent_channels: int = 3,
+        num_res_blocks: int = 2,
+        norm_num_groups: int = 32,
+        attention_levels: tuple[bool, ...] | None = None,
+        with_nonlocal_attention: bool = False,
+        reconstruction_loss: Literal["l1", "l2"] = "l1",
+        generator_lr: float = 1e-4,
+        discriminator_lr: float = 5e-4,
+        kl_weight: float = 1e-6,
+        adv_weight: float = 0.01,
+        adversarial_warmup_steps: int = 1000,
+        discriminator_layers: int = 3,
+        discriminator_channels: int = 64,
+        perceptual_weight: float = 1e-3,
+        perceptual_weights_path: str | None = None,
+        gradient_clip_val: float | None = 1.0,
+        scale_factor_batches: int = 50,
+        export_dir: str | None = None,
+        num_logged_images: int = 8,
+    ) -> None:
+        _check_arguments(channels, norm_num_groups, attention_levels, latent_channels, num_res_blocks,
+                         adversarial_warmup_steps, scale_factor_batches, perceptual_weights_path,
+                         generator_lr=generator_lr, discriminator_lr=discriminator_lr, kl_weight=kl_weight,
+                         adv_weight=adv_weight, perceptual_weight=perceptual_weight)
+        super().__init__()
+        self.automatic_optimization = False
+        #: training batches seen so far (drives the adversarial warm-up; kept in checkpoints)
+        self.generator_steps = 0
+        #: ``1 / std(z_mu)`` on training data, set at the end of fit
+        self.scale_factor: float | None = None
+
+    # -- construction ------------------------------------------------------------------------
+    @property
+    def autoencoder_config(self) -> dict[str, Any]:
+        """The ``AutoencoderKL`` keyword arguments, as stored in the export bundle."""
+        hp = self.hparams
+        levels = hp.attention_levels if hp.attention_levels is not None else [False] * len(hp.channels)
+        return {
+            "spatial_dims": hp.spatial_dims,
+            "in_channels": hp.in_channels,
+            "out_channels": hp.in_channels,
+            "channels": list(hp.channels),
+            "latent_channels": hp.latent_channels,
+            "num_res_blocks": hp.num_res_blocks,
+            "norm_num_groups": hp.norm_num_groups,
+            "attention_levels": list(levels),
+            "with_encoder_nonlocal_attn": hp.with_nonlocal_attention,
+            "with_decoder_nonlocal_attn": hp.with_nonlocal_attention,
+        }
+
+    def configure_models(self) -> None:
+        hp = self.hparams
+        self.autoencoder = AutoencoderKL(**self.autoencoder_config)
+        self.discriminator = None
+        if hp.adv_weight > 0:
+            self.discriminator = PatchDiscriminator(spatial_dims=hp.spatial_dims, in_channels=hp.in_channels,
+                                                    channels=hp.discriminator_channels,
+                                                    num_layers_d=hp.discriminator_layers)
+
+    def configure_losses(self) -> None:
+        hp = self.hparams
+        self.adversarial_loss = PatchAdversarialLoss(criterion="least_squares")
+        self.perceptual_loss = None
+        if hp.perceptual_weights_path is None:
+            logger.info("perceptual loss off (model.init_args.perceptual_weights_path is not set)")
+        elif hp.perceptual_weight > 0:
+            # resnet50 is the one MONAI network that loads from a local file without a download
+            self.perceptual_loss = PerceptualLoss(spatial_dims=hp.spatial_dims, network_type="resnet50",
+                                                  is_fake_3d=hp.spatial_dims == 3, pretrained=True,
+                                                  pretrained_path=hp.perceptual_weights_path)
+            self.perceptual_loss.requires_grad_(False)
+
+    def configure_metrics(self) -> None:
+        image_dims = tuple(range(1, self.hparams.spatial_dims + 2))  # per-image PSNR, then the mean
+        metrics = MetricCollection({
+            "psnr": PeakSignalNoiseRatio(data_range=2.0, dim=image_dims),
+            "ssim": StructuralSimilarityIndexMeasure(data_range=2.0),
+        })
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        hp = self.hparams
+        optimizers = [torch.optim.Adam(self.autoencoder.parameters(), lr=hp.generator_lr)]
+        if self.discriminator is not None:
+            optimizers.append(torch.optim.Adam(self.discriminator.parameters(), lr=hp.discriminator_lr))
+        return optimizers
+
+    def train(self, mode: bool = True) -> AutoencoderTask:
+        super().train(mode)
+        if self.perceptual_loss is not None:  # a frozen feature extractor stays in eval mode
+            self.perceptual_loss.eval()
+        return self
+
+    # -- Lightning hooks ---------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        model = self.trainer.strategy.model
+        if self.discriminator is not None and isinstance(model, DistributedDataParallel) \
+                and not model.find_unused_parameters:
+            raise ConfigError("trainer.strategy: the autoencoder and its discriminator take turns, so DDP must "
+                              "allow unused parameters; use 'ddp_find_unused_parameters_true' (or adv_weight: 0)")
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Deterministic reconstruction (decoded posterior mean)."""
+        return self.autoencoder.reconstruct(images)  # (B, C, *spatial)
+
+    @property
+    def adversarial_active(self) -> bool:
+        return self.discriminator is not None and self.generator_steps >= self.hparams.adversarial_warmup_steps
+
+    def training_step(self, batch: dict, batch_idx: int) -> None:
+        images = batch["image"]  # (B, C, *spatial) in [-1, 1]
+        optimizers = self.optimizers()
+        generator_optimizer = optimizers[0] if isinstance(optimizers, list) else optimizers
+        adversarial = self.adversarial_active
+
+        with self.toggled_optimizer(generator_optimizer):
+            reconstruction, z_mu, z_sigma = self.autoencoder(images)  # (B, C, *spatial), 2 x (B, C_z, *latent)
+            losses = self._generator_losses(images, reconstruction, z_mu, z_sigma, adversarial)
+            generator_optimizer.zero_grad(set_to_none=True)
+            self.manual_backward(losses["loss"])
+            self._clip(generator_optimizer)
+            generator_optimizer.step()
+
+        if adversarial:
+            discriminator_optimizer = optimizers[1]
+            with self.toggled_optimizer(discriminator_optimizer):
+                losses["discriminator"] = self._discriminator_loss(images, reconstruction.detach())
+                discriminator_optimizer.zero_grad(set_to_none=True)
+                self.manual_backward(losses["discriminator"])
+                self._clip(discriminator_optimizer)
+                discriminator_optimizer.step()
+
+        self.generator_steps += 1
+        batch_size = images.shape[0]
+        self.log(f"train/{self.hparams.reconstruction_loss}", losses["reconstruction"], prog_bar=True,
+                 batch_size=batch_size)
+        self.log_dict({f"train/{name}": value.detach() for name, value in losses.items() if name != "reconstruction"},
+                      batch_size=batch_size)
+        self.log("train/adversarial_on", float(adversarial), batch_size=batch_size)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, batch_idx, self.val_metrics, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, batch_idx, self.test_metrics, "test")
+
+    def on_train_end(self) -> None:
+        """Measure the latent scale factor on all ranks, then export the bundle (rank 0)."""
+        self.scale_factor = self.compute_scale_factor()
+        logger.info("latent scale factor 1/std(z_mu) = %.6g", self.scale_factor)
+        export_dir = Path(self.hparams.export_dir or Path(self.trainer.log_dir or self.trainer.default_root_dir)
+                          / "export")
+        if self.trainer.is_global_zero:
+            self.export(export_dir)
+            for experiment_logger in self.loggers:
+                experiment_logger.log_metrics({"scale_factor": self.scale_factor}, step=self.trainer.global_step)
+        self.trainer.strategy.barrier("autoencoder_export")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["generator_steps"] = self.generator_steps
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.generator_steps = int(checkpoint.get("generator_steps", 0))
+
+    # -- scale factor and export -------------------------------------------------------------
+    @torch.no_grad()
+    def compute_scale_factor(self) -> float:
+        """``1 / std(z_mu)`` over the first ``scale_factor_batches * batch_size`` training slices.
+
+        The slices are fixed: the first ``N`` of the training split in index order, without
+        augmentation. Rank ``r`` of ``W`` encodes slices ``r, r + W, r + 2W, ...`` — unlike a
+        ``DistributedSampler``, which pads the last shard with repeated slices, the union of
+        these shards is exactly the ``N`` slices, each once. Per-rank sums of ``z``, ``z**2``
+        and the element count (float64) are all-reduced, so 1 and W processes agree to
+        floating-point summation order.
+        """
+        datamodule = self.trainer.datamodule
+        dataset = _unaugmented_train_split(datamodule)
+        batch_size = datamodule.hparams.batch_size
+        count = min(len(dataset), self.hparams.scale_factor_batches * batch_size)
+        shard = Subset(dataset, range(self.global_rank, count, self.trainer.world_size))
+        loader = DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=datamodule.hparams.num_workers)
+        totals = torch.zeros(3, dtype=torch.float64, device=self.device)  # sum z, sum z^2, count
+        was_training = self.autoencoder.training
+        self.autoencoder.eval()
+        for batch in loader:
+            z_mu, _ = self.autoencoder.encode(batch["image"].to(self.device))  # (b, C_z, *latent)
+            z_mu = z_mu.double()
+            totals += torch.stack([z_mu.sum(), z_mu.pow(2).sum(), torch.tensor(z_mu.numel(), device=self.device)])
+        self.autoencoder.train(was_training)
+        totals = self.trainer.strategy.reduce(totals, reduce_op="sum")
+        total, total_squares, elements = totals.tolist()
+        variance = total_squares / elements - (total / elements) ** 2
+        if not (variance > 0 and math.isfinite(variance)):
+            raise RuntimeError(f"latent variance is {variance}; the autoencoder collapsed or diverged")
+        return 1.0 / math.sqrt(variance)
+
+    def export(self, folder: str | Path) -> Path:
+        """Write the bundle (weights + JSON) to ``folder``; needs :attr:`scale_factor`."""
+        if self.scale_factor is None:
+            raise RuntimeError("scale_factor is not measured yet; call compute_scale_factor() first")
+        datamodule = self.trainer.datamodule
+        return save_autoencoder_bundle(
+            folder, self.autoencoder, self.autoencoder_config, self.scale_factor,
+            normalization=datamodule.normalization, class_names=datamodule.class_names,
+            image_size=datamodule.image_size,
+            extra={"downsampling_factor": 2 ** (len(self.hparams.channels) - 1),
+                   "trained_batches": self.generator_steps, "trained_epochs": self.current_epoch},
+        )
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _generator_losses(self, images: Tensor, reconstruction: Tensor, z_mu: Tensor, z_sigma: Tensor,
+                          adversarial: bool) -> dict[str, Tensor]:
+        hp = self.hparams
+        images, reconstruction = images.float(), reconstruction.float()  # losses in float32
+        if hp.reconstruction_loss == "l1":
+            reconstruction_loss = F.l1_loss(reconstruction, images)
+        else:
+            reconstruction_loss = F.mse_loss(reconstruction, images)
+        losses = {"reconstruction": reconstruction_loss, "kl": kl_divergence(z_mu, z_sigma)}
+        loss = reconstruction_loss + hp.kl_weight * losses["kl"]
+        if self.perceptual_loss is not None:
+            # the torchvision ResNet expects [0, 1]
+            losses["perceptual"] = self.perceptual_loss((reconstruction + 1) / 2, (images + 1) / 2).float()
+            loss = loss + hp.perceptual_weight * losses["perceptual"]
+        if adversarial:
+            logits_fake = self.discriminator(reconstruction.contiguous())[-1].float()  # (B, 1, *patches)
+            losses["generator_adversarial"] = self.adversarial_loss(logits_fake, target_is_real=True,
+                                                                    for_discriminator=False)
+            loss = loss + hp.adv_weight * losses["generator_adversarial"]
+        losses["loss"] = loss
+        return losses
+
+    def _discriminator_loss(self, images: Tensor, reconstruction: Tensor) -> Tensor:
+        logits_fake = self.discriminator(reconstruction.float().contiguous())[-1].float()  # (B, 1, *patches)
+        logits_real = self.discriminator(images.float().contiguous())[-1].float()  # (B, 1, *patches)
+        fake = self.adversarial_loss(logits_fake, target_is_real=False, for_discriminator=True)
+        real = self.adversarial_loss(logits_real, target_is_real=True, for_discriminator=True)
+        return self.hparams.adv_weight * 0.5 * (fake + real)
+
+    def _clip(self, optimizer) -> None:
+        if self.hparams.gradient_clip_val:
+            self.clip_gradients(optimizer, gradient_clip_val=self.hparams.gradient_clip_val,
+                                gradient_clip_algorithm="norm")
+
+    def _evaluate(self, batch: dict, batch_idx: int, metrics: MetricCollection, stage: str) -> None:
+        images = batch["image"].float()  # (B, C, *spatial)
+        reconstruction = self(images).float().clamp(-1, 1)  # (B, C, *spatial)
+        batch_size = images.shape[0]
+        metrics.update(reconstruction, images)
+        self.log_dict(metrics, batch_size=batch_size)
+        self.log(f"{stage}/l1", F.l1_loss(reconstruction, images), batch_size=batch_size, sync_dist=True)
+        if batch_idx == 0:
+            self._log_grid(images, reconstruction, stage)
+
+    def _log_grid(self, images: Tensor, reconstruction: Tensor, stage: str) -> None:
+        if not self.trainer.is_global_zero:
+            return
+        for experiment_logger in self.loggers:
+            if isinstance(experiment_logger, TensorBoardLogger):
+                grid = reconstruction_grid(images, reconstruction, self.hparams.num_logged_images)
+                experiment_logger.experiment.add_image(f"{stage}/input_reconstruction_difference", grid,
+                                                       global_step=self.trainer.global_step)
+
+
+def _unaugmented_train_split(datamodule) -> Dataset:
+    """The training split of an ``AnatomyDataModule`` without its augmentation."""
+    datasets = getattr(datamodule, "datasets", None)
+    if not datasets or "train" not in datasets:
+        raise ConfigError("data: the autoencoder's scale factor needs an AnatomyDataModule with a training split")
+    train = copy.copy(datasets["train"])  # shares the memory-mapped cache
+    train.transform = None
+    return train
+
+
+def _check_arguments(channels, norm_num_groups, attention_levels, latent_channels, num_res_blocks,
+                     adversarial_warmup_steps, scale_factor_batches, perceptual_weights_path,
+                     **non_negative: float) -> None:
+    """Eager checks that name the offending key (MONAI's own errors do not)."""
+    key = "model.init_args"
+    if not channels or any(c < 1 for c in channels):
+        raise ConfigError(f"{key}.channels must be positive numbers, got {list(channels)}")
+    if norm_num_groups < 1 or any(c % norm_num_groups for c in channels):
+        raise ConfigError(f"{key}.channels {list(channels)} must all be divisible by "
+                          f"{key}.norm_num_groups={norm_num_groups}")
+    if attention_levels is not None and len(attention_levels) != len(channels):
+        raise ConfigError(f"{key}.attention_levels needs one entry per level of channels ({len(channels)}), "
+                          f"got {list(attention_levels)}")
+    for name, value in (("latent_channels", latent_channels), ("num_res_blocks", num_res_blocks),
+                        ("scale_factor_batches", scale_factor_batches)):
+        if value < 1:
+            raise ConfigError(f"{key}.{name} must be at least 1, got {value}")
+    if adversarial_warmup_steps < 0:
+        raise ConfigError(f"{key}.adversarial_warmup_steps must be >= 0, got {adversarial_warmup_steps}")
+    for name, value in non_negative.items():
+        if not (value >= 0 and math.isfinite(value)):
+            raise ConfigError(f"{key}.{name} must be a non-negative number, got {value}")
+    if perceptual_weights_path is not None:
+        if not Path(perceptual_weights_path).is_file():
+            raise ConfigError(f"{key}.perceptual_weights_path: {perceptual_weights_path} is not a file "
+                              f"(a local torchvision ResNet-50 state dict; nothing is downloaded)")
+        if not optional_import("torchvision")[1]:
+            raise ConfigError(f"{key}.perceptual_weights_path is set but torchvision is not installed; "
+                              f"install it or remove the key")
