@@ -1,0 +1,157 @@
+"""GPU, full size (256x256 slices -> 3x64x64 latents), bf16 autocast: LDM train step and sampling.
+
+    python benchmarks/bench_gpu.py [--out results.json]
+
+The denoiser sizes are those of ``configs/ldm.yaml`` / ``configs/ldm_baseline.yaml`` and the
+autoencoder those of ``configs/vae.yaml`` (random weights: the cost does not depend on them).
+A train step is what ``AnatomicalLDMTask.training_step`` does on the GPU: frozen encoder,
+noising, denoiser forward, diffusion MSE + anatomy Dice-CE on 256x256 masks, backward, fused
+AdamW. Steps of the register model and the baseline alternate; times come from CUDA events
+(median). Model FLOP utilisation = counted FLOPs of a step (torch.utils.flop_counter) /
+step time / dense bf16 peak. Sampling: DDIM-50 and DPM-Solver++-20 images/s including decoding.
+On a machine without CUDA it returns one row saying so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+import torch
+import yaml
+from monai.networks.nets import AutoencoderKL
+from torch.utils.flop_counter import FlopCounterMode
+
+from anatldm.diffusion import make_sampler, make_train_scheduler, sample_latents
+from anatldm.diffusion.sampling import initial_noise
+from anatldm.losses import AnatomyLoss
+from anatldm.models.denoiser import AnatomicalDenoiser
+
+ROOT = Path(__file__).resolve().parents[1]
+PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense, vendor datasheets
+BATCH, IMAGE, NUM_CLASSES = 32, 256, 6
+
+
+def _args(name: str) -> dict:
+    return yaml.safe_load((ROOT / "configs" / name).read_text())["model"]["init_args"]
+
+
+def _denoiser(config: str) -> AnatomicalDenoiser:
+    a = _args(config)
+    return AnatomicalDenoiser(
+        in_channels=3, channels=a["channels"], num_res_blocks=a["num_res_blocks"],
+        attention_levels=a["attention_levels"], norm_num_groups=a["norm_num_groups"],
+        num_head_channels=a["num_head_channels"], num_registers=a["num_registers"], register_dim=a["register_dim"],
+        register_levels=a["register_levels"], register_heads=a["register_heads"],
+        num_classes=NUM_CLASSES if a["anatomy_weight"] > 0 else 0, head_levels=a["head_levels"],
+        head_channels=a["head_channels"])
+
+
+def _autoencoder() -> AutoencoderKL:
+    a = _args("vae.yaml")
+    return AutoencoderKL(spatial_dims=2, in_channels=1, out_channels=1, channels=a["channels"],
+                         latent_channels=a["latent_channels"], num_res_blocks=a["num_res_blocks"],
+                         norm_num_groups=a["norm_num_groups"], attention_levels=a["attention_levels"],
+                         with_encoder_nonlocal_attn=False, with_decoder_nonlocal_attn=False)
+
+
+def _train_step(denoiser, autoencoder, scheduler, images, masks):
+    optimizer = torch.optim.AdamW(denoiser.parameters(), lr=1e-4, fused=True)
+    anatomy_loss = AnatomyLoss()
+
+    def step() -> None:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            with torch.no_grad():
+                latents = autoencoder.encode_stage_2_inputs(images)
+            noise = torch.randn_like(latents)
+            t = torch.randint(0, 1000, (latents.shape[0],), device=latents.device)
+            out = denoiser(scheduler.add_noise(latents, noise, t), t, mask_size=masks.shape[1:])
+            loss = torch.nn.functional.mse_loss(out.sample.float(), noise.float())
+            if out.anatomy_logits is not None:
+                loss = loss + 2.0 * anatomy_loss(out.anatomy_logits, masks)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def _time(steps: dict, rounds: int = 30, warmup: int = 8) -> dict[str, float]:
+    times = {name: [] for name in steps}
+    for index in range(rounds + warmup):
+        for name, step in steps.items():
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            step()
+            end.record()
+            torch.cuda.synchronize()
+            if index >= warmup:
+                times[name].append(start.elapsed_time(end) / 1e3)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def _flops(step) -> int:
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step()
+    return counter.get_total_flops()
+
+
+def run() -> list[dict]:
+    if not torch.cuda.is_available():
+        return [{"benchmark": "gpu", "value": 0, "unit": "-", "note": "skipped: no CUDA device"}]
+    torch.manual_seed(0)
+    device = torch.device("cuda")
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    name = torch.cuda.get_device_name(0)
+    peak = next((value for key, value in PEAK_BF16.items() if key in name), None)
+    autoencoder = _autoencoder().to(device).eval().requires_grad_(False)
+    scheduler = make_train_scheduler()
+    scheduler.alphas_cumprod = scheduler.alphas_cumprod.to(device)
+    images = torch.rand(BATCH, 1, IMAGE, IMAGE, device=device) * 2 - 1
+    masks = torch.randint(0, NUM_CLASSES, (BATCH, IMAGE, IMAGE), device=device)
+    models = {"register": _denoiser("ldm.yaml").to(device), "baseline": _denoiser("ldm_baseline.yaml").to(device)}
+    steps = {k: _train_step(m, autoencoder, scheduler, images, masks) for k, m in models.items()}
+    medians = _time(steps)
+    rows = []
+    for key in ("baseline", "register"):
+        flops = _flops(steps[key])
+        rows += [
+            {"benchmark": f"gpu/train_step_{key}", "value": medians[key] * 1e3, "unit": "ms",
+             "note": f"{name}, bf16 autocast, batch {BATCH}, 256x256"},
+            {"benchmark": f"gpu/train_samples_per_s_{key}", "value": BATCH / medians[key], "unit": "samples/s",
+             "note": "one GPU"},
+            {"benchmark": f"gpu/mfu_{key}", "value": flops / medians[key] / peak if peak else float("nan"),
+             "unit": "fraction", "note": f"{flops / 1e12:.2f} TFLOP per step / dense bf16 peak {peak}"},
+        ]
+    rows.append({"benchmark": "gpu/register_over_baseline", "value": medians["register"] / medians["baseline"],
+                 "unit": "x", "note": "target <= 1.05 on GPU"})
+    peak_memory = {}
+    for key, model in models.items():
+        model.eval()
+        for sampler, count in (("ddim", 50), ("dpm_solver++", 20)):
+            torch.cuda.reset_peak_memory_stats()
+
+            def sample(model=model, sampler=sampler, count=count):
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    noise = initial_noise(range(BATCH), (3, 64, 64), device)
+                    out = sample_latents(model, make_sampler(sampler, scheduler), noise, count, mask_size=(IMAGE, IMAGE))
+                    autoencoder.decode_stage_2_outputs(out.latents)
+            seconds = _time({"s": sample}, rounds=3, warmup=1)["s"]
+            peak_memory[key] = torch.cuda.max_memory_allocated() / 2**30
+            rows.append({"benchmark": f"gpu/sample_{sampler}{count}_{key}", "value": BATCH / seconds,
+                         "unit": "images/s", "note": f"batch {BATCH}, with decoding, {peak_memory[key]:.1f} GiB peak"})
+    return rows
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path)
+    options = parser.parse_args()
+    results = run()
+    for row in results:
+        print(f"{row['benchmark']:<36} {row['value']:>10.4g} {row['unit']:<10} {row['note']}")
+    if options.out:
+        options.out.write_text(json.dumps(results, indent=1))
