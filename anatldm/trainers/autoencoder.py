@@ -90,6 +90,9 @@ class AutoencoderTask(AnatomyTask):
         reconstruction_loss: ``"l1"`` (default, as in the LDM paper) or ``"l2"``.
         generator_lr: Adam learning rate of the autoencoder.
         discriminator_lr: Adam learning rate of the discriminator.
+        lr_schedule: ``"constant"``, or ``"cosine"``: both learning rates decay to 0 over the
+            training batches Lightning expects (``trainer.estimated_stepping_batches``: batches
+            times epochs, or ``max_steps`` when that is set).
         kl_weight: weight of the KL term (summed over latent elements).
         adv_weight: weight of the adversarial terms; 0 trains no discriminator at all.
         adversarial_warmup_steps: training batches before the discriminator is switched on.
@@ -119,6 +122,7 @@ class AutoencoderTask(AnatomyTask):
         reconstruction_loss: Literal["l1", "l2"] = "l1",
         generator_lr: float = 1e-4,
         discriminator_lr: float = 5e-4,
+        lr_schedule: Literal["constant", "cosine"] = "constant",
         kl_weight: float = 1e-6,
         adv_weight: float = 0.01,
         adversarial_warmup_steps: int = 1000,
@@ -224,8 +228,10 @@ class AutoencoderTask(AnatomyTask):
     def training_step(self, batch: dict, batch_idx: int) -> None:
         images = batch["image"]  # (B, C, *spatial) in [-1, 1]
         optimizers = self.optimizers()
-        generator_optimizer = optimizers[0] if isinstance(optimizers, list) else optimizers
+        optimizers = optimizers if isinstance(optimizers, list) else [optimizers]  # [generator, discriminator?]
+        generator_optimizer = optimizers[0]
         adversarial = self.adversarial_active
+        learning_rate_factor = self._apply_lr_schedule(optimizers)
 
         with self.toggled_optimizer(generator_optimizer):
             reconstruction, z_mu, z_sigma = self.autoencoder(images)  # (B, C, *spatial), 2 x (B, C_z, *latent)
@@ -251,6 +257,7 @@ class AutoencoderTask(AnatomyTask):
         self.log_dict({f"train/{name}": value.detach() for name, value in losses.items() if name != "reconstruction"},
                       batch_size=batch_size)
         self.log("train/adversarial_on", float(adversarial), batch_size=batch_size)
+        self.log("train/generator_lr", self.hparams.generator_lr * learning_rate_factor, batch_size=batch_size)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._evaluate(batch, batch_idx, self.val_metrics, "val")
@@ -351,6 +358,22 @@ class AutoencoderTask(AnatomyTask):
         fake = self.adversarial_loss(logits_fake, target_is_real=False, for_discriminator=True)
         real = self.adversarial_loss(logits_real, target_is_real=True, for_discriminator=True)
         return self.hparams.adv_weight * 0.5 * (fake + real)
+
+    def _apply_lr_schedule(self, optimizers: list) -> float:
+        """Set this batch's learning rates; return their factor (1, or the cosine decay).
+
+        Derived from the batch count, which checkpoints keep, so a resumed run continues the
+        schedule.
+        """
+        hp = self.hparams
+        factor = 1.0
+        if hp.lr_schedule == "cosine":
+            total = max(1, int(self.trainer.estimated_stepping_batches))
+            factor = 0.5 * (1 + math.cos(math.pi * min(self.generator_steps, total) / total))
+        for optimizer, base_lr in zip(optimizers, (hp.generator_lr, hp.discriminator_lr), strict=False):
+            for group in optimizer.param_groups:
+                group["lr"] = base_lr * factor
+        return factor
 
     def _clip(self, optimizer) -> None:
         if self.hparams.gradient_clip_val:

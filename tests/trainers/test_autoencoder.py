@@ -98,7 +98,7 @@ def test_cli_fast_dev_run_exports_a_bundle(tmp_path: Path, cache_dir: str) -> No
     config = write_config(tmp_path / "vae.yaml", cache_dir, tmp_path / "export")
     main(["fit", "--config", str(config), "--trainer.fast_dev_run", "2"])
     assert (tmp_path / "export" / BUNDLE_WEIGHTS).is_file()
-    network, metadata = load_autoencoder_bundle(tmp_path / "export")
+    _, metadata = load_autoencoder_bundle(tmp_path / "export")
     assert metadata["scale_factor"] > 0 and metadata["trained_batches"] == 2
     assert metadata["class_names"][0] == "background" and metadata["image_size"] == [32, 32]
     assert metadata["normalization"]["preset"] == "ct" and metadata["downsampling_factor"] == 2
@@ -109,16 +109,20 @@ def test_export_import_latents_and_scale_factor(tmp_path: Path, cache_dir: str) 
 
     seed_everything(0)
     datamodule = AnatomyDataModule(**{**TINY_DATA, "cache_dir": cache_dir})
-    task = AutoencoderTask(**TINY_MODEL, export_dir=str(tmp_path / "export"))
-    trainer = Trainer(accelerator="cpu", devices=1, max_steps=4, logger=TensorBoardLogger(tmp_path, name="tb"),
-                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                      limit_val_batches=1, default_root_dir=tmp_path)
+    task = AutoencoderTask(**TINY_MODEL, export_dir=str(tmp_path / "export"), lr_schedule="cosine")
+    trainer = Trainer(accelerator="cpu", devices=1, max_epochs=2, limit_train_batches=3, limit_val_batches=1,
+                      logger=TensorBoardLogger(tmp_path, name="tb"), log_every_n_steps=1, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
     trainer.fit(task, datamodule=datamodule)
-    assert task.generator_steps == 3  # 2 optimisers after the 1-batch warm-up: max_steps counts both
+    assert task.generator_steps == 6 and trainer.global_step == 1 + 2 * 5  # 2 optimiser steps after warm-up
     events = EventAccumulator(str(next((tmp_path / "tb").rglob("events.out.tfevents*"))))
     events.Reload()
     assert "val/input_reconstruction_difference" in events.Tags()["images"]
     assert {"val/psnr", "val/ssim", "train/l1", "train/discriminator"} <= set(events.Tags()["scalars"])
+    # cosine decay over the 6 batches Lightning expects: the rate each batch used
+    learning_rates = [event.value for event in events.Scalars("train/generator_lr")]
+    assert learning_rates == pytest.approx([1e-4 * 0.5 * (1 + math.cos(math.pi * k / 6)) for k in range(6)])
+    assert task.optimizers()[1].param_groups[0]["lr"] == pytest.approx(5e-4 * 0.5 * (1 + math.cos(math.pi * 5 / 6)))
     loaded, metadata = load_autoencoder_bundle(tmp_path / "export" / BUNDLE_CONFIG)
     train = datamodule.datasets["train"]
     images = torch.stack([torch.from_numpy(train.cache.images[i].copy())[None] for i in train.indices[:9]])
