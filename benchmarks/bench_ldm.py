@@ -28,7 +28,7 @@ from anatldm.models.autoencoder_bundle import save_autoencoder_bundle
 from anatldm.trainers import AnatomicalLDMTask
 
 ROOT = Path(__file__).resolve().parents[1]
-ROUNDS, WARMUP = 30, 5
+ROUNDS, WARMUP = 50, 5
 
 
 def _init_args(name: str) -> dict:

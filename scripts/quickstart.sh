@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole anatldm chain on built-in phantoms, on CPU, through the real `anatldm` commands.
+# The whole anatldm chain on built-in phantoms, on CPU, through the real `anatldm` commands:
+# data -> autoencoder -> register LDM -> baseline LDM -> segmenter -> evaluation -> samples.
 #   make quickstart            # skips stages whose outputs exist
 #   make quickstart FORCE=1    # redoes every stage
 # A failing stage stops the chain with that stage's error.
@@ -10,6 +11,7 @@ RUNS=runs/quickstart
 mkdir -p "$RUNS"
 TIMES="$RUNS/stage_times.txt"
 : > "$TIMES"
+START=$SECONDS
 
 stage() {  # stage NAME OUTPUT COMMAND...
   local name="$1" output="$2"; shift 2
@@ -20,20 +22,30 @@ stage() {  # stage NAME OUTPUT COMMAND...
   echo "==> [$name] $*"
   local start=$SECONDS
   if ! "$@"; then
-    echo "==> [$name] FAILED (see the error above)" >&2
+    echo "==> [$name] FAILED (the error is above)" >&2
     exit 1
   fi
-  echo "$name $((SECONDS - start)) s" | tee -a "$TIMES"
+  printf '%-13s %4d s\n' "$name" $((SECONDS - start)) | tee -a "$TIMES"
 }
 
-stage data "$RUNS/data_preview.png" anatldm inspect --config configs/quickstart/vae.yaml --out "$RUNS/data_preview.png"
-stage autoencoder "$RUNS/vae/export/autoencoder.json" anatldm fit --config configs/quickstart/vae.yaml
-stage ldm "$RUNS/ldm/checkpoints/last.ckpt" anatldm fit --config configs/quickstart/ldm.yaml
+if [[ -n "$FORCE" ]]; then  # a forced run retrains everything from scratch
+  rm -rf "$RUNS/vae" "$RUNS/ldm" "$RUNS/ldm_baseline" "$RUNS/segmenter" "$RUNS/eval" "$RUNS/samples"
+fi
+stage data         "$RUNS/data_preview.png" anatldm inspect --config configs/quickstart/vae.yaml --out "$RUNS/data_preview.png"
+stage autoencoder  "$RUNS/vae/export/autoencoder.json" anatldm fit --config configs/quickstart/vae.yaml
+stage ldm          "$RUNS/ldm/checkpoints/last.ckpt" anatldm fit --config configs/quickstart/ldm.yaml
 stage ldm_baseline "$RUNS/ldm_baseline/checkpoints/last.ckpt" anatldm fit --config configs/quickstart/ldm_baseline.yaml
-stage samples "$RUNS/samples/samples.png" anatldm predict --config configs/quickstart/sample.yaml
+stage segmenter    "$RUNS/segmenter/checkpoints/last.ckpt" anatldm fit --config configs/quickstart/segmenter.yaml
+stage evaluation   "$RUNS/eval/report.md" anatldm test --config configs/quickstart/eval.yaml
+stage samples      "$RUNS/samples/samples.png" anatldm predict --config configs/quickstart/sample.yaml
+printf '%-13s %4d s\n' total $((SECONDS - START)) | tee -a "$TIMES"
 
 echo
-echo "Stage wall times:"; cat "$TIMES"
-echo "Data preview:        $RUNS/data_preview.png"
-echo "Samples with masks:  $RUNS/samples/samples.png (NIfTI pairs beside it)"
-echo "TensorBoard:         tensorboard --logdir $RUNS"
+echo "== Report ($RUNS/eval/report.md) =="
+cat "$RUNS/eval/report.md"
+echo "== Stage wall times =="
+cat "$TIMES"
+echo "Data preview:            $RUNS/data_preview.png"
+echo "Evaluation sample grids: $(ls "$RUNS"/eval/samples_*.png | tr '\n' ' ')"
+echo "Samples + masks (NIfTI): $RUNS/samples/ (grid: $RUNS/samples/samples.png)"
+echo "TensorBoard:             tensorboard --logdir $RUNS"
