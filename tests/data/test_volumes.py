@@ -185,3 +185,33 @@ def test_manifest_missing_file(tmp_path: Path) -> None:
     manifest.write_text("image,label\nnope.nii.gz,nope_label.nii.gz\n")
     with pytest.raises(DataInputError, match=r"m\.csv: entry 1 names .*nope\.nii\.gz, which does not exist"):
         read_manifest(manifest)
+
+
+def test_dicom_series_folder(tmp_path: Path) -> None:
+    """A DICOM series folder is an image like any other file (read by torchio through SimpleITK)."""
+    import SimpleITK as sitk
+
+    image, label = labelled_volume(0)
+    volume = sitk.GetImageFromArray(np.ascontiguousarray(image.transpose(2, 1, 0)).astype(np.int16))  # (z, y, x)
+    volume.SetSpacing((1.5, 1.5, 3.0))
+    series = tmp_path / "images" / "patient1"
+    series.mkdir(parents=True)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for z in range(volume.GetDepth()):
+        piece = volume[:, :, z]
+        for tag, value in (("0010|0020", "patient1"), ("0020|000d", "1.2.3"), ("0020|000e", "1.2.3.4"),
+                           ("0008|0060", "CT"), ("0020|0013", str(z + 1)),
+                           ("0020|0032", "\\".join(map(str, volume.TransformIndexToPhysicalPoint((0, 0, z))))),
+                           ("0020|0037", "1\\0\\0\\0\\1\\0"), ("0028|0030", "1.5\\1.5"), ("0018|0050", "3.0")):
+            piece.SetMetaData(tag, value)
+        writer.SetFileName(str(series / f"slice{z:03d}.dcm"))
+        writer.Execute(piece)
+    label_image = sitk.GetImageFromArray(np.ascontiguousarray(label.transpose(2, 1, 0)))
+    label_image.CopyInformation(sitk.ReadImage(sorted(str(p) for p in series.iterdir())))
+    (tmp_path / "labels").mkdir()
+    sitk.WriteImage(label_image, str(tmp_path / "labels" / "patient1.nii.gz"))
+    pairs = find_volume_pairs(tmp_path)
+    assert [(p.subject, p.image.is_dir()) for p in pairs] == [("patient1", True)]
+    images, masks, _ = preprocessor()(pairs[0])
+    assert images.shape == (6, 16, 16) and set(np.unique(masks)) == {0, 1, 2}
