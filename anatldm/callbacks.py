@@ -60,7 +60,7 @@ class SampleWriter(BasePredictionWriter):
         self._grid = []
         if trainer.is_global_zero:
             classes = self.output_dir / "classes.json"
-            classes.with_suffix(".partial").write_text(json.dumps(pl_module.class_names))
+            classes.with_suffix(".partial").write_text(json.dumps(pl_module.class_names), encoding="utf-8")
             os.replace(classes.with_suffix(".partial"), classes)
 
     def write_on_batch_end(self, trainer, pl_module, prediction: dict[str, Any], batch_indices, batch,

@@ -54,7 +54,7 @@ def inspect_main(args: list[str]) -> str:
     config_path = Path(options.config)
     if not config_path.is_file():
         raise ConfigError(f"--config {config_path}: file not found")
-    config = yaml.safe_load(config_path.read_text()) or {}
+    config = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
     if "data" not in config:
         raise ConfigError(f"{config_path}: no 'data' section")
     parser = ArgumentParser()

@@ -33,7 +33,7 @@ STEPS_PER_PHASE = 20
 def _status_kib(field: str) -> int | None:
     """``VmRSS`` / ``VmHWM`` of this process in KiB (Linux), else None."""
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
+        for line in Path("/proc/self/status").read_text(encoding="utf-8").splitlines():
             if line.startswith(f"{field}:"):
                 return int(line.split()[1])
     except OSError:
@@ -43,7 +43,7 @@ def _status_kib(field: str) -> int | None:
 
 def _reset_peak_rss() -> bool:
     try:
-        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+        Path("/proc/self/clear_refs").write_text("5", encoding="utf-8")  # resets VmHWM to the current RSS
         return True
     except OSError:
         return False
@@ -71,7 +71,7 @@ class _StepTimer(Callback):
 
 def run() -> list[dict]:
     """Rows ``{"benchmark", "value", "unit", "note"}`` for the quickstart autoencoder."""
-    config = yaml.safe_load(QUICKSTART.read_text())
+    config = yaml.safe_load(QUICKSTART.read_text(encoding="utf-8"))
     data_args = {**config["data"]["init_args"], "num_workers": 0}
     model_args = {**config["model"]["init_args"], "adversarial_warmup_steps": SKIPPED_STEPS + STEPS_PER_PHASE,
                   "scale_factor_batches": 1}

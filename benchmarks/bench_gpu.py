@@ -35,7 +35,7 @@ BATCH, IMAGE, NUM_CLASSES = 32, 256, 6
 
 
 def _args(name: str) -> dict:
-    return yaml.safe_load((ROOT / "configs" / name).read_text())["model"]["init_args"]
+    return yaml.safe_load((ROOT / "configs" / name).read_text(encoding="utf-8"))["model"]["init_args"]
 
 
 def _denoiser(config: str) -> AnatomicalDenoiser:
@@ -154,4 +154,4 @@ if __name__ == "__main__":
     for row in results:
         print(f"{row['benchmark']:<36} {row['value']:>10.4g} {row['unit']:<10} {row['note']}")
     if options.out:
-        options.out.write_text(json.dumps(results, indent=1))
+        options.out.write_text(json.dumps(results, indent=1), encoding="utf-8")

@@ -32,11 +32,11 @@ ROUNDS, WARMUP = 50, 5
 
 
 def _init_args(name: str) -> dict:
-    return dict(yaml.safe_load((ROOT / "configs" / "quickstart" / name).read_text())["model"]["init_args"])
+    return dict(yaml.safe_load((ROOT / "configs" / "quickstart" / name).read_text(encoding="utf-8"))["model"]["init_args"])
 
 
 def _bundle(folder: Path) -> Path:
-    vae = yaml.safe_load((ROOT / "configs" / "quickstart" / "vae.yaml").read_text())["model"]["init_args"]
+    vae = yaml.safe_load((ROOT / "configs" / "quickstart" / "vae.yaml").read_text(encoding="utf-8"))["model"]["init_args"]
     config = {"spatial_dims": 2, "in_channels": 1, "out_channels": 1, "channels": vae["channels"],
               "latent_channels": vae["latent_channels"], "num_res_blocks": vae["num_res_blocks"],
               "norm_num_groups": vae["norm_num_groups"], "attention_levels": vae["attention_levels"],

@@ -28,7 +28,7 @@ BATCH = 64
 
 
 def _real_test_images() -> torch.Tensor:
-    config = yaml.safe_load((ROOT / "configs" / "quickstart" / "eval.yaml").read_text())["data"]["init_args"]
+    config = yaml.safe_load((ROOT / "configs" / "quickstart" / "eval.yaml").read_text(encoding="utf-8"))["data"]["init_args"]
     config["cache_dir"] = str(ROOT / config["cache_dir"])
     datamodule = AnatomyDataModule(**config)
     datamodule.setup("test")

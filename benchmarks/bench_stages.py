@@ -47,11 +47,11 @@ def _peak_rss(args: list[str], scratch: Path) -> tuple[float, float]:
     elif args[0] == "test":
         extra = ["--model.init_args.output_dir", str(scratch / "eval")]
     elif args[0] == "predict":  # the same config, writing into the scratch folder
-        config = yaml.safe_load((ROOT / args[2]).read_text())
+        config = yaml.safe_load((ROOT / args[2]).read_text(encoding="utf-8"))
         config["trainer"]["callbacks"][0]["init_args"]["output_dir"] = str(scratch / "samples")
         config["trainer"]["default_root_dir"] = str(scratch)
         scratch.mkdir(parents=True, exist_ok=True)
-        (scratch / "sample.yaml").write_text(yaml.safe_dump(config))
+        (scratch / "sample.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
         args = ["predict", "--config", str(scratch / "sample.yaml")]
     start = time.perf_counter()
     process = subprocess.Popen([ANATLDM, *args, *extra], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -36,7 +36,7 @@ from anatldm.trainers.autoencoder import reconstruction_grid  # noqa: E402
 
 
 def evaluate(config_path: Path, bundle: Path | None, split: str, rows: int) -> tuple[dict, np.ndarray]:
-    config = yaml.safe_load(config_path.read_text())
+    config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
     bundle = bundle or Path(config["model"]["init_args"]["export_dir"])
     network, metadata = load_autoencoder_bundle(bundle)
     datamodule = AnatomyDataModule(**{**config["data"]["init_args"], "num_workers": 0, "augment": False})

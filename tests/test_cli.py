@@ -16,7 +16,7 @@ ANATLDM = str(Path(sys.executable).parent / "anatldm")
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([ANATLDM, *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([ANATLDM, *args], capture_output=True, encoding="utf-8", errors="replace", timeout=300)
 
 
 def test_help_through_console_script() -> None:

@@ -231,7 +231,7 @@ class AnatomyDataModule(LightningDataModule):
                 raise DataInputError(f"data.class_names is not set and {classes_file} does not exist; "
                                      f"name the classes, background first")
             try:
-                names = list(json.loads(classes_file.read_text()))
+                names = list(json.loads(classes_file.read_text(encoding="utf-8")))
             except json.JSONDecodeError as err:
                 raise DataInputError(f"{classes_file}: not a JSON list of class names ({err})") from None
         if len(names) < 2 or len(set(names)) != len(names):

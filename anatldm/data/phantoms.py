@@ -1067,7 +1067,7 @@ def _subject_stem(family: str, index: int) -> str:
 def _is_complete(root: Path, family: str, num_subjects: int) -> bool:
     """Whether ``root`` holds the class list and every image/label of the data set."""
     try:
-        names = json.loads((root / "classes.json").read_text())
+        names = json.loads((root / "classes.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
     if names != list(PHANTOM_CLASSES[family]):
@@ -1119,7 +1119,7 @@ def write_phantom_dataset(root: str | Path, family: str, num_subjects: int,
             stem = _subject_stem(family, index)
             _save_nifti(subject.image, subject.affine, staging / "images" / f"{stem}.nii.gz")
             _save_nifti(subject.label, subject.affine, staging / "labels" / f"{stem}.nii.gz")
-        (staging / "classes.json").write_text(json.dumps(list(PHANTOM_CLASSES[family])) + "\n")
+        (staging / "classes.json").write_text(json.dumps(list(PHANTOM_CLASSES[family])) + "\n", encoding="utf-8")
         try:
             os.replace(staging, root)
         except OSError:

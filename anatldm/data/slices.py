@@ -60,7 +60,7 @@ class SliceCache:
         self.path = Path(path)
         if not (self.path / "meta.json").is_file():
             raise DataInputError(f"{self.path}: not a slice cache (meta.json missing)")
-        self.meta = json.loads((self.path / "meta.json").read_text())
+        self.meta = json.loads((self.path / "meta.json").read_text(encoding="utf-8"))
         self.images = np.load(self.path / "images.npy", mmap_mode="r")  # (N, H, W)
         self.masks = np.load(self.path / "masks.npy", mmap_mode="r")  # (N, H, W)
         self.subjects = np.load(self.path / "subjects.npy")  # (N,)
@@ -141,7 +141,7 @@ def _write_cache(folder: Path, pairs: Sequence[VolumePair], preprocessor: Volume
         "slices_with_class": {n: int(p.sum()) for n, p in zip(class_names, present, strict=True)},
         "num_slices": int(masks_all.shape[0]),
     }
-    (folder / "meta.json").write_text(json.dumps(meta, indent=1))
+    (folder / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
 
 
 class SliceDataset:

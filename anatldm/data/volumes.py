@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import locale
 import logging
 import warnings
 from collections.abc import Mapping, Sequence
@@ -118,11 +119,11 @@ def read_manifest(path: str | Path) -> list[VolumePair]:
         raise DataInputError(f"{path}: manifest not found")
     try:
         if path.suffix.lower() == ".json":
-            rows = json.loads(path.read_text())
+            rows = json.loads(path.read_text(encoding="utf-8"))
             if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
                 raise DataInputError(f"{path}: a JSON manifest must be a list of objects")
         else:
-            with path.open(newline="") as handle:
+            with path.open(newline="", encoding="utf-8") as handle:
                 rows = list(csv.DictReader(handle))
     except (json.JSONDecodeError, UnicodeDecodeError, csv.Error) as err:
         raise DataInputError(f"{path}: cannot parse manifest ({err})") from None
@@ -156,7 +157,11 @@ def strict_reader(path: str | Path) -> tuple[torch.Tensor, np.ndarray]:
     raises, so NIfTI goes through nibabel and every other format through torchio's reader.
     """
     if not str(path).lower().endswith((".nii", ".nii.gz")):
-        return read_image(path)
+        current = locale.setlocale(locale.LC_ALL)
+        try:
+            return read_image(path)
+        finally:  # GDCM (DICOM series) switches the process to the C locale: restore it
+            locale.setlocale(locale.LC_ALL, current)
     nifti = nib.load(str(path), mmap=False)
     data = np.asanyarray(nifti.dataobj)  # raises on a truncated file
     if data.ndim == 3:
@@ -165,7 +170,7 @@ def strict_reader(path: str | Path) -> tuple[torch.Tensor, np.ndarray]:
         data = np.moveaxis(data, -1, 0)  # (C, X, Y, Z)
     else:
         raise DataInputError(f"{path}: {data.ndim}D NIfTI; expected one 3D volume per file")
-    dtype = np.int64 if np.issubdtype(data.dtype, np.integer) else np.float32
+    dtype = np.int32 if np.issubdtype(data.dtype, np.integer) else np.float32  # nibabel refuses int64
     return torch.from_numpy(np.ascontiguousarray(data, dtype=dtype)), nifti.affine
 
 
@@ -297,7 +302,7 @@ class VolumePreprocessor:
         finite = torch.isfinite(image_data)
         if not bool(finite.all()):
             raise DataInputError(f"{pair.image}: {int((~finite).sum())} NaN or infinite voxel(s)")
-        label.set_data(self._class_indices(label_data, pair.label))
+        label.set_data(self._class_indices(label_data, pair.label).to(torch.int32))  # int64: nibabel refuses
         return tio.Subject(image=image, label=label)
 
     def _class_indices(self, data: torch.Tensor, path: Path) -> torch.Tensor:

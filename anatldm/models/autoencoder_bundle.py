@@ -113,7 +113,7 @@ def save_autoencoder_bundle(
     }
     # weights first: a JSON on disk always names complete weights
     _atomic_write(folder / BUNDLE_WEIGHTS, lambda path: save_file(tensors, path, metadata={"format": "pt"}))
-    _atomic_write(folder / BUNDLE_CONFIG, lambda path: path.write_text(json.dumps(metadata, indent=1)))
+    _atomic_write(folder / BUNDLE_CONFIG, lambda path: path.write_text(json.dumps(metadata, indent=1), encoding="utf-8"))
     logger.info("wrote autoencoder bundle %s (scale_factor %.6g)", folder, scale_factor)
     return folder / BUNDLE_CONFIG
 
@@ -123,7 +123,7 @@ def _read_metadata(path: Path) -> tuple[Path, dict[str, Any]]:
     if not json_path.is_file():
         raise ConfigError(f"{json_path}: no autoencoder bundle (give the export folder or its {BUNDLE_CONFIG})")
     try:
-        metadata = json.loads(json_path.read_text())
+        metadata = json.loads(json_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"{json_path}: not valid JSON ({err})") from None
     if not isinstance(metadata, dict):

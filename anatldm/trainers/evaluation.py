@@ -349,7 +349,7 @@ class EvaluationTask(AnatomyTask):
 
 def _atomic_text(path: Path, text: str) -> None:
     partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(text)
+    partial.write_text(text, encoding="utf-8")
     os.replace(partial, path)
 
 

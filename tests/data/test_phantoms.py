@@ -156,7 +156,7 @@ def test_write_phantom_dataset_is_complete_readable_and_atomic(tmp_path):
                                     seed=3)
     assert written == root
     assert sorted(p.name for p in tmp_path.joinpath("phantoms").iterdir()) == ["ct"]  # no temp dir
-    assert json.loads((root / "classes.json").read_text()) == list(CT_ABDOMEN_CLASSES)
+    assert json.loads((root / "classes.json").read_text(encoding="utf-8")) == list(CT_ABDOMEN_CLASSES)
     for index in range(2):
         image = nib.load(root / "images" / f"ct_abdomen_{index:04d}.nii.gz")
         label = nib.load(root / "labels" / f"ct_abdomen_{index:04d}.nii.gz")

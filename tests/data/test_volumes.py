@@ -215,3 +215,16 @@ def test_dicom_series_folder(tmp_path: Path) -> None:
     assert [(p.subject, p.image.is_dir()) for p in pairs] == [("patient1", True)]
     images, masks, _ = preprocessor()(pairs[0])
     assert images.shape == (6, 16, 16) and set(np.unique(masks)) == {0, 1, 2}
+
+
+def test_non_ras_volumes_are_reoriented(tmp_path: Path) -> None:
+    """An LPS pair (as DICOM-derived NIfTI often is) gives the same slices as its RAS twin."""
+    image, label = labelled_volume(0)
+    ras = _pair(tmp_path / "ras", image, label)
+    lps_affine = np.diag([-1.5, -1.5, 3.0, 1.0])
+    lps_affine[:3, 3] = [19 * 1.5, 17 * 1.5, 0]
+    lps = VolumePair("lps", write_nifti(tmp_path / "lps" / "images" / "x.nii.gz", image[::-1, ::-1].copy(), lps_affine),
+                     write_nifti(tmp_path / "lps" / "labels" / "x.nii.gz", label[::-1, ::-1].copy(), lps_affine))
+    reference, reoriented = preprocessor()(ras), preprocessor()(lps)
+    np.testing.assert_allclose(reoriented[0], reference[0], atol=1e-5)
+    np.testing.assert_array_equal(reoriented[1], reference[1])

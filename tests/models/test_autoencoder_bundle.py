@@ -72,7 +72,7 @@ def test_missing_bundle(tmp_path: Path) -> None:
 @pytest.mark.parametrize("field", ["scale_factor", "config", "class_names"])
 def test_json_without_a_field(bundle: tuple[Path, AutoencoderKL], field: str) -> None:
     folder, _ = bundle
-    metadata = json.loads((folder / BUNDLE_CONFIG).read_text())
+    metadata = json.loads((folder / BUNDLE_CONFIG).read_text(encoding="utf-8"))
     del metadata[field]
     (folder / BUNDLE_CONFIG).write_text(json.dumps(metadata))
     message = one_line_error(folder)
@@ -81,7 +81,7 @@ def test_json_without_a_field(bundle: tuple[Path, AutoencoderKL], field: str) ->
 
 def test_invalid_json_and_bad_scale(bundle: tuple[Path, AutoencoderKL]) -> None:
     folder, _ = bundle
-    text = (folder / BUNDLE_CONFIG).read_text()
+    text = (folder / BUNDLE_CONFIG).read_text(encoding="utf-8")
     (folder / BUNDLE_CONFIG).write_text(text[:-10])
     assert "not valid JSON" in one_line_error(folder)
     metadata = json.loads(text)
@@ -91,7 +91,7 @@ def test_invalid_json_and_bad_scale(bundle: tuple[Path, AutoencoderKL]) -> None:
 
 def test_weights_that_do_not_match_the_config(bundle: tuple[Path, AutoencoderKL]) -> None:
     folder, _ = bundle
-    metadata = json.loads((folder / BUNDLE_CONFIG).read_text())
+    metadata = json.loads((folder / BUNDLE_CONFIG).read_text(encoding="utf-8"))
     wider = {**metadata, "config": {**CONFIG, "channels": [8, 32]}}
     (folder / BUNDLE_CONFIG).write_text(json.dumps(wider))
     message = one_line_error(folder)
@@ -106,7 +106,7 @@ def test_weights_that_do_not_match_the_config(bundle: tuple[Path, AutoencoderKL]
 
 def test_config_that_builds_no_network_and_missing_or_corrupt_weights(bundle: tuple[Path, AutoencoderKL]) -> None:
     folder, _ = bundle
-    metadata = json.loads((folder / BUNDLE_CONFIG).read_text())
+    metadata = json.loads((folder / BUNDLE_CONFIG).read_text(encoding="utf-8"))
     (folder / BUNDLE_CONFIG).write_text(json.dumps({**metadata, "config": {**CONFIG, "channels": [8, 18]}}))
     assert "does not build an AutoencoderKL" in one_line_error(folder)
     (folder / BUNDLE_CONFIG).write_text(json.dumps(metadata))

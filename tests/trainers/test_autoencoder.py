@@ -135,7 +135,7 @@ def test_export_import_latents_and_scale_factor(tmp_path: Path, cache_dir: str) 
 
 
 def run_anatldm(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([ANATLDM, *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([ANATLDM, *args], capture_output=True, encoding="utf-8", errors="replace", timeout=300)
 
 
 def test_scale_factor_single_process_equals_two_process_ddp(tmp_path: Path, cache_dir: str) -> None:
@@ -153,7 +153,7 @@ def test_scale_factor_single_process_equals_two_process_ddp(tmp_path: Path, cach
     result = run_anatldm("fit", "--config", str(config), "--trainer.accelerator", "cpu", "--trainer.devices", "2",
                          "--trainer.strategy", "ddp_find_unused_parameters_true", *frozen)
     assert result.returncode == 0, result.stderr[-3000:]
-    single, double = (json.loads((tmp_path / f"export{n}" / BUNDLE_CONFIG).read_text()) for n in (1, 2))
+    single, double = (json.loads((tmp_path / f"export{n}" / BUNDLE_CONFIG).read_text(encoding="utf-8")) for n in (1, 2))
     assert math.isfinite(single["scale_factor"])
     assert double["scale_factor"] == pytest.approx(single["scale_factor"], rel=1e-6)
 

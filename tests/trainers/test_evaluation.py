@@ -59,7 +59,7 @@ def _eval_config(checkpoints: dict, out: Path, **overrides) -> Path:
 def test_report_has_every_field(checkpoints: dict, tmp_path: Path) -> None:
     out = tmp_path / "report"
     main(["test", "--config", str(_eval_config(checkpoints, out))])
-    report = json.loads((out / "report.json").read_text())
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert report["feature_source"].startswith("segmenter") and report["num_samples"] == 10
     assert set(report["results"]) == {"register", "baseline"}
     metrics = {"plausibility_rate", "fsd", "area_w1", "fid", "kid", "diversity_msssim", "memorisation_rmse"}
@@ -74,10 +74,10 @@ def test_report_has_every_field(checkpoints: dict, tmp_path: Path) -> None:
     change = report["results"]["register"]["relative_change_vs_baseline"]
     assert {"fsd", "fid", "area_w1"} <= set(change)
     assert set(report["real_test"]["segmenter_dice"]) == {"liver", "spleen", "kidney", "bone", "lung"}
-    table = (out / "report.md").read_text()
+    table = (out / "report.md").read_text(encoding="utf-8")
     assert "| metric | baseline | register | register vs baseline |" in table  # safe_dump sorts the keys
     assert "Plausibility rate (primary)" in table
-    rules = json.loads((out / "rules.json").read_text())
+    rules = json.loads((out / "rules.json").read_text(encoding="utf-8"))
     assert rules["class_names"][0] == "background"
     for png in ("samples_register.png", "samples_register_head.png", "samples_baseline.png"):
         assert (out / png).stat().st_size > 5000

@@ -148,7 +148,7 @@ def test_bad_settings(bundle: Path, overrides: dict, match: str) -> None:
 
 def test_missing_bundle_is_one_line_error(tmp_path: Path) -> None:
     config = write_config(tmp_path / "ldm.yaml", tmp_path / "nope", tmp_path)
-    result = subprocess.run([ANATLDM, "fit", "--config", str(config)], capture_output=True, text=True, timeout=300)
+    result = subprocess.run([ANATLDM, "fit", "--config", str(config)], capture_output=True, encoding="utf-8", errors="replace", timeout=300)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "nope" in result.stderr.strip().splitlines()[-1]
 
@@ -156,6 +156,6 @@ def test_missing_bundle_is_one_line_error(tmp_path: Path) -> None:
 def test_ddp_two_processes_fit_to_the_end(bundle: Path, tmp_path: Path) -> None:
     config = write_config(tmp_path / "ldm.yaml", bundle, tmp_path, max_epochs=1, limit_train_batches=2,
                           limit_val_batches=1, devices=2, strategy="ddp")
-    result = subprocess.run([ANATLDM, "fit", "--config", str(config)], capture_output=True, text=True, timeout=600)
+    result = subprocess.run([ANATLDM, "fit", "--config", str(config)], capture_output=True, encoding="utf-8", errors="replace", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "max_epochs=1` reached" in result.stderr + result.stdout
