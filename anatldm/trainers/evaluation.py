@@ -224,7 +224,8 @@ class EvaluationTask(AnatomyTask):
         consistency = SelfConsistencyDice(num_classes).to(self.device)
         diversity = PairwiseMSSSIM(max_pairs=2000, seed=hp.seed).to(self.device)
         memorisation = Memorisation().to(self.device)
-        realism = make_fid_kid(self.features, kid_subset_size=hp.kid_subset_size, kid_subsets=50,
+        kid_subset = max(2, min(hp.kid_subset_size, num_samples, len(real_images)))  # KID refuses larger subsets
+        realism = make_fid_kid(self.features, kid_subset_size=kid_subset, kid_subsets=50,
                                inception_weights=hp.inception_weights, seed=hp.seed)
         fid, kid = realism.fid.to(self.device), realism.kid.to(self.device)
         for metric in (fsd, area_w1):

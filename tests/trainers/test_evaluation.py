@@ -45,7 +45,7 @@ def checkpoints(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 def _eval_config(checkpoints: dict, out: Path, **overrides) -> Path:
     model = {"generators": {"register": str(checkpoints["register"]), "baseline": str(checkpoints["baseline"])},
              "segmenter": str(checkpoints["segmenter"]), "baseline": "baseline", "num_samples": 10,
-             "num_inference_steps": 2, "sample_batch_size": 5, "num_bootstrap": 50, "kid_subset_size": 4,
+             "num_inference_steps": 2, "sample_batch_size": 5, "num_bootstrap": 50,  # KID subset 100 > 10 samples: clipped
              "output_dir": str(out), **overrides}
     path = out.parent / f"{out.name}.yaml"
     path.write_text(yaml.safe_dump({
