@@ -4,13 +4,12 @@
 
 Runs every stage of the quickstart chain as a user would (``anatldm fit|test|predict`` with the
 ``configs/quickstart`` configs) in a subprocess limited to a few training steps, and reports the
-subprocess's peak resident memory (``wait4`` rusage). Stages that need an earlier stage's output
+subprocess's peak resident memory (its ``VmHWM``, polled every 0.1 s). Stages that need an earlier stage's output
 are skipped until ``make quickstart`` has produced it.
 """
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import tempfile
@@ -55,10 +54,23 @@ def _peak_rss(args: list[str], scratch: Path) -> tuple[float, float]:
         args = ["predict", "--config", str(scratch / "sample.yaml")]
     start = time.perf_counter()
     process = subprocess.Popen([ANATLDM, *args, *extra], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
+    peak_kib = 0
+    while process.poll() is None:  # VmHWM of the child itself (rusage would count the pre-exec fork)
+        peak_kib = max(peak_kib, _vm_hwm_kib(process.pid))
+        time.sleep(0.1)
+    if process.returncode != 0:
         raise RuntimeError(f"anatldm {' '.join(args)} failed:\n{process.stderr.read().decode()[-2000:]}")
-    return time.perf_counter() - start, usage.ru_maxrss / 1024
+    return time.perf_counter() - start, peak_kib / 1024
+
+
+def _vm_hwm_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text(encoding="utf-8").splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
 
 
 def run() -> list[dict]:
