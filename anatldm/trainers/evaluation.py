@@ -284,7 +284,7 @@ class EvaluationTask(AnatomyTask):
         if generator.denoiser.head is not None:
             results["self_consistency_dice"] = self._interval("mean", [consistency.per_sample()])
             results["_samples"]["self_consistency_dice"] = ("mean", [consistency.per_sample()])
-        return results, {key: value for key, value in kept.items()}
+        return results, kept
 
     def _interval(self, statistic: str | Callable, samples: list, resamples: int | None = None,
                   point: float | None = None) -> dict[str, float]:
