@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -13,6 +14,7 @@ import torchio as tio
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
+from anatldm.data import phantoms
 from anatldm.data.phantoms import PHANTOM_CLASSES, PHANTOM_PRESETS, write_phantom_dataset
 from anatldm.data.slices import SliceCache, SliceDataset, build_slice_cache
 from anatldm.data.volumes import (
@@ -212,7 +214,9 @@ class AnatomyDataModule(LightningDataModule):
     def _phantom_root(self) -> Path:
         hp = self.hparams
         height, width = self.image_size
-        name = f"{hp.phantom_family}-n{hp.num_subjects}-{height}x{width}x{hp.num_slices}-seed{hp.phantom_seed}"
+        generator = hashlib.sha256(Path(phantoms.__file__).read_bytes()).hexdigest()[:8]  # a new generator: new data
+        name = (f"{hp.phantom_family}-n{hp.num_subjects}-{height}x{width}x{hp.num_slices}-seed{hp.phantom_seed}"
+                f"-gen{generator}")
         root = Path(hp.cache_dir) / "phantoms" / name
         if not (root / "classes.json").is_file():
             write_phantom_dataset(root, hp.phantom_family, hp.num_subjects, size=self.image_size,
