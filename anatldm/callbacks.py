@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -10,9 +11,17 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
+import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from anatldm.data.orientation import display_to_ras
+from anatldm.errors import ConfigError
+from anatldm.interpret import (
+    RegisterAssociation,
+    attention_at_image_size,
+    save_association,
+    save_attention_panels,
+)
 from anatldm.visualize import save_overlay_grid
 
 __all__ = ["SampleWriter", "to_raw_intensity"]
@@ -29,6 +38,12 @@ def to_raw_intensity(images: np.ndarray, normalization: dict) -> np.ndarray:
     return images.astype(np.float32)
 
 
+def _atomic_text(path: Path, text: str) -> None:
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(text, encoding="utf-8")
+    os.replace(partial, path)
+
+
 def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
     partial = path.with_name(f".{path.name}.partial.nii.gz")
     nib.save(nib.Nifti1Image(array, affine), partial)
@@ -40,28 +55,66 @@ class SampleWriter(BasePredictionWriter):
 
     Files: ``sample_<seed>_image.nii.gz`` (HU for CT, [-1, 1] otherwise),
     ``sample_<seed>_label.nii.gz`` (class indices), ``classes.json`` (the class names),
-    ``samples.png`` (up to ``grid_size`` samples with mask outlines). Every file is written
+    ``samples.png`` (up to ``grid_size`` samples with mask outlines), ``edits.json`` when the
+    register bank was edited (the edits and the registers they touched). Every file is written
     under a temporary name and renamed, so an interrupted run leaves no half-written file.
     Slices are stored as one-slice RAS+ volumes in the orientation of the training data.
+
+    With ``save_attention`` (models with registers): ``sample_<seed>_attention.png`` for the
+    first ``attention_panels`` samples (each register's cross-attention map per level and
+    averaged over levels, averaged over heads and the model's last ``attention_steps`` steps),
+    and over all samples the register-class association (:mod:`anatldm.interpret`) with the
+    head's masks, ``association.{json,csv,png}``, and with the segmenter's masks when a
+    ``segmenter`` checkpoint is given, ``association_segmenter.{json,csv,png}``.
 
     Args:
         output_dir: folder of the outputs, created if needed.
         grid_size: samples shown in ``samples.png``.
+        save_attention: record and save register attention maps and the association table.
+        attention_panels: samples (per process) that get an attention PNG.
+        segmenter: ``SegmenterTask`` checkpoint for the association with segmenter masks.
     """
 
-    def __init__(self, output_dir: str = "samples", grid_size: int = 16) -> None:
+    def __init__(self, output_dir: str = "samples", grid_size: int = 16, save_attention: bool = False,
+                 attention_panels: int = 16, segmenter: str | None = None) -> None:
         super().__init__(write_interval="batch")
+        if segmenter is not None and not save_attention:
+            raise ConfigError("SampleWriter.segmenter is only used with save_attention: true")
         self.output_dir = Path(output_dir)
         self.grid_size = grid_size
+        self.save_attention = save_attention
+        self.attention_panels = attention_panels
+        self.segmenter_path = segmenter
         self._grid: list[tuple[np.ndarray, np.ndarray | None, int]] = []
+        self._associations: dict[str, RegisterAssociation] = {}
+        self._segmenter = None
+        self._panels = 0
 
     def on_predict_start(self, trainer, pl_module) -> None:
+        self._grid, self._associations, self._panels = [], {}, 0
+        if self.save_attention:
+            self._start_attention(pl_module)
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        self._grid = []
         if trainer.is_global_zero:
-            classes = self.output_dir / "classes.json"
-            classes.with_suffix(".partial").write_text(json.dumps(pl_module.class_names), encoding="utf-8")
-            os.replace(classes.with_suffix(".partial"), classes)
+            _atomic_text(self.output_dir / "classes.json", json.dumps(pl_module.class_names))
+
+    def _start_attention(self, pl_module) -> None:
+        registers = getattr(pl_module.denoiser, "registers", None)
+        if registers is None:
+            raise ConfigError("SampleWriter.save_attention: this model has no register bank (num_registers is 0)")
+        if self.segmenter_path is not None:
+            from anatldm.trainers.evaluation import load_task  # a trainer module: import when used
+            from anatldm.trainers.segmenter import SegmenterTask
+
+            self._segmenter = load_task(SegmenterTask, self.segmenter_path, "SampleWriter.segmenter")
+            self._segmenter.eval().requires_grad_(False).to(pl_module.device)
+            if self._segmenter.hparams.num_classes != len(pl_module.class_names):
+                raise ConfigError(f"SampleWriter.segmenter: {self.segmenter_path} has "
+                                  f"{self._segmenter.hparams.num_classes} classes, the model {len(pl_module.class_names)}")
+        pl_module.record_attention = True
+        sources = (["head"] if pl_module.denoiser.head is not None else []) + (["segmenter"] if self._segmenter else [])
+        self._associations = {source: RegisterAssociation(registers.num_registers, len(pl_module.class_names))
+                              .to(pl_module.device) for source in sources}
 
     def write_on_batch_end(self, trainer, pl_module, prediction: dict[str, Any], batch_indices, batch,
                            batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -78,8 +131,40 @@ class SampleWriter(BasePredictionWriter):
                 _save_nifti(display_to_ras(masks[index][None]), affine, self.output_dir / f"{stem}_label.nii.gz")
             if len(self._grid) < self.grid_size:
                 self._grid.append((images[index], None if masks is None else masks[index], int(seed)))
+        if self.save_attention:
+            self._write_attention(pl_module, prediction, images, masks)
+
+    def _write_attention(self, pl_module, prediction: dict[str, Any], images: np.ndarray,
+                         masks: np.ndarray | None) -> None:
+        maps = attention_at_image_size(prediction["attention"], pl_module.image_size)  # level -> (B, K, H, W)
+        if "head" in self._associations:
+            self._associations["head"].update(maps["mean"], prediction["mask"])
+        if "segmenter" in self._associations:
+            with torch.no_grad():
+                segmented = self._segmenter(prediction["image"].float()).argmax(1)
+            self._associations["segmenter"].update(maps["mean"], segmented)
+        for index, seed in enumerate(prediction["seed"].tolist()):
+            if self._panels >= self.attention_panels:
+                break
+            self._panels += 1
+            save_attention_panels(images[index], None if masks is None else masks[index],
+                                  {name: m[index].cpu().numpy() for name, m in maps.items()}, pl_module.class_names,
+                                  self.output_dir / f"sample_{int(seed):06d}_attention.png",
+                                  title=f"seed {int(seed)}: register attention (share per position)")
 
     def on_predict_end(self, trainer, pl_module) -> None:
+        tables = {source: metric.compute() for source, metric in self._associations.items()}  # collective
+        pl_module.record_attention = False
+        if trainer.is_global_zero:
+            for source, table in tables.items():
+                save_association(table.cpu(), pl_module.class_names, self.output_dir,
+                                 source="anatomy head" if source == "head" else "segmenter",
+                                 num_samples=int(self._associations[source].num_samples),
+                                 stem="association" if source == "head" else "association_segmenter")
+            if pl_module.register_edits:
+                edits = [dataclasses.asdict(edit) for edit in pl_module.register_edits]
+                _atomic_text(self.output_dir / "edits.json",
+                             json.dumps({"edits": edits, "resolved": pl_module.applied_edits}, indent=1))
         if not self._grid:
             return
         images = np.stack([g[0] for g in self._grid])

@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-__all__ = ["CLASS_COLORS", "render_overlay_grid", "save_overlay_grid"]
+__all__ = ["CLASS_COLORS", "class_color", "render_overlay_grid", "save_overlay_grid"]
 
 #: one colour per foreground class (background has none)
 CLASS_COLORS = ("#ff3b30", "#ffcc00", "#34c759", "#00c7ff", "#af52de", "#ff9500", "#52d1dc", "#f15bb5")
@@ -40,11 +40,11 @@ def _figure(
         if masks is not None:
             for c in range(1, len(class_names)):
                 if (masks[index] == c).any():
-                    ax.contour(masks[index] == c, levels=[0.5], colors=[_color(c)], linewidths=0.9)
+                    ax.contour(masks[index] == c, levels=[0.5], colors=[class_color(c)], linewidths=0.9)
         if titles is not None:
             ax.set_title(titles[index], color="white", fontsize=8)
     if masks is not None:
-        handles = [Line2D([], [], color=_color(c), label=name) for c, name in enumerate(class_names) if c > 0]
+        handles = [Line2D([], [], color=class_color(c), label=name) for c, name in enumerate(class_names) if c > 0]
         fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), frameon=False,
                    labelcolor="white")
     if title:
@@ -53,7 +53,8 @@ def _figure(
     return fig
 
 
-def _color(class_index: int) -> str:
+def class_color(class_index: int) -> str:
+    """The outline colour of foreground class ``class_index`` (1, 2, ...)."""
     return CLASS_COLORS[(class_index - 1) % len(CLASS_COLORS)]
 
 

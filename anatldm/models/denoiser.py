@@ -97,6 +97,10 @@ class AnatomicalDenoiser(nn.Module):
         num_head_channels: channels per self-attention head of the UNet.
         num_registers: tokens ``K`` in the register bank; 0 builds the standard LDM denoiser.
         register_dim: token width ``D``.
+        register_init_std: standard deviation of the tokens' initialisation. Tokens enter the
+            keys without a norm, so small tokens give near-uniform attention (every register
+            read everywhere, a bias rather than a memory); 1.0 gives attention logits of about
+            unit scale at the start.
         register_levels: levels whose decoder blocks cross-attend to the registers.
         register_heads: heads of the register cross-attention.
         register_encoder: the encoder blocks of ``register_levels`` cross-attend too.
@@ -116,6 +120,7 @@ class AnatomicalDenoiser(nn.Module):
         num_head_channels: int = 32,
         num_registers: int = 16,
         register_dim: int = 128,
+        register_init_std: float = 1.0,
         register_levels: Sequence[int] = (1, 2),
         register_heads: int = 4,
         register_encoder: bool = False,
@@ -139,7 +144,7 @@ class AnatomicalDenoiser(nn.Module):
             norm_num_groups=norm_num_groups, num_head_channels=num_head_channels,
         )
         self.num_levels = num_levels
-        self.registers = AnatomicalRegisterBank(num_registers, register_dim) if num_registers else None
+        self.registers = AnatomicalRegisterBank(num_registers, register_dim, register_init_std) if num_registers else None
         self.register_levels = tuple(register_levels) if num_registers else ()
         self.register_attention = nn.ModuleDict()
         sides = ("down", "up") if register_encoder else ("up",)

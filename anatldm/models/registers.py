@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -106,7 +106,9 @@ class RegisterEdit:
         operation: ``"scale"`` (by ``factor``), ``"ablate"`` (set to zero), ``"replace"`` (take
             the registers of the bank in ``source``) or ``"interpolate"`` (towards the bank in
             ``source`` by ``alpha``).
-        registers: indices of the edited registers; ``None`` edits all of them.
+        registers: indices of the edited registers; ``None`` (and no ``classes``) edits all.
+        classes: edit the registers most associated with these classes instead of giving
+            indices (controllable generation by anatomy; see :mod:`anatldm.interpret`).
         factor: scale factor of ``"scale"``.
         alpha: interpolation weight of ``"interpolate"`` (0 keeps the bank, 1 is ``source``).
         source: checkpoint holding the other bank of ``"replace"`` and ``"interpolate"``.
@@ -114,16 +116,25 @@ class RegisterEdit:
 
     operation: Literal["scale", "ablate", "replace", "interpolate"]
     registers: list[int] | None = None
+    classes: list[str] | None = None
     factor: float = 1.0
     alpha: float = 0.5
     source: str | None = None
 
 
 def apply_register_edits(tokens: torch.Tensor, edits: Sequence[RegisterEdit],
-                         load_bank: Callable[[str], torch.Tensor]) -> torch.Tensor:
+                         load_bank: Callable[[str], torch.Tensor],
+                         resolve_classes: Callable[[Sequence[str]], list[int]] | None = None) -> torch.Tensor:
     """Apply ``edits`` in order to the ``(K, D)`` bank ``tokens``; ``load_bank(source)`` reads
-    another bank for ``replace`` and ``interpolate``."""
+    another bank for ``replace`` and ``interpolate``; ``resolve_classes(names)`` gives the
+    registers of an edit that names ``classes``."""
     for edit in edits:
+        if edit.classes:
+            if edit.registers is not None:
+                raise ValueError("an edit names either 'registers' or 'classes', not both")
+            if resolve_classes is None:
+                raise ValueError("edits by class need the register-class association of the model")
+            edit = replace(edit, registers=resolve_classes(edit.classes), classes=None)
         if edit.operation == "scale":
             tokens = scale_registers(tokens, edit.factor, edit.registers)
         elif edit.operation == "ablate":

@@ -9,6 +9,7 @@ generator with its relative change against the baseline.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -20,11 +21,13 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torchmetrics import CatMetric
 from torchmetrics.segmentation import DiceScore
 
 from anatldm import __version__
 from anatldm.diffusion.schedulers import SamplerName
 from anatldm.errors import ConfigError
+from anatldm.interpret.effects import edit_effect, edit_effects_markdown
 from anatldm.metrics import (
     AnatomyRules,
     AreaWasserstein,
@@ -34,18 +37,20 @@ from anatldm.metrics import (
     PlausibilityRate,
     PooledEncoderFeatures,
     SelfConsistencyDice,
+    area_fractions,
     bootstrap_ci,
     frechet_feature_distance,
     kernel_feature_distance,
     make_fid_kid,
     relative_change_ci,
 )
+from anatldm.models.registers import RegisterEdit
 from anatldm.trainers.base import AnatomyTask
 from anatldm.trainers.ldm import AnatomicalLDMTask
 from anatldm.trainers.segmenter import SegmenterTask, bottleneck_module
 from anatldm.visualize import save_overlay_grid
 
-__all__ = ["EvaluationTask"]
+__all__ = ["EvaluationTask", "load_task"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,15 +67,17 @@ METRICS = {
 }
 
 
-def _load(task_class, path: str, what: str) -> nn.Module:
+def load_task(task_class, path: str, what: str) -> nn.Module:
+    """A task from its checkpoint (weights only); a missing or foreign file is one ``ConfigError``
+    naming the key ``what``."""
     if not Path(path).is_file():
-        raise ConfigError(f"model.{what}: checkpoint {path} not found")
+        raise ConfigError(f"{what}: checkpoint {path} not found")
     try:
         return task_class.load_from_checkpoint(path, map_location="cpu", weights_only=True)
     except (KeyError, RuntimeError, TypeError, ValueError) as err:
         if isinstance(err, ConfigError):
             raise
-        raise ConfigError(f"model.{what}: {path} is not a {task_class.__name__} checkpoint "
+        raise ConfigError(f"{what}: {path} is not a {task_class.__name__} checkpoint "
                           f"({str(err).splitlines()[0]})") from None
 
 
@@ -102,6 +109,13 @@ class EvaluationTask(AnatomyTask):
         inception_weights: local InceptionV3 weights for a standard FID; ``None`` uses the
             segmenter's features (the report says which).
         output_dir: where the report goes.
+        edits: name -> register edits (by index or by class, e.g.
+            ``[{operation: scale, classes: [liver], factor: 1.5}]``) applied to
+            ``edit_generator``; each is measured against the unedited samples of the same seeds:
+            per-class segmenter area change and plausibility change with paired intervals
+            (``report.json["edits"]``, ``edits.md``, ``edits_<generator>.png``).
+        edit_generator: the generator the edits apply to (default: the first with registers).
+        edit_samples: samples per edit (default ``num_samples``).
     """
 
     def __init__(
@@ -120,6 +134,9 @@ class EvaluationTask(AnatomyTask):
         max_training_slices: int = 2000,
         inception_weights: str | None = None,
         output_dir: str = "runs/eval",
+        edits: dict[str, list[RegisterEdit]] | None = None,
+        edit_generator: str | None = None,
+        edit_samples: int | None = None,
     ) -> None:
         if not generators:
             raise ConfigError("model.generators is empty: name at least one LDM checkpoint")
@@ -129,6 +146,12 @@ class EvaluationTask(AnatomyTask):
                            ("sample_batch_size", sample_batch_size), ("num_bootstrap", num_bootstrap)):
             if value is not None and value < 1:
                 raise ConfigError(f"model.{key} must be at least 1, got {value}")
+        if edit_generator is not None and edit_generator not in generators:
+            raise ConfigError(f"model.edit_generator '{edit_generator}' is not one of the generators {sorted(generators)}")
+        if edit_samples is not None and edit_samples < 1:
+            raise ConfigError(f"model.edit_samples must be at least 1, got {edit_samples}")
+        self.edits = {name: [_as_edit(edit, f"model.edits.{name}") for edit in edit_list]
+                      for name, edit_list in (edits or {}).items()}
         if not 0 < confidence < 1:
             raise ConfigError(f"model.confidence must lie in (0, 1), got {confidence}")
         super().__init__()
@@ -143,8 +166,8 @@ class EvaluationTask(AnatomyTask):
         if hasattr(self, "segmenter"):
             return
         hp = self.hparams
-        self.segmenter = _load(SegmenterTask, hp.segmenter, "segmenter").eval()
-        self.generators = nn.ModuleDict({name: _load(AnatomicalLDMTask, path, f"generators.{name}").eval()
+        self.segmenter = load_task(SegmenterTask, hp.segmenter, "model.segmenter").eval()
+        self.generators = nn.ModuleDict({name: load_task(AnatomicalLDMTask, path, f"model.generators.{name}").eval()
                                          for name, path in hp.generators.items()})
         self.class_names = list(next(iter(self.generators.values())).class_names)
         for name, generator in self.generators.items():
@@ -154,6 +177,20 @@ class EvaluationTask(AnatomyTask):
         if self.segmenter.hparams.num_classes != len(self.class_names):
             raise ConfigError(f"model.segmenter has {self.segmenter.hparams.num_classes} classes, the generators "
                               f"{len(self.class_names)}")
+        if self.edits:
+            self.edit_generator = hp.edit_generator or next(
+                (name for name, g in self.generators.items() if g.denoiser.registers is not None), None)
+            generator = self.generators[self.edit_generator] if self.edit_generator else None
+            if generator is None or generator.denoiser.registers is None:
+                raise ConfigError(f"model.edits: generator '{self.edit_generator}' has no register bank"
+                                  if self.edit_generator else "model.edits: no generator has a register bank")
+            for name, edits in self.edits.items():  # fail on a bad edit before any sampling
+                generator.register_edits = list(edits)
+                try:
+                    generator._check_edits()
+                except ConfigError as err:
+                    raise ConfigError(str(err).replace("model.register_edits", f"model.edits.{name}")) from None
+            generator.register_edits = []
         self.features = PooledEncoderFeatures(self.segmenter.network, self.segmenter.feature_channels,
                                               layer=bottleneck_module(self.segmenter.network))
         self.requires_grad_(False)
@@ -200,10 +237,15 @@ class EvaluationTask(AnatomyTask):
             logger.info("evaluating %s: %d samples, %s with %d steps", name, num_samples, hp.sampler,
                         hp.num_inference_steps)
             results[name], samples[name] = self._evaluate_generator(generator, num_samples, real_images, real_masks)
+        edits, edit_samples = self._evaluate_edits() if self.edits else ({}, {})
         if not self.trainer.is_global_zero:
             return
         report = self._report(real, results, num_samples)
+        if edits:
+            report["edits"] = edits
         self._write(report, samples)
+        if edits:
+            self._write_edits(edits, edit_samples)
         for experiment_logger in self.loggers:
             experiment_logger.log_metrics({f"{name}/{metric}": values["value"] for name, metrics in results.items()
                                            for metric, values in metrics.items() if "value" in values})
@@ -286,6 +328,56 @@ class EvaluationTask(AnatomyTask):
             results["_samples"]["self_consistency_dice"] = ("mean", [consistency.per_sample()])
         return results, kept
 
+    @torch.no_grad()
+    def _segmented_samples(self, generator: AnatomicalLDMTask, seeds: list[int],
+                           registers: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Per-sample segmenter areas ``(N, C - 1)`` and plausibility ``(N,)`` of all ranks' samples
+        (rank-major), and this rank's first images and masks (for the figure)."""
+        hp = self.hparams
+        areas, plausibility = CatMetric().to(self.device), PlausibilityRate(self.rules).to(self.device)
+        kept_images, kept_masks = [], []
+        for start in range(0, len(seeds), hp.sample_batch_size):
+            out = generator.generate(seeds[start:start + hp.sample_batch_size], sampler=hp.sampler,
+                                     num_inference_steps=hp.num_inference_steps, registers=registers)
+            images = out["image"].float()
+            masks = self.segment(images)
+            areas.update(area_fractions(masks, len(self.class_names)))
+            plausibility.update(masks)
+            if start == 0:
+                kept_images, kept_masks = images[:8].cpu(), masks[:8].cpu()
+        return areas.compute().cpu(), plausibility.per_sample().cpu(), kept_images, kept_masks
+
+    def _evaluate_edits(self) -> tuple[dict, dict]:
+        """Every edit of ``edits`` against the unedited samples of the same seeds."""
+        hp = self.hparams
+        generator = self.generators[self.edit_generator]
+        seeds = self._seeds(hp.edit_samples or hp.num_samples or self.num_test_slices)
+        logger.info("register edits of %s: %d samples each", self.edit_generator, len(seeds))
+        base_areas, base_plausible, *base_kept = self._segmented_samples(generator, seeds,
+                                                                        generator.denoiser.registers.tokens)
+        results, kept = {}, {"unedited": base_kept}
+        for name, edits in self.edits.items():
+            tokens = generator.edited_registers(list(edits))
+            areas, plausible, *kept[name] = self._segmented_samples(generator, seeds, tokens)
+            effect = edit_effect(base_areas.numpy(), areas.numpy(), base_plausible.numpy(), plausible.numpy(),
+                                 self.class_names, hp.num_bootstrap, hp.confidence, hp.seed)
+            results[name] = {"generator": self.edit_generator,
+                             "edits": [dataclasses.asdict(edit) for edit in edits],
+                             "resolved": list(generator.applied_edits), "effect": effect}
+        return results, kept
+
+    def _write_edits(self, edits: dict, kept: dict) -> None:
+        out = Path(self.hparams.output_dir)
+        _atomic_text(out / "edits.md", edit_effects_markdown(edits, self.class_names, self.hparams.confidence))
+        columns = min(6, len(kept["unedited"][0]))
+        images = torch.cat([images[:columns, 0] for images, _ in kept.values()]).numpy()
+        masks = torch.cat([masks[:columns] for _, masks in kept.values()]).numpy()
+        titles = [f"{name} · seed {self.hparams.seed + i * self.trainer.world_size}"
+                  for name in kept for i in range(columns)]
+        save_overlay_grid(images, masks, self.class_names, out / f"edits_{self.edit_generator}.png", titles=titles,
+                          columns=columns, title=f"{self.edit_generator}: register edits, same seeds "
+                                                 "(segmenter masks)")
+
     def _interval(self, statistic: str | Callable, samples: list, resamples: int | None = None,
                   point: float | None = None) -> dict[str, float]:
         hp = self.hparams
@@ -346,6 +438,15 @@ class EvaluationTask(AnatomyTask):
                 save_overlay_grid(images, heads, self.class_names, out / f"samples_{name}_head.png",
                                   title=f"{name}: samples with the anatomy head's masks")
         logger.info("wrote %s", out / "report.md")
+
+
+def _as_edit(edit: RegisterEdit | dict, key: str) -> RegisterEdit:
+    if isinstance(edit, RegisterEdit):
+        return edit
+    try:
+        return RegisterEdit(**edit)
+    except TypeError as err:
+        raise ConfigError(f"{key}: {edit} is not a register edit ({err})") from None
 
 
 def _atomic_text(path: Path, text: str) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
@@ -16,6 +16,12 @@ from anatldm.diffusion import make_sampler, make_train_scheduler, min_snr_weight
 from anatldm.diffusion.sampling import initial_noise
 from anatldm.diffusion.schedulers import SamplerName
 from anatldm.errors import ConfigError
+from anatldm.interpret import (
+    RegisterAssociation,
+    attention_at_image_size,
+    load_association,
+    registers_for_class,
+)
 from anatldm.losses import AnatomyLoss, AnatomyWeightSchedule
 from anatldm.models.autoencoder_bundle import load_autoencoder_bundle
 from anatldm.models.denoiser import AnatomicalDenoiser
@@ -67,6 +73,7 @@ class AnatomicalLDMTask(AnatomyTask):
         num_head_channels: channels per self-attention head.
         num_registers: register tokens ``K``; 0 for the baseline.
         register_dim: register width ``D``.
+        register_init_std: standard deviation of the registers' initialisation.
         register_levels: decoder levels (0 = latent resolution) that cross-attend to registers.
         register_heads: heads of the register cross-attention.
         register_encoder: encoder blocks of ``register_levels`` cross-attend too.
@@ -89,11 +96,28 @@ class AnatomicalLDMTask(AnatomyTask):
         sampler: ``"ddpm"``, ``"ddim"`` or ``"dpm_solver++"`` for previews and ``predict``.
         num_inference_steps: denoiser calls per sample.
         register_edits: edits of the register bank applied when sampling (controllable
-            generation); inference-only, not saved with the checkpoint.
+            generation), by register index or by class (``classes: [liver]``).
+        anatomy_edits: shorthand for edits by anatomy, class name -> factor: the
+            ``registers_per_class`` registers most associated with the class are scaled by the
+            factor (0 ablates them), e.g. ``{liver: 1.5, kidney: 0}``; applied after
+            ``register_edits``.
+        registers_per_class: registers edited per named class.
+        association: ``association.json`` (written by ``anatldm predict`` with ``SampleWriter``)
+            giving the register-class association; ``None`` computes it on first use from
+            ``association_samples`` unedited samples (seeds from 1,000,000) and the head's masks.
+        association_samples: calibration samples when ``association`` is ``None``.
+        attention_steps: register attention maps are averaged over this many last sampling steps.
+
+    ``sampler`` and everything after it are inference-only: they are not saved as
+    hyperparameters, so a sampling config can change them while the architecture comes from the
+    checkpoint.
     """
 
     #: inference-only settings: not hyperparameters, so a sampling config can change them
-    ignore = ("sampler", "num_inference_steps", "register_edits")
+    ignore = ("sampler", "num_inference_steps", "register_edits", "anatomy_edits", "registers_per_class",
+              "association", "association_samples", "attention_steps")
+    #: first seed of the calibration samples of the register-class association
+    association_seed = 1_000_000
 
     def __init__(
         self,
@@ -105,6 +129,7 @@ class AnatomicalLDMTask(AnatomyTask):
         num_head_channels: int = 32,
         num_registers: int = 16,
         register_dim: int = 256,
+        register_init_std: float = 1.0,
         register_levels: tuple[int, ...] = (1, 2),
         register_heads: int = 4,
         register_encoder: bool = False,
@@ -127,6 +152,11 @@ class AnatomicalLDMTask(AnatomyTask):
         sampler: SamplerName = "ddim",
         num_inference_steps: int = 50,
         register_edits: list[RegisterEdit] | None = None,
+        anatomy_edits: dict[str, float] | None = None,
+        registers_per_class: int = 2,
+        association: str | None = None,
+        association_samples: int = 32,
+        attention_steps: int = 5,
     ) -> None:
         if num_inference_steps < 1:
             raise ConfigError(f"model.num_inference_steps must be at least 1, got {num_inference_steps}")
@@ -134,11 +164,27 @@ class AnatomicalLDMTask(AnatomyTask):
             raise ConfigError(f"model.min_snr_gamma must be positive or null, got {min_snr_gamma}")
         if lr <= 0:
             raise ConfigError(f"model.lr must be positive, got {lr}")
-        if register_edits and not num_registers:
-            raise ConfigError("model.register_edits needs a register bank, but num_registers is 0")
+        for key, value in (("registers_per_class", registers_per_class),
+                           ("association_samples", association_samples), ("attention_steps", attention_steps)):
+            if value < 1:
+                raise ConfigError(f"model.{key} must be at least 1, got {value}")
+        for key, edits in (("register_edits", register_edits), ("anatomy_edits", anatomy_edits)):
+            if edits and not num_registers:
+                raise ConfigError(f"model.{key} needs a register bank, but num_registers is 0")
+        for name, factor in (anatomy_edits or {}).items():
+            if factor < 0:
+                raise ConfigError(f"model.anatomy_edits.{name}: the factor must be >= 0 (0 ablates), got {factor}")
         self.sampler_name = sampler
         self.num_inference_steps = num_inference_steps
-        self.register_edits = list(register_edits or [])
+        self.register_edits = list(register_edits or []) + [
+            RegisterEdit("scale", classes=[name], factor=float(factor)) for name, factor in (anatomy_edits or {}).items()]
+        self.registers_per_class = registers_per_class
+        self.association_path = association
+        self.association_samples = association_samples
+        self.attention_steps = attention_steps
+        self.record_attention = False  # set by SampleWriter(save_attention=True) for predict
+        self._association: Tensor | None = None
+        self.applied_edits: list[dict] = []
         super().__init__()
         self.anatomy_schedule: AnatomyWeightSchedule | None = None
 
@@ -158,7 +204,8 @@ class AnatomicalLDMTask(AnatomyTask):
                 spatial_dims=config.get("spatial_dims", 2), in_channels=config["latent_channels"],
                 channels=hp.channels, num_res_blocks=hp.num_res_blocks, attention_levels=hp.attention_levels,
                 norm_num_groups=hp.norm_num_groups, num_head_channels=hp.num_head_channels,
-                num_registers=hp.num_registers, register_dim=hp.register_dim, register_levels=hp.register_levels,
+                num_registers=hp.num_registers, register_dim=hp.register_dim,
+                register_init_std=hp.register_init_std, register_levels=hp.register_levels,
                 register_heads=hp.register_heads, register_encoder=hp.register_encoder,
                 num_classes=len(self.class_names) if hp.anatomy_weight > 0 else 0,
                 head_levels=hp.head_levels, head_channels=hp.head_channels,
@@ -168,7 +215,7 @@ class AnatomicalLDMTask(AnatomyTask):
         self.train_scheduler = make_train_scheduler(hp.num_train_timesteps, hp.beta_schedule, hp.beta_start,
                                                     hp.beta_end, hp.prediction_type)
         if self.register_edits:  # fail on a bad edit now, not after a long sampling run
-            self.edited_registers()
+            self._check_edits()
 
     def configure_losses(self) -> None:
         self.anatomy_loss = AnatomyLoss() if self.denoiser.head is not None else None
@@ -267,14 +314,77 @@ class AnatomicalLDMTask(AnatomyTask):
         self.logger.experiment.add_image("samples", grid, self.global_step, dataformats="HWC")
 
     # -- sampling ----------------------------------------------------------------------------
-    def edited_registers(self) -> Tensor | None:
-        """The register tokens after ``register_edits`` (``None``: use the bank unchanged)."""
-        if not self.register_edits:
-            return None
+    def _check_edits(self) -> None:
+        """Class names, indices and sources of the edits, checked before any sampling."""
+        for edit in self.register_edits:
+            for name in edit.classes or []:
+                if name not in self.class_names:
+                    raise ConfigError(f"model.register_edits: unknown class '{name}'; known classes: "
+                                      f"{', '.join(self.class_names)}")
+        if self.denoiser.head is None and any(e.classes for e in self.register_edits) and not self.association_path:
+            raise ConfigError("model.anatomy_edits: edits by class need the anatomy head's masks or an "
+                              "association file (model.association); this model has no head")
         try:
-            return apply_register_edits(self.denoiser.registers.tokens, self.register_edits, load_register_bank)
+            apply_register_edits(self.denoiser.registers.tokens, [e for e in self.register_edits if not e.classes],
+                                 load_register_bank)
         except ValueError as err:
             raise ConfigError(f"model.register_edits: {err}") from None
+
+    def edited_registers(self, edits: Sequence[RegisterEdit] | None = None) -> Tensor | None:
+        """The register tokens after ``edits`` (default ``register_edits``; ``None``: the bank
+        unchanged). Edits by class take the registers of :meth:`register_association`."""
+        edits = self.register_edits if edits is None else list(edits)
+        if not edits:
+            return None
+        self.applied_edits = []
+
+        def resolve(names: Sequence[str]) -> list[int]:
+            table = self.register_association()
+            chosen = list(dict.fromkeys(k for name in names for k in
+                                        registers_for_class(table, self.class_names, name, self.registers_per_class)))
+            self.applied_edits.append({"classes": list(names), "registers": chosen})
+            logger.info("edit of %s: registers %s", ", ".join(names), chosen)
+            return chosen
+
+        try:
+            return apply_register_edits(self.denoiser.registers.tokens, edits, load_register_bank, resolve)
+        except ValueError as err:
+            raise ConfigError(f"model.register_edits: {err}") from None
+
+    def register_association(self) -> Tensor:
+        """The ``(K, C)`` register-class correlation table used by edits by class (cached).
+
+        Read from ``association`` when given, otherwise computed from ``association_samples``
+        unedited samples and the head's masks (:meth:`compute_association`).
+        """
+        if self._association is None:
+            if self.association_path:
+                self._association = load_association(self.association_path, self.class_names,
+                                                     self.denoiser.registers.num_registers)
+            else:
+                seeds = range(self.association_seed, self.association_seed + self.association_samples)
+                self._association = self.compute_association(seeds)
+        return self._association
+
+    @torch.no_grad()
+    def compute_association(self, seeds: Sequence[int], batch_size: int = 16,
+                            masks_from: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+        """Correlation ``(K, C)`` of each register's attention map (mean over levels) with each
+        class of the samples' masks: the head's, or ``masks_from(images)`` (e.g. a segmenter)."""
+        if self.denoiser.registers is None:
+            raise ConfigError("this model has no register bank (num_registers is 0)")
+        if masks_from is None and self.denoiser.head is None:
+            raise ConfigError("the register-class association needs the anatomy head's masks or a segmenter; "
+                              "this model has no head")
+        association = RegisterAssociation(self.denoiser.registers.num_registers, len(self.class_names))
+        seeds = list(seeds)
+        for start in range(0, len(seeds), batch_size):
+            out = self.generate(seeds[start:start + batch_size], registers=self.denoiser.registers.tokens,
+                                attention_steps=self.attention_steps)
+            masks = out["mask"] if masks_from is None else masks_from(out["image"])
+            maps = attention_at_image_size(out["attention"], self.image_size)["mean"]  # (B, K, H, W)
+            association.update(maps.cpu(), masks.cpu())
+        return association.compute()
 
     @torch.no_grad()
     def generate(self, seeds: Sequence[int], sampler: SamplerName | None = None,
@@ -302,5 +412,6 @@ class AnatomicalLDMTask(AnatomyTask):
         return {"image": self.decode(output.latents), "mask": masks, "attention": output.attention}
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict[str, Any]:
-        samples = self.generate(batch["seed"].tolist())
-        return {"image": samples["image"], "mask": samples["mask"], "seed": batch["seed"]}
+        samples = self.generate(batch["seed"].tolist(),
+                                attention_steps=self.attention_steps if self.record_attention else 0)
+        return {**samples, "seed": batch["seed"]}
