@@ -95,3 +95,39 @@ def test_bad_evaluation_settings(checkpoints: dict, tmp_path: Path, overrides: d
         main(["test", "--config", str(_eval_config(checkpoints, out, **overrides))])
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_register_edits_are_measured_against_the_same_seeds(checkpoints: dict, tmp_path: Path) -> None:
+    out = tmp_path / "edits"
+    edits = {"r0_off": [{"operation": "ablate", "registers": [0]}],
+             "r12_x3": [{"operation": "scale", "registers": [1, 2], "factor": 3.0}]}
+    main(["test", "--config", str(_eval_config(checkpoints, out, edits=edits, edit_samples=6))])
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert set(report["edits"]) == {"r0_off", "r12_x3"}
+    for edit in report["edits"].values():
+        assert edit["generator"] == "register" and edit["effect"]["n"] == 6
+        assert set(edit["effect"]["area"]) == {"liver", "spleen", "kidney", "bone", "lung"}
+        plausibility = edit["effect"]["plausibility"]
+        assert plausibility["difference"]["low"] <= plausibility["difference"]["high"]
+        assert abs(plausibility["edited"] - plausibility["unedited"] - plausibility["difference"]["value"]) < 1e-9
+    assert report["edits"]["r0_off"]["edits"][0]["registers"] == [0]
+    assert "| r0_off | by index |" in (out / "edits.md").read_text(encoding="utf-8")
+    assert (out / "edits_register.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"edits": {"x": [{"operation": "scale", "classes": ["livr"], "factor": 2.0}]}},
+     "model.edits.x: unknown class 'livr'; known classes: background, liver"),
+    ({"edits": {"x": [{"operation": "ablate"}]}, "edit_generator": "baseline"},
+     "model.edits: generator 'baseline' has no register bank"),
+    ({"edits": {"x": [{"operation": "ablate", "registers": [9]}]}}, "model.edits.x: register index 9 out of range"),
+    ({"edits": {"x": [{"operation": "explode"}]}}, "model.edits"),
+])
+def test_bad_edit_settings_fail_before_sampling(checkpoints: dict, tmp_path: Path, overrides: dict,
+                                                message: str, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "bad_edits"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["test", "--config", str(_eval_config(checkpoints, out, **overrides))])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and err[-1].startswith("anatldm: error: ") and message in err[-1], err[-1]
+    assert not out.exists()
