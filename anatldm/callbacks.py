@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
+from anatldm.atomic import write_text_atomic
 from anatldm.data.orientation import display_to_ras
 from anatldm.errors import ConfigError
 from anatldm.interpret import (
@@ -36,12 +37,6 @@ def to_raw_intensity(images: np.ndarray, normalization: dict) -> np.ndarray:
         low = level - width / 2
         return ((images + 1) / 2 * width + low).astype(np.float32)
     return images.astype(np.float32)
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, path)
 
 
 def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
@@ -96,7 +91,7 @@ class SampleWriter(BasePredictionWriter):
             self._start_attention(pl_module)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         if trainer.is_global_zero:
-            _atomic_text(self.output_dir / "classes.json", json.dumps(pl_module.class_names))
+            write_text_atomic(self.output_dir / "classes.json", json.dumps(pl_module.class_names))
 
     def _start_attention(self, pl_module) -> None:
         registers = getattr(pl_module.denoiser, "registers", None)
@@ -163,7 +158,7 @@ class SampleWriter(BasePredictionWriter):
                                  stem="association" if source == "head" else "association_segmenter")
             if pl_module.register_edits:
                 edits = [dataclasses.asdict(edit) for edit in pl_module.register_edits]
-                _atomic_text(self.output_dir / "edits.json",
+                write_text_atomic(self.output_dir / "edits.json",
                              json.dumps({"edits": edits, "resolved": pl_module.applied_edits}, indent=1))
         if not self._grid:
             return

@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-__all__ = ["CLASS_COLORS", "class_color", "render_overlay_grid", "save_overlay_grid"]
+__all__ = ["CLASS_COLORS", "class_color", "render_overlay_grid", "save_figure", "save_overlay_grid"]
 
 #: one colour per foreground class (background has none)
 CLASS_COLORS = ("#ff3b30", "#ffcc00", "#34c759", "#00c7ff", "#af52de", "#ff9500", "#52d1dc", "#f15bb5")
@@ -81,11 +81,15 @@ def save_overlay_grid(
 
     The PNG is written to a temporary name and renamed, so no half-written file is left.
     """
-    fig = _figure(images, masks, class_names, titles, columns, title)
+    return save_figure(_figure(images, masks, class_names, titles, columns, title), path)
+
+
+def save_figure(fig: plt.Figure, path: str | Path, dpi: int = 80, facecolor: str = "black") -> Path:
+    """Write ``fig`` as a PNG under a temporary name, rename it to ``path`` and close it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")
-    fig.savefig(partial, dpi=80, format="png", facecolor="black")
+    fig.savefig(partial, dpi=dpi, format="png", facecolor=facecolor)
     plt.close(fig)
     os.replace(partial, path)
     return path

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,8 +15,10 @@ import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 from torchmetrics import Metric  # noqa: E402
 
+from anatldm.atomic import write_text_atomic  # noqa: E402
 from anatldm.errors import ConfigError  # noqa: E402
 from anatldm.metrics.base import check_masks  # noqa: E402
+from anatldm.visualize import save_figure  # noqa: E402
 
 __all__ = ["RegisterAssociation", "load_association", "registers_for_class", "save_association"]
 
@@ -123,10 +124,8 @@ def save_association(table: Tensor | np.ndarray, class_names: Sequence[str], out
     csv = "register," + ",".join(names) + "\n" + "".join(
         f"{k}," + ",".join(f"{v:.5f}" for v in row) + "\n" for k, row in enumerate(table))
     paths = {"json": out / f"{stem}.json", "csv": out / f"{stem}.csv", "png": out / f"{stem}.png"}
-    for key, text in (("json", json.dumps(record, indent=1)), ("csv", csv)):
-        partial = paths[key].with_name(f".{paths[key].name}.partial")
-        partial.write_text(text, encoding="utf-8")
-        os.replace(partial, paths[key])
+    write_text_atomic(paths["json"], json.dumps(record, indent=1))
+    write_text_atomic(paths["csv"], csv)
     _heat_map(table, names, paths["png"], f"register-class correlation ({source}, {num_samples} samples)")
     return paths
 
@@ -144,10 +143,7 @@ def _heat_map(table: np.ndarray, names: list[str], path: Path, title: str) -> No
     fig.colorbar(image, ax=ax, fraction=0.05)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    partial = path.with_name(f".{path.name}.partial")
-    fig.savefig(partial, dpi=90, format="png")
-    plt.close(fig)
-    os.replace(partial, path)
+    save_figure(fig, path, dpi=90, facecolor="white")
 
 
 def load_association(path: str | Path, class_names: Sequence[str], num_registers: int) -> Tensor:

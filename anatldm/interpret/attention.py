@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from anatldm.visualize import class_color  # noqa: E402
+from anatldm.visualize import class_color, save_figure  # noqa: E402
 
 __all__ = ["attention_at_image_size", "save_attention_panels"]
 
@@ -77,10 +76,4 @@ def save_attention_panels(image: np.ndarray, mask: np.ndarray | None, attention:
     if title:
         fig.suptitle(title, color="white", fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    fig.savefig(partial, dpi=80, format="png", facecolor="black")
-    plt.close(fig)
-    os.replace(partial, path)
-    return path
+    return save_figure(fig, path)

@@ -13,7 +13,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from torchmetrics import CatMetric
 from torchmetrics.segmentation import DiceScore
 
 from anatldm import __version__
+from anatldm.atomic import write_text_atomic
 from anatldm.diffusion.schedulers import SamplerName
 from anatldm.errors import ConfigError
 from anatldm.interpret.effects import edit_effect, edit_effects_markdown
@@ -368,7 +368,7 @@ class EvaluationTask(AnatomyTask):
 
     def _write_edits(self, edits: dict, kept: dict) -> None:
         out = Path(self.hparams.output_dir)
-        _atomic_text(out / "edits.md", edit_effects_markdown(edits, self.class_names, self.hparams.confidence))
+        write_text_atomic(out / "edits.md", edit_effects_markdown(edits, self.class_names, self.hparams.confidence))
         columns = min(6, len(kept["unedited"][0]))
         images = torch.cat([images[:columns, 0] for images, _ in kept.values()]).numpy()
         masks = torch.cat([masks[:columns] for _, masks in kept.values()]).numpy()
@@ -422,9 +422,9 @@ class EvaluationTask(AnatomyTask):
     def _write(self, report: dict, samples: dict[str, dict]) -> None:
         out = Path(self.hparams.output_dir)
         out.mkdir(parents=True, exist_ok=True)
-        _atomic_text(out / "rules.json", json.dumps(self.rules.to_dict(), indent=1))
-        _atomic_text(out / "report.json", json.dumps(report, indent=1, default=float))
-        _atomic_text(out / "report.md", markdown_table(report))
+        write_text_atomic(out / "rules.json", json.dumps(self.rules.to_dict(), indent=1))
+        write_text_atomic(out / "report.json", json.dumps(report, indent=1, default=float))
+        write_text_atomic(out / "report.md", markdown_table(report))
         for name, kept in samples.items():
             if not kept["image"]:
                 continue
@@ -447,12 +447,6 @@ def _as_edit(edit: RegisterEdit | dict, key: str) -> RegisterEdit:
         return RegisterEdit(**edit)
     except TypeError as err:
         raise ConfigError(f"{key}: {edit} is not a register edit ({err})") from None
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, path)
 
 
 def _cell(values: dict | None, percent: bool = False) -> str:
