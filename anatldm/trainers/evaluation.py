@@ -24,7 +24,7 @@ from torchmetrics.segmentation import DiceScore
 
 from anatldm import __version__
 from anatldm.diffusion.schedulers import SamplerName
-from anatldm.errors import ConfigError
+from anatldm.errors import CheckpointMismatchError, ConfigError
 from anatldm.metrics import (
     AnatomyRules,
     AreaWasserstein,
@@ -70,6 +70,8 @@ def _load(task_class, path: str, what: str) -> nn.Module:
     except (KeyError, RuntimeError, TypeError, ValueError) as err:
         if isinstance(err, ConfigError):
             raise
+        if isinstance(err, CheckpointMismatchError):  # another architecture or class count
+            raise ConfigError(f"model.{what}: {path}: {err}") from None
         raise ConfigError(f"model.{what}: {path} is not a {task_class.__name__} checkpoint "
                           f"({str(err).splitlines()[0]})") from None
 

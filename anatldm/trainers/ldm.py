@@ -90,6 +90,8 @@ class AnatomicalLDMTask(AnatomyTask):
         num_inference_steps: denoiser calls per sample.
         register_edits: edits of the register bank applied when sampling (controllable
             generation); inference-only, not saved with the checkpoint.
+        max_nonfinite_steps: training stops with an error after this many steps in a row with a
+            non-finite loss (each one is skipped: no update, a warning, ``train/nonfinite_steps``).
     """
 
     #: inference-only settings: not hyperparameters, so a sampling config can change them
@@ -127,6 +129,7 @@ class AnatomicalLDMTask(AnatomyTask):
         sampler: SamplerName = "ddim",
         num_inference_steps: int = 50,
         register_edits: list[RegisterEdit] | None = None,
+        max_nonfinite_steps: int = 10,
     ) -> None:
         if num_inference_steps < 1:
             raise ConfigError(f"model.num_inference_steps must be at least 1, got {num_inference_steps}")
@@ -134,6 +137,8 @@ class AnatomicalLDMTask(AnatomyTask):
             raise ConfigError(f"model.min_snr_gamma must be positive or null, got {min_snr_gamma}")
         if lr <= 0:
             raise ConfigError(f"model.lr must be positive, got {lr}")
+        if max_nonfinite_steps < 1:
+            raise ConfigError(f"model.max_nonfinite_steps must be at least 1, got {max_nonfinite_steps}")
         if register_edits and not num_registers:
             raise ConfigError("model.register_edits needs a register bank, but num_registers is 0")
         self.sampler_name = sampler
@@ -231,13 +236,17 @@ class AnatomicalLDMTask(AnatomyTask):
             losses["anatomy_loss"] = self.anatomy_loss(output.anatomy_logits, masks)
         return losses, output.anatomy_logits
 
-    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor | None:
+        buffers = self.buffer_snapshot()
         losses, _ = self._losses(batch)
         loss = losses["diffusion_loss"]
         batch_size = batch["image"].shape[0]
         if self.anatomy_loss is not None:
             weight = self.anatomy_schedule(self.global_step)
             loss = loss + weight * losses["anatomy_loss"]
+        if self.skip_nonfinite_loss(loss, buffers):
+            return None  # no backward, no optimizer update; the EMA keeps averaging finite weights
+        if self.anatomy_loss is not None:
             self.log("train/anatomy_weight", weight, batch_size=batch_size)
         self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, batch_size=batch_size)
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=batch_size)
