@@ -5,7 +5,7 @@ Lightning restores the model, optimizers, schedulers, loop counters and callback
 makes the randomness of a step a function of ``(seed, epoch, batch, rank)`` instead of the
 run's history, so a run resumed from an epoch-boundary checkpoint draws exactly what the
 uninterrupted run drew. :class:`CheckpointOnSigterm` writes ``last.ckpt`` when a job is
-pre-empted, so ``--ckpt_path last`` continues from there. The ``anatldm`` command adds both to
+pre-empted, so ``--ckpt_path last`` continues from there, and stops ``predict`` cleanly. The ``anatldm`` command adds both to
 every run.
 """
 
@@ -83,8 +83,14 @@ class CheckpointOnSigterm(Callback):
 
     Lightning's signal handler turns SIGTERM into an exception at the end of the running
     training batch; this callback then writes a full checkpoint (weights, optimizers, EMA,
-    loop position) before the process exits.
+    loop position) before the process exits. It also stops ``predict`` at the end of the
+    running batch, whose files are then complete (Lightning's predict loop ignores SIGTERM).
     """
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int,
+                             dataloader_idx: int = 0) -> None:
+        if trainer.received_sigterm:
+            raise SIGTERMException
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if not isinstance(exception, SIGTERMException) or trainer.state.fn != TrainerFn.FITTING:

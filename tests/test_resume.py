@@ -69,8 +69,8 @@ def write_config(root: Path, stage: str, cache_dir: Path, bundle: Path | None = 
         "seed_everything": 0,
         "trainer": {"accelerator": "cpu", "devices": 1, "precision": "32", "max_epochs": max_epochs,
                     "default_root_dir": str(root), "logger": False, "enable_progress_bar": False,
-                    "enable_model_summary": False, "limit_train_batches": 3, "limit_val_batches": 1,
-                    "num_sanity_val_steps": 1, "callbacks": callbacks, **trainer},
+                    "enable_model_summary": False, "limit_train_batches": 2, "limit_val_batches": 1,
+                    "num_sanity_val_steps": 0, "callbacks": callbacks, **trainer},
         "model": model,
         "data": {"class_path": "AnatomyDataModule", "init_args": {**TINY_DATA, "cache_dir": str(cache_dir)}},
     }
@@ -130,7 +130,7 @@ def test_interrupted_and_resumed_run_ends_bit_identical(stage: str, tmp_path: Pa
     expected = compared_state(tmp_path / "straight" / "checkpoints" / "last.ckpt")
     got = compared_state(checkpoints / "last.ckpt")
     assert sorted(got) == sorted(expected)
-    assert int(expected["global_step"]) > 3  # the second epoch really ran
+    assert int(expected["global_step"]) > 2  # the second epoch really ran
     differences = {name: (got[name].double() - expected[name].double()).abs().max().item()
                    for name in expected if expected[name].numel()}
     assert max(differences.values()) == 0.0, {k: v for k, v in differences.items() if v}
