@@ -151,7 +151,7 @@ def test_sigterm_saves_last_checkpoint_and_resume_continues(tmp_path: Path, shar
     config = write_config(tmp_path, "segmenter", shared_cache, max_epochs=1000)
     last = tmp_path / "checkpoints" / "last.ckpt"
     process = subprocess.Popen([ANATLDM, "fit", "--config", str(config)], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                               stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace", env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         deadline = time.monotonic() + 120
         while not last.is_file() and time.monotonic() < deadline and process.poll() is None:

@@ -126,7 +126,8 @@ def test_sigterm_during_predict_leaves_only_complete_files(tmp_path: Path, ldm_r
     checkpoint, bundle = ldm_run
     out = tmp_path / "samples"
     config = sample_config(tmp_path / "sample.yaml", checkpoint, bundle, out, num_samples=100, steps=50)
-    process = subprocess.Popen([ANATLDM, "predict", "--config", str(config)], stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen([ANATLDM, "predict", "--config", str(config)], stderr=subprocess.PIPE, text=True,
+                               encoding="utf-8", errors="replace")
     try:
         deadline = time.monotonic() + 120
         while not list(out.glob("sample_*_label.nii.gz")) and time.monotonic() < deadline and process.poll() is None:
