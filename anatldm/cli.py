@@ -14,12 +14,15 @@ from argparse import ArgumentError
 
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 import anatldm.callbacks  # noqa: F401  (short class paths for callbacks, data modules and tasks)
 import anatldm.data  # noqa: F401
 import anatldm.trainers  # noqa: F401
 from anatldm import __version__
+from anatldm.checkpointing import AtomicCheckpointing
 from anatldm.errors import AnatLDMInputError
+from anatldm.resume import CheckpointOnSigterm, StepSeeding
 from anatldm.trainers import AnatomyTask
 
 __all__ = ["main"]
@@ -65,6 +68,8 @@ def _input_error(error: BaseException) -> AnatLDMInputError | None:
 
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
+#: exit status of a run stopped by SIGTERM (128 + 15, as a shell reports it): never mistaken for success
+SIGTERM_EXIT_CODE = 143
 
 
 def _lightning_cli(args: list[str]) -> LightningCLI:
@@ -75,6 +80,8 @@ def _lightning_cli(args: list[str]) -> LightningCLI:
         subclass_mode_data=True,
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
+        # every run: atomic weights-only checkpoints, per-step seeding (exact resumes), last.ckpt on SIGTERM
+        trainer_defaults={"callbacks": [AtomicCheckpointing(), StepSeeding(), CheckpointOnSigterm()]},
         # parse errors raise instead of exiting, so main() can report them as one line
         parser_kwargs={"version": __version__, "exit_on_error": False},
         args=args,
@@ -111,6 +118,10 @@ def main(args: list[str] | None = None) -> None:
             _help_with_data_options(args[0])
             raise SystemExit(0)
         _lightning_cli(args)
+    except SIGTERMException:  # pre-empted: CheckpointOnSigterm saved last.ckpt (fit); outputs so far are complete
+        print(f"anatldm: stopped by SIGTERM; resume with: anatldm {' '.join(args)} --ckpt_path last"
+              if args[:1] == ["fit"] else "anatldm: stopped by SIGTERM", file=sys.stderr)
+        raise SystemExit(SIGTERM_EXIT_CODE) from None
     except ArgumentError as error:  # unknown key, wrong type, missing file named in a config
         _fail(_input_error(error) or _summary(error))
     except Exception as error:

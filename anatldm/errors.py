@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["AnatLDMInputError", "ConfigError", "DataInputError"]
+__all__ = ["AnatLDMInputError", "CheckpointMismatchError", "ConfigError", "DataInputError", "TrainingDivergedError"]
 
 
 class AnatLDMInputError(ValueError):
@@ -18,3 +18,13 @@ class DataInputError(AnatLDMInputError):
 
 class ConfigError(AnatLDMInputError):
     """A setting with a value that cannot work; the message names the key."""
+
+
+class CheckpointMismatchError(AnatLDMInputError):
+    """A checkpoint or bundle whose tensors do not fit the model built from the config; the
+    message names the file and the first differing tensors."""
+
+
+class TrainingDivergedError(AnatLDMInputError):
+    """Too many consecutive training steps with a non-finite loss; the message names the
+    setting that bounds them and the last good checkpoint."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -12,7 +13,7 @@ import numpy as np
 import torch
 import torchio as tio
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler
 
 from anatldm.data import phantoms
 from anatldm.data.phantoms import PHANTOM_CLASSES, PHANTOM_PRESETS, write_phantom_dataset
@@ -26,7 +27,7 @@ from anatldm.data.volumes import (
 )
 from anatldm.errors import ConfigError, DataInputError
 
-__all__ = ["AnatomyDataModule", "SliceAugmentation"]
+__all__ = ["AnatomyDataModule", "EpochShuffle", "SliceAugmentation"]
 
 logger = logging.getLogger(__name__)
 PhantomFamily = Literal["ct_abdomen", "breast_mri"]
@@ -57,6 +58,26 @@ class SliceAugmentation:
         image = subject["image"].data[..., 0].clamp_(-1, 1).float()  # (1, H, W)
         mask = subject["mask"].data[0, ..., 0].long()  # (H, W)
         return image, mask
+
+
+class EpochShuffle(RandomSampler):
+    """A random order that depends only on ``(seed, epoch)``, so a resumed run sees the order
+    the uninterrupted run saw. Lightning calls :meth:`set_epoch` before every epoch (under DDP
+    it swaps in a ``DistributedSampler``, which is seeded the same way).
+
+    Args:
+        data_source: the dataset.
+        seed: the run's seed (``seed_everything``).
+    """
+
+    def __init__(self, data_source, seed: int = 0) -> None:
+        super().__init__(data_source, generator=torch.Generator())
+        self.seed = seed
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        entropy = np.random.SeedSequence([self.seed, epoch]).generate_state(2, dtype=np.uint32)
+        self.generator.manual_seed((int(entropy[0]) << 32) | int(entropy[1]))
 
 
 class AnatomyDataModule(LightningDataModule):
@@ -252,6 +273,11 @@ class AnatomyDataModule(LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool = False, drop_last: bool = False) -> DataLoader:
         hp = self.hparams
-        return DataLoader(self.datasets[split], batch_size=hp.batch_size, shuffle=shuffle,
+        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))  # set by seed_everything
+        sampler = EpochShuffle(self.datasets[split], seed=seed) if shuffle else None
+        # the loader's own generator draws its worker seed, so creating an iterator leaves the
+        # global RNG (and with it a resumed run's augmentation) untouched
+        return DataLoader(self.datasets[split], batch_size=hp.batch_size, sampler=sampler,
+                          generator=torch.Generator().manual_seed(seed) if shuffle else None,
                           drop_last=drop_last, num_workers=hp.num_workers,
                           persistent_workers=hp.num_workers > 0, pin_memory=torch.cuda.is_available())

@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 
 from anatldm import __version__
 from anatldm.errors import ConfigError
+from anatldm.models.weights import state_dict_mismatch
 
 __all__ = [
     "BUNDLE_CONFIG",
@@ -140,23 +141,6 @@ def _read_metadata(path: Path) -> tuple[Path, dict[str, Any]]:
     return json_path, metadata
 
 
-def _weights_mismatch(loaded: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> str | None:
-    """One line that says how ``loaded`` differs from ``expected``, or None if they match."""
-    missing = sorted(set(expected) - set(loaded))
-    unexpected = sorted(set(loaded) - set(expected))
-    reshaped = [name for name in sorted(set(loaded) & set(expected)) if loaded[name].shape != expected[name].shape]
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} tensor(s) missing (e.g. {missing[0]})")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
-    if reshaped:
-        name = reshaped[0]
-        parts.append(f"{len(reshaped)} with another shape (e.g. {name}: {tuple(loaded[name].shape)} in the file, "
-                     f"{tuple(expected[name].shape)} from the config)")
-    return "; ".join(parts) or None
-
-
 def load_autoencoder_bundle(path: str | Path, device: str | torch.device = "cpu") -> tuple[AutoencoderKL, dict]:
     """Load a bundle written by :func:`save_autoencoder_bundle`.
 
@@ -184,7 +168,7 @@ def load_autoencoder_bundle(path: str | Path, device: str | torch.device = "cpu"
         state = load_file(weights_path)
     except (SafetensorError, OSError) as err:
         raise ConfigError(f"{weights_path}: not a readable safetensors file ({err})") from None
-    if problem := _weights_mismatch(state, network.state_dict()):
+    if problem := state_dict_mismatch(state, network.state_dict()):
         raise ConfigError(f"{weights_path}: weights do not match the config in {json_path.name}: {problem}")
     network.load_state_dict(state, strict=True)
     network.to(device).eval()

@@ -107,6 +107,9 @@ class AutoencoderTask(AnatomyTask):
         scale_factor_batches: training batches used to measure the latent scale factor.
         export_dir: bundle folder; ``None`` means ``<trainer.log_dir>/export``.
         num_logged_images: rows of the reconstruction grid logged to TensorBoard.
+        max_nonfinite_steps: training stops with an error after this many batches in a row with a
+            non-finite generator or discriminator loss (each one is skipped: no update of either
+            network, a warning, ``train/nonfinite_steps``).
     """
 
     def __init__(
@@ -134,10 +137,11 @@ class AutoencoderTask(AnatomyTask):
         scale_factor_batches: int = 50,
         export_dir: str | None = None,
         num_logged_images: int = 8,
+        max_nonfinite_steps: int = 10,
     ) -> None:
         _check_arguments(channels, norm_num_groups, attention_levels, latent_channels, num_res_blocks,
                          adversarial_warmup_steps, scale_factor_batches, perceptual_weights_path,
-                         generator_lr=generator_lr, discriminator_lr=discriminator_lr, kl_weight=kl_weight,
+                         max_nonfinite_steps, generator_lr=generator_lr, discriminator_lr=discriminator_lr, kl_weight=kl_weight,
                          adv_weight=adv_weight, perceptual_weight=perceptual_weight)
         super().__init__()
         self.automatic_optimization = False
@@ -233,9 +237,18 @@ class AutoencoderTask(AnatomyTask):
         adversarial = self.adversarial_active
         learning_rate_factor = self._apply_lr_schedule(optimizers)
 
+        buffers = self.buffer_snapshot()
         with self.toggled_optimizer(generator_optimizer):
             reconstruction, z_mu, z_sigma = self.autoencoder(images)  # (B, C, *spatial), 2 x (B, C_z, *latent)
             losses = self._generator_losses(images, reconstruction, z_mu, z_sigma, adversarial)
+        if adversarial:  # the discriminator loss is computed before either network changes, as before
+            with self.toggled_optimizer(optimizers[1]):
+                losses["discriminator"] = self._discriminator_loss(images, reconstruction.detach())
+        if self.skip_nonfinite_loss(torch.stack([losses["loss"], losses.get("discriminator", losses["loss"])]),
+                                    buffers):
+            return  # neither network is updated
+
+        with self.toggled_optimizer(generator_optimizer):
             generator_optimizer.zero_grad(set_to_none=True)
             self.manual_backward(losses["loss"])
             self._clip(generator_optimizer)
@@ -244,7 +257,6 @@ class AutoencoderTask(AnatomyTask):
         if adversarial:
             discriminator_optimizer = optimizers[1]
             with self.toggled_optimizer(discriminator_optimizer):
-                losses["discriminator"] = self._discriminator_loss(images, reconstruction.detach())
                 discriminator_optimizer.zero_grad(set_to_none=True)
                 self.manual_backward(losses["discriminator"])
                 self._clip(discriminator_optimizer)
@@ -278,9 +290,11 @@ class AutoencoderTask(AnatomyTask):
         self.trainer.strategy.barrier("autoencoder_export")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
         checkpoint["generator_steps"] = self.generator_steps
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
         self.generator_steps = int(checkpoint.get("generator_steps", 0))
 
     # -- scale factor and export -------------------------------------------------------------
@@ -411,7 +425,7 @@ def _unaugmented_train_split(datamodule) -> Dataset:
 
 
 def _check_arguments(channels, norm_num_groups, attention_levels, latent_channels, num_res_blocks,
-                     adversarial_warmup_steps, scale_factor_batches, perceptual_weights_path,
+                     adversarial_warmup_steps, scale_factor_batches, perceptual_weights_path, max_nonfinite_steps,
                      **non_negative: float) -> None:
     """Eager checks that name the offending key (MONAI's own errors do not)."""
     key = "model.init_args"
@@ -424,7 +438,8 @@ def _check_arguments(channels, norm_num_groups, attention_levels, latent_channel
         raise ConfigError(f"{key}.attention_levels needs one entry per level of channels ({len(channels)}), "
                           f"got {list(attention_levels)}")
     for name, value in (("latent_channels", latent_channels), ("num_res_blocks", num_res_blocks),
-                        ("scale_factor_batches", scale_factor_batches)):
+                        ("scale_factor_batches", scale_factor_batches),
+                        ("max_nonfinite_steps", max_nonfinite_steps)):
         if value < 1:
             raise ConfigError(f"{key}.{name} must be at least 1, got {value}")
     if adversarial_warmup_steps < 0:

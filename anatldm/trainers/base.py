@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+import torch
 from lightning.pytorch import LightningModule
+from torch import Tensor
+
+from anatldm.errors import CheckpointMismatchError, TrainingDivergedError
+from anatldm.models.weights import state_dict_mismatch
 
 __all__ = ["AnatomyTask"]
+
+logger = logging.getLogger(__name__)
 
 
 class AnatomyTask(LightningModule):
@@ -15,6 +23,10 @@ class AnatomyTask(LightningModule):
     Subclasses take typed keyword arguments (read back from ``self.hparams``) and override
     :meth:`configure_models` and :meth:`configure_losses`; networks themselves are plain
     ``nn.Module`` s from :mod:`anatldm.models` or MONAI.
+
+    Training tasks guard their steps with :meth:`skip_nonfinite_loss` (bounded by their
+    ``max_nonfinite_steps`` hyperparameter). Loading a checkpoint whose tensors do not fit the
+    model fails with one line naming the file and the first differing tensors.
     """
 
     #: constructor arguments that are not hyperparameters (e.g. objects passed in Python)
@@ -23,6 +35,9 @@ class AnatomyTask(LightningModule):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=list(self.ignore))
+        #: training steps skipped for a non-finite loss: in total, and in a row (kept in checkpoints)
+        self.nonfinite_steps = 0
+        self.consecutive_nonfinite_steps = 0
         self.configure_models()
         self.configure_losses()
         self.configure_metrics()
@@ -35,3 +50,58 @@ class AnatomyTask(LightningModule):
 
     def configure_metrics(self) -> None:
         """Build the metric collections from ``self.hparams``."""
+
+    # -- faults ------------------------------------------------------------------------------
+    def buffer_snapshot(self) -> dict[str, Tensor]:
+        """Copies of the buffers (e.g. BatchNorm statistics) a forward pass may change; a
+        skipped step puts them back."""
+        return {name: buffer.detach().clone() for name, buffer in self.named_buffers()}
+
+    def skip_nonfinite_loss(self, loss: Tensor, buffers: dict[str, Tensor] | None = None) -> bool:
+        """Whether this step must be skipped because its loss is not finite on some rank.
+
+        All ranks take the same decision (DDP-safe). A skipped step restores ``buffers`` (from
+        :meth:`buffer_snapshot`), logs a warning and counts in ``train/nonfinite_steps``; after
+        ``max_nonfinite_steps`` skipped steps in a row training stops with
+        :class:`TrainingDivergedError`, and the last checkpoint on disk (written before the
+        bad steps) is kept.
+        """
+        nonfinite = not bool(torch.isfinite(loss.detach()).all())
+        nonfinite = self.trainer.strategy.reduce_boolean_decision(nonfinite, all=False)
+        if nonfinite:
+            self.nonfinite_steps += 1
+            self.consecutive_nonfinite_steps += 1
+            if buffers is not None:
+                with torch.no_grad():
+                    for name, buffer in self.named_buffers():
+                        buffer.copy_(buffers[name])
+            logger.warning("step %d: non-finite loss (%s) on some rank; step skipped (%d in a row, %d in total)",
+                           self.global_step, loss.detach().float().cpu().tolist() if loss.numel() == 1 else "tensor",
+                           self.consecutive_nonfinite_steps, self.nonfinite_steps)
+        else:
+            self.consecutive_nonfinite_steps = 0
+        self.log("train/nonfinite_steps", float(self.nonfinite_steps), batch_size=1)
+        limit = int(self.hparams.get("max_nonfinite_steps", 10))
+        if self.consecutive_nonfinite_steps >= limit:
+            callback = self.trainer.checkpoint_callback
+            last = getattr(callback, "last_model_path", "") or getattr(callback, "best_model_path", "")
+            kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written before"
+            raise TrainingDivergedError(
+                f"training stopped at step {self.global_step}: {self.consecutive_nonfinite_steps} steps in a row had "
+                f"a non-finite loss (model.init_args.max_nonfinite_steps={limit}); {kept}. Lower the learning rate, "
+                f"train in precision 32 or check the data")
+        return nonfinite
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["nonfinite_steps"] = [self.nonfinite_steps, self.consecutive_nonfinite_steps]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.nonfinite_steps, self.consecutive_nonfinite_steps = (int(n) for n in
+                                                                  checkpoint.get("nonfinite_steps", (0, 0)))
+        state = checkpoint.get("state_dict")
+        if state is not None and self.strict_loading:
+            if problem := state_dict_mismatch(state, self.state_dict(), "in the checkpoint", "in the model"):
+                path = getattr(self._trainer, "ckpt_path", None) or "the checkpoint"
+                raise CheckpointMismatchError(f"{path} does not fit the {type(self).__name__} built from the config "
+                                              f"(another architecture or class count?): {problem}")

@@ -26,7 +26,7 @@ from torchmetrics.segmentation import DiceScore
 from anatldm import __version__
 from anatldm.atomic import write_text_atomic
 from anatldm.diffusion.schedulers import SamplerName
-from anatldm.errors import ConfigError
+from anatldm.errors import CheckpointMismatchError, ConfigError
 from anatldm.interpret.effects import edit_effect, edit_effects_markdown
 from anatldm.metrics import (
     AnatomyRules,
@@ -77,6 +77,8 @@ def load_task(task_class, path: str, what: str) -> nn.Module:
     except (KeyError, RuntimeError, TypeError, ValueError) as err:
         if isinstance(err, ConfigError):
             raise
+        if isinstance(err, CheckpointMismatchError):  # another architecture or class count
+            raise ConfigError(f"{what}: {path}: {err}") from None
         raise ConfigError(f"{what}: {path} is not a {task_class.__name__} checkpoint "
                           f"({str(err).splitlines()[0]})") from None
 

@@ -93,6 +93,8 @@ class AnatomicalLDMTask(AnatomyTask):
         weight_decay: AdamW weight decay.
         preview_every_n_epochs: log a fixed-seed sample grid with head masks every N epochs (0: never).
         num_preview_samples: samples in that grid.
+        max_nonfinite_steps: training stops with an error after this many steps in a row with a
+            non-finite loss (each one is skipped: no update, a warning, ``train/nonfinite_steps``).
         sampler: ``"ddpm"``, ``"ddim"`` or ``"dpm_solver++"`` for previews and ``predict``.
         num_inference_steps: denoiser calls per sample.
         register_edits: edits of the register bank applied when sampling (controllable
@@ -149,6 +151,7 @@ class AnatomicalLDMTask(AnatomyTask):
         weight_decay: float = 0.0,
         preview_every_n_epochs: int = 1,
         num_preview_samples: int = 8,
+        max_nonfinite_steps: int = 10,
         sampler: SamplerName = "ddim",
         num_inference_steps: int = 50,
         register_edits: list[RegisterEdit] | None = None,
@@ -174,6 +177,8 @@ class AnatomicalLDMTask(AnatomyTask):
         for name, factor in (anatomy_edits or {}).items():
             if factor < 0:
                 raise ConfigError(f"model.anatomy_edits.{name}: the factor must be >= 0 (0 ablates), got {factor}")
+        if max_nonfinite_steps < 1:
+            raise ConfigError(f"model.max_nonfinite_steps must be at least 1, got {max_nonfinite_steps}")
         self.sampler_name = sampler
         self.num_inference_steps = num_inference_steps
         self.register_edits = list(register_edits or []) + [
@@ -278,13 +283,17 @@ class AnatomicalLDMTask(AnatomyTask):
             losses["anatomy_loss"] = self.anatomy_loss(output.anatomy_logits, masks)
         return losses, output.anatomy_logits
 
-    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor | None:
+        buffers = self.buffer_snapshot()
         losses, _ = self._losses(batch)
         loss = losses["diffusion_loss"]
         batch_size = batch["image"].shape[0]
         if self.anatomy_loss is not None:
             weight = self.anatomy_schedule(self.global_step)
             loss = loss + weight * losses["anatomy_loss"]
+        if self.skip_nonfinite_loss(loss, buffers):
+            return None  # no backward, no optimizer update; the EMA keeps averaging finite weights
+        if self.anatomy_loss is not None:
             self.log("train/anatomy_weight", weight, batch_size=batch_size)
         self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, batch_size=batch_size)
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=batch_size)

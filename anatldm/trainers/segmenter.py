@@ -46,6 +46,9 @@ class SegmenterTask(AnatomyTask):
         dropout: dropout probability.
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
+        max_nonfinite_steps: training stops with an error after this many steps in a row with a
+            non-finite loss (each one is skipped: no update, BatchNorm statistics restored, a
+            warning, ``train/nonfinite_steps``).
     """
 
     def __init__(
@@ -58,12 +61,15 @@ class SegmenterTask(AnatomyTask):
         dropout: float = 0.0,
         lr: float = 1e-3,
         weight_decay: float = 1e-5,
+        max_nonfinite_steps: int = 10,
     ) -> None:
         if num_classes < 2:
             raise ConfigError(f"model.num_classes must be at least 2 (background included), got {num_classes}")
         if len(strides) != len(channels) - 1:
             raise ConfigError(f"model.strides needs {len(channels) - 1} entries for {len(channels)} channels, "
                               f"got {len(strides)}")
+        if max_nonfinite_steps < 1:
+            raise ConfigError(f"model.max_nonfinite_steps must be at least 1, got {max_nonfinite_steps}")
         super().__init__()
 
     def configure_models(self) -> None:
@@ -101,8 +107,11 @@ class SegmenterTask(AnatomyTask):
         """Logits ``(B, num_classes, *S)`` of images ``(B, 1, *S)`` in [-1, 1]."""
         return self.network(images)
 
-    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor | None:
+        buffers = self.buffer_snapshot()
         loss = self.loss(self(batch["image"]), batch["mask"])
+        if self.skip_nonfinite_loss(loss, buffers):
+            return None  # no backward, no optimizer update
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["image"].shape[0])
         return loss
 

@@ -1,0 +1,75 @@
+"""Checkpoint files that are never half-written and never unpickle arbitrary objects.
+
+:class:`AtomicCheckpointIO` writes every checkpoint to a temporary file in the target folder,
+flushes it to disk and renames it into place, so a crash or pre-emption during a save leaves
+the previous checkpoint intact; it loads with ``torch.load(weights_only=True)``.
+:class:`AtomicCheckpointing` makes it the default of every ``anatldm`` run (the CLI adds it),
+unless the user configured a checkpoint plugin of their own.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch import Callback
+
+__all__ = ["AtomicCheckpointIO", "AtomicCheckpointing"]
+
+logger = logging.getLogger(__name__)
+
+
+def _fsync_folder(folder: Path) -> None:
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:  # some file systems cannot open folders; the rename itself is still atomic
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Local checkpoints written atomically (temp file + fsync + ``os.replace``), loaded weights-only.
+
+    The temporary file ``.<name>.tmp-<pid>`` sits beside the target, so the rename never
+    crosses a file system; it is removed if the save fails.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike,
+                        storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporary = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        try:
+            with open(temporary, "wb") as file:
+                torch.save(checkpoint, file)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, target)
+        finally:
+            temporary.unlink(missing_ok=True)
+        _fsync_folder(target.parent)
+
+    def load_checkpoint(self, path: str | os.PathLike, map_location: Callable | None = lambda storage, loc: storage,
+                        weights_only: bool | None = None) -> dict[str, Any]:
+        return super().load_checkpoint(path, map_location=map_location,
+                                       weights_only=True if weights_only is None else weights_only)
+
+
+class AtomicCheckpointing(Callback):
+    """Install :class:`AtomicCheckpointIO` unless the run uses a checkpoint plugin of its own."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # Lightning's default, not a user's choice
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
