@@ -13,6 +13,7 @@ import numpy as np
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from anatldm.data.orientation import display_to_ras
+from anatldm.errors import check_output_folder
 from anatldm.visualize import save_overlay_grid
 
 __all__ = ["SampleWriter", "to_raw_intensity"]
@@ -51,6 +52,7 @@ class SampleWriter(BasePredictionWriter):
 
     def __init__(self, output_dir: str = "samples", grid_size: int = 16) -> None:
         super().__init__(write_interval="batch")
+        check_output_folder(output_dir, "SampleWriter.output_dir")
         self.output_dir = Path(output_dir)
         self.grid_size = grid_size
         self._grid: list[tuple[np.ndarray, np.ndarray | None, int]] = []

@@ -124,7 +124,8 @@ class AnatomyDataModule(LightningDataModule):
         if source == "folder" and (root is None) == (manifest is None):
             raise DataInputError("data.source 'folder' needs exactly one of data.root or data.manifest")
         if num_subjects < 1 or num_slices < 1:
-            raise ConfigError(f"num_subjects and num_slices must be positive, got {num_subjects}, {num_slices}")
+            raise ConfigError(f"data.num_subjects and data.num_slices must be positive, got {num_subjects}, "
+                              f"{num_slices}")
         if batch_size < 1:
             raise ConfigError(f"data.batch_size must be positive, got {batch_size}")
         if num_workers < 0:
@@ -227,19 +228,23 @@ class AnatomyDataModule(LightningDataModule):
         hp = self.hparams
         if hp.source == "phantom":
             return list(PHANTOM_CLASSES[hp.phantom_family])
+        if hp.root is not None and not Path(hp.root).is_dir():
+            raise DataInputError(f"data.root: {hp.root}: folder not found")
         if hp.class_names is not None:
-            names = list(hp.class_names)
+            names, source = list(hp.class_names), "data.class_names"
         else:
             classes_file = Path(hp.root or Path(hp.manifest).parent) / "classes.json"
             if not classes_file.is_file():
                 raise DataInputError(f"data.class_names is not set and {classes_file} does not exist; "
                                      f"name the classes, background first")
+            source = str(classes_file)
             try:
                 names = list(json.loads(classes_file.read_text(encoding="utf-8")))
             except json.JSONDecodeError as err:
                 raise DataInputError(f"{classes_file}: not a JSON list of class names ({err})") from None
         if len(names) < 2 or len(set(names)) != len(names):
-            raise DataInputError(f"class names must be at least two distinct names (background first), got {names}")
+            raise DataInputError(f"{source}: class names must be at least two distinct names (background first), "
+                                 f"got {names}")
         return names
 
     def _resolve_preset(self) -> str:

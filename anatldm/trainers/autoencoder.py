@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchmetrics import MetricCollection
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
-from anatldm.errors import ConfigError
+from anatldm.errors import ConfigError, check_output_folder
 from anatldm.models.autoencoder_bundle import save_autoencoder_bundle
 from anatldm.trainers.base import AnatomyTask
 
@@ -139,6 +139,8 @@ class AutoencoderTask(AnatomyTask):
                          adversarial_warmup_steps, scale_factor_batches, perceptual_weights_path,
                          generator_lr=generator_lr, discriminator_lr=discriminator_lr, kl_weight=kl_weight,
                          adv_weight=adv_weight, perceptual_weight=perceptual_weight)
+        if export_dir is not None:
+            check_output_folder(export_dir, "model.init_args.export_dir")
         super().__init__()
         self.automatic_optimization = False
         #: training batches seen so far (drives the adversarial warm-up; kept in checkpoints)
@@ -210,7 +212,16 @@ class AutoencoderTask(AnatomyTask):
         return self
 
     # -- Lightning hooks ---------------------------------------------------------------------
+    def check_inputs(self, datamodule) -> None:
+        """Slices must halve cleanly at every downsampling, or reconstructions change size."""
+        size = getattr(datamodule, "image_size", None)
+        factor = 2 ** (len(self.hparams.channels) - 1)
+        if self.hparams.spatial_dims == 2 and size is not None and any(s % factor for s in size):
+            raise ConfigError(f"data.image_size {list(size)} must be divisible by {factor}, the autoencoder's "
+                              f"downsampling (2 ** (len(model.init_args.channels) - 1))")
+
     def on_fit_start(self) -> None:
+        self.check_inputs(self.trainer.datamodule)
         model = self.trainer.strategy.model
         if self.discriminator is not None and isinstance(model, DistributedDataParallel) \
                 and not model.find_unused_parameters:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lightning.pytorch import LightningModule
+from lightning.pytorch import LightningDataModule, LightningModule
 
 __all__ = ["AnatomyTask"]
 
@@ -26,6 +26,14 @@ class AnatomyTask(LightningModule):
         self.configure_models()
         self.configure_losses()
         self.configure_metrics()
+
+    def check_inputs(self, datamodule: LightningDataModule | None) -> None:
+        """Check that this task fits its data and the files of earlier stages.
+
+        The ``anatldm`` command calls it before Lightning writes a run folder, so a mistake
+        leaves nothing behind; tasks call it again from their own hooks for the Python API.
+        Raises :class:`~anatldm.errors.ConfigError` naming the key.
+        """
 
     def configure_models(self) -> None:
         """Build the networks from ``self.hparams``."""

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import pickle
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from torchmetrics.segmentation import DiceScore
 
 from anatldm import __version__
 from anatldm.diffusion.schedulers import SamplerName
-from anatldm.errors import ConfigError
+from anatldm.errors import ConfigError, check_checkpoint_file, check_output_folder
 from anatldm.metrics import (
     AnatomyRules,
     AreaWasserstein,
@@ -63,11 +64,10 @@ METRICS = {
 
 
 def _load(task_class, path: str, what: str) -> nn.Module:
-    if not Path(path).is_file():
-        raise ConfigError(f"model.{what}: checkpoint {path} not found")
+    check_checkpoint_file(path, f"model.{what}")
     try:
         return task_class.load_from_checkpoint(path, map_location="cpu", weights_only=True)
-    except (KeyError, RuntimeError, TypeError, ValueError) as err:
+    except (KeyError, RuntimeError, TypeError, ValueError, EOFError, OSError, pickle.UnpicklingError) as err:
         if isinstance(err, ConfigError):
             raise
         raise ConfigError(f"model.{what}: {path} is not a {task_class.__name__} checkpoint "
@@ -131,6 +131,7 @@ class EvaluationTask(AnatomyTask):
                 raise ConfigError(f"model.{key} must be at least 1, got {value}")
         if not 0 < confidence < 1:
             raise ConfigError(f"model.confidence must lie in (0, 1), got {confidence}")
+        check_output_folder(output_dir, "model.output_dir")
         super().__init__()
 
     # -- construction ------------------------------------------------------------------------
@@ -160,12 +161,17 @@ class EvaluationTask(AnatomyTask):
         self.ceiling_dice = DiceScore(num_classes=len(self.class_names), include_background=False,
                                       average="none", input_format="index")
 
-    # -- real test slices --------------------------------------------------------------------
-    def on_test_start(self) -> None:
-        datamodule = self.trainer.datamodule
+    def check_inputs(self, datamodule) -> None:
+        """Every checkpoint loads, and the segmenter, the generators and the data share classes."""
+        self.configure_model()
         if list(getattr(datamodule, "class_names", [])) != self.class_names:
             raise ConfigError(f"data: classes {getattr(datamodule, 'class_names', None)} differ from the "
                               f"generators' {self.class_names}")
+
+    # -- real test slices --------------------------------------------------------------------
+    def on_test_start(self) -> None:
+        datamodule = self.trainer.datamodule
+        self.check_inputs(datamodule)
         train = np.sort(datamodule.datasets["train"].indices)
         self.rules = AnatomyRules.fit(np.asarray(datamodule.cache.masks[train]), self.class_names)
         spaced = np.linspace(0, len(train) - 1, num=min(len(train), self.hparams.max_training_slices)).astype(int)

@@ -132,8 +132,15 @@ class AnatomicalLDMTask(AnatomyTask):
             raise ConfigError(f"model.num_inference_steps must be at least 1, got {num_inference_steps}")
         if min_snr_gamma is not None and min_snr_gamma <= 0:
             raise ConfigError(f"model.min_snr_gamma must be positive or null, got {min_snr_gamma}")
-        if lr <= 0:
+        if not lr > 0:
             raise ConfigError(f"model.lr must be positive, got {lr}")
+        if not (anatomy_weight >= 0 and anatomy_weight_min >= 0):
+            raise ConfigError(f"model.anatomy_weight and model.anatomy_weight_min must be >= 0, got "
+                              f"{anatomy_weight}, {anatomy_weight_min}")
+        if not 0 <= anatomy_warmup_fraction <= 1:
+            raise ConfigError(f"model.anatomy_warmup_fraction must lie in [0, 1], got {anatomy_warmup_fraction}")
+        if num_train_timesteps < 1:
+            raise ConfigError(f"model.num_train_timesteps must be at least 1, got {num_train_timesteps}")
         if register_edits and not num_registers:
             raise ConfigError("model.register_edits needs a register bank, but num_registers is 0")
         self.sampler_name = sampler
@@ -188,12 +195,21 @@ class AnatomicalLDMTask(AnatomyTask):
         return self
 
     # -- training ----------------------------------------------------------------------------
+    def check_inputs(self, datamodule) -> None:
+        """Training data must have the bundle's classes and image size (not needed to sample)."""
+        if getattr(datamodule, "class_names", None) is None:
+            return
+        if list(datamodule.class_names) != self.class_names:
+            raise ConfigError(f"data: classes {datamodule.class_names} differ from the autoencoder "
+                              f"bundle's {self.class_names} ({self.hparams.autoencoder})")
+        size = getattr(datamodule, "image_size", None)
+        if size is not None and tuple(size) != self.image_size:
+            raise ConfigError(f"data.image_size {list(size)} differs from the autoencoder bundle's image_size "
+                              f"{list(self.image_size)} ({self.hparams.autoencoder})")
+
     def on_fit_start(self) -> None:
         hp = self.hparams
-        if self.trainer.datamodule is not None and hasattr(self.trainer.datamodule, "class_names") \
-                and list(self.trainer.datamodule.class_names) != self.class_names:
-            raise ConfigError(f"data: classes {self.trainer.datamodule.class_names} differ from the autoencoder "
-                              f"bundle's {self.class_names} ({hp.autoencoder})")
+        self.check_inputs(self.trainer.datamodule)
         self.anatomy_schedule = AnatomyWeightSchedule(
             lambda_max=hp.anatomy_weight, lambda_min=min(hp.anatomy_weight_min, hp.anatomy_weight),
             warmup_fraction=hp.anatomy_warmup_fraction, decay=hp.anatomy_decay,

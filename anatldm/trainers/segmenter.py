@@ -61,6 +61,11 @@ class SegmenterTask(AnatomyTask):
     ) -> None:
         if num_classes < 2:
             raise ConfigError(f"model.num_classes must be at least 2 (background included), got {num_classes}")
+        if not lr > 0:
+            raise ConfigError(f"model.lr must be positive, got {lr}")
+        if weight_decay < 0 or not 0 <= dropout < 1:
+            raise ConfigError(f"model.weight_decay must be >= 0 and model.dropout in [0, 1), got {weight_decay}, "
+                              f"{dropout}")
         if len(strides) != len(channels) - 1:
             raise ConfigError(f"model.strides needs {len(channels) - 1} entries for {len(channels)} channels, "
                               f"got {len(strides)}")
@@ -90,11 +95,15 @@ class SegmenterTask(AnatomyTask):
         """Channels of the bottleneck features used for FID/KID."""
         return self.hparams.channels[-1]
 
-    def setup(self, stage: str) -> None:
-        names = getattr(self.trainer.datamodule, "class_names", None) if self.trainer.datamodule else None
+    def check_inputs(self, datamodule) -> None:
+        names = getattr(datamodule, "class_names", None)
         if names is not None and len(names) != self.hparams.num_classes:
             raise ConfigError(f"model.num_classes is {self.hparams.num_classes} but the data has "
                               f"{len(names)} classes {names}")
+
+    def setup(self, stage: str) -> None:
+        self.check_inputs(self.trainer.datamodule)
+        names = getattr(self.trainer.datamodule, "class_names", None) if self.trainer.datamodule else None
         self.class_names = list(names) if names is not None else None
 
     def forward(self, images: Tensor) -> Tensor:
