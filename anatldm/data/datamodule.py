@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torchio as tio
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from anatldm.data import phantoms
 from anatldm.data.phantoms import PHANTOM_CLASSES, PHANTOM_PRESETS, write_phantom_dataset
@@ -26,7 +26,7 @@ from anatldm.data.volumes import (
 )
 from anatldm.errors import ConfigError, DataInputError
 
-__all__ = ["AnatomyDataModule", "SliceAugmentation"]
+__all__ = ["AnatomyDataModule", "ShardSampler", "SliceAugmentation"]
 
 logger = logging.getLogger(__name__)
 PhantomFamily = Literal["ct_abdomen", "breast_mri"]
@@ -57,6 +57,27 @@ class SliceAugmentation:
         image = subject["image"].data[..., 0].clamp_(-1, 1).float()  # (1, H, W)
         mask = subject["mask"].data[0, ..., 0].long()  # (H, W)
         return image, mask
+
+
+class ShardSampler(DistributedSampler):
+    """Rank ``r`` of ``W`` reads items ``r, r + W, r + 2W, ...``: each item once over all ranks.
+
+    Lightning's default ``DistributedSampler`` pads the last shard with repeated items so every
+    rank gets as many; in validation and test those repeats would count twice in every metric,
+    so the numbers would depend on the number of processes. Being a ``DistributedSampler``,
+    Lightning keeps it instead of replacing it.
+    """
+
+    def __init__(self, dataset, num_replicas: int, rank: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
+        self.num_samples = len(range(rank, len(dataset), num_replicas))
+        self.total_size = len(dataset)
+
+    def __iter__(self):
+        return iter(range(self.rank, len(self.dataset), self.num_replicas))
+
+    def __len__(self) -> int:
+        return self.num_samples
 
 
 class AnatomyDataModule(LightningDataModule):
@@ -183,10 +204,10 @@ class AnatomyDataModule(LightningDataModule):
         return self._loader("train", shuffle=True, drop_last=len(self.datasets["train"]) > self.hparams.batch_size)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
+        return self._loader("val", sharded=True)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
+        return self._loader("test", sharded=True)
 
     # -- helpers -----------------------------------------------------------------------------
     def split_subjects(self, pairs: list[VolumePair]) -> dict[str, list[str]]:
@@ -255,8 +276,14 @@ class AnatomyDataModule(LightningDataModule):
             return PHANTOM_PRESETS[hp.phantom_family]
         raise DataInputError("data.preset is required for folder data: 'ct', 'mri' or 'none'")
 
-    def _loader(self, split: str, shuffle: bool = False, drop_last: bool = False) -> DataLoader:
+    def _loader(self, split: str, shuffle: bool = False, drop_last: bool = False,
+                sharded: bool = False) -> DataLoader:
+        """``sharded``: under DDP every rank reads its own slices, none twice (no padding)."""
         hp = self.hparams
-        return DataLoader(self.datasets[split], batch_size=hp.batch_size, shuffle=shuffle,
+        trainer = getattr(self, "trainer", None)
+        sampler = None
+        if sharded and trainer is not None and trainer.world_size > 1:
+            sampler = ShardSampler(self.datasets[split], trainer.world_size, trainer.global_rank)
+        return DataLoader(self.datasets[split], batch_size=hp.batch_size, shuffle=shuffle, sampler=sampler,
                           drop_last=drop_last, num_workers=hp.num_workers,
                           persistent_workers=hp.num_workers > 0, pin_memory=torch.cuda.is_available())

@@ -22,7 +22,7 @@ from monai.utils import optional_import
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Subset
-from torchmetrics import MetricCollection
+from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from anatldm.errors import ConfigError, check_output_folder
@@ -197,6 +197,8 @@ class AutoencoderTask(AnatomyTask):
         })
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
+        # mean over all images of all ranks (Lightning's sync_dist would average per-rank means)
+        self.l1 = torch.nn.ModuleDict({"val": MeanMetric(), "test": MeanMetric()})
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         hp = self.hparams
@@ -397,7 +399,8 @@ class AutoencoderTask(AnatomyTask):
         batch_size = images.shape[0]
         metrics.update(reconstruction, images)
         self.log_dict(metrics, batch_size=batch_size)
-        self.log(f"{stage}/l1", F.l1_loss(reconstruction, images), batch_size=batch_size, sync_dist=True)
+        self.l1[stage].update(F.l1_loss(reconstruction, images), weight=batch_size)
+        self.log(f"{stage}/l1", self.l1[stage], batch_size=batch_size)
         if batch_idx == 0:
             self._log_grid(images, reconstruction, stage)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import zlib
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -10,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
+from torchmetrics import MeanMetric
 from torchmetrics.segmentation import DiceScore
 
 from anatldm.diffusion import make_sampler, make_train_scheduler, min_snr_weights, sample_latents
@@ -181,6 +183,8 @@ class AnatomicalLDMTask(AnatomyTask):
         self.anatomy_loss = AnatomyLoss() if self.denoiser.head is not None else None
 
     def configure_metrics(self) -> None:
+        names = ["diffusion_loss"] + (["anatomy_loss"] if self.denoiser.head is not None else [])
+        self.val_losses = torch.nn.ModuleDict({name: MeanMetric() for name in names})
         self.val_dice = (DiceScore(num_classes=len(self.class_names), include_background=False,
                                    average="macro", input_format="index")
                          if self.denoiser.head is not None else None)
@@ -226,15 +230,30 @@ class AnatomicalLDMTask(AnatomyTask):
         return self.autoencoder.decode_stage_2_outputs(latents / self.scale_factor).clamp(-1, 1)
 
     def _losses(self, batch: dict, generator: torch.Generator | None = None,
-                max_timestep: int | None = None) -> tuple[dict[str, Tensor], Tensor | None]:
+                max_timestep: int | None = None,
+                seeds: Sequence[int] | None = None) -> tuple[dict[str, Tensor], Tensor | None]:
+        """Losses of one batch; noise and timesteps from ``generator``, or from one seed per sample
+        (``seeds``: then a sample's noise does not depend on its batch or its rank)."""
         images, masks = batch["image"], batch["mask"]  # (B, 1, H, W), (B, H, W)
-        latents = self.encode(images)  # (B, C_z, h, w)
-        batch_size = latents.shape[0]
-        noise = torch.randn(latents.shape, generator=generator, device="cpu").to(latents) \
-            if generator is not None else torch.randn_like(latents)
+        batch_size = images.shape[0]
         high = max_timestep or self.train_scheduler.config.num_train_timesteps
-        timesteps = torch.randint(0, high, (batch_size,), generator=generator, device="cpu").to(latents.device) \
-            if generator is not None else torch.randint(0, high, (batch_size,), device=latents.device)
+        if seeds is None:
+            latents = self.encode(images)  # (B, C_z, h, w), posterior sampled with the global RNG
+        else:  # the posterior sample from the sample's own seed too
+            generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
+            with torch.no_grad():
+                z_mu, z_sigma = self.autoencoder.encode(images)  # (B, C_z, h, w) each
+            eps = torch.stack([torch.randn(z_mu.shape[1:], generator=g) for g in generators]).to(z_mu)
+            latents = (z_mu + z_sigma * eps) * self.scale_factor  # (B, C_z, h, w)
+        if seeds is not None:
+            noise = torch.stack([torch.randn(latents.shape[1:], generator=g) for g in generators]).to(latents)
+            timesteps = torch.cat([torch.randint(0, high, (1,), generator=g) for g in generators]).to(latents.device)
+        elif generator is not None:
+            noise = torch.randn(latents.shape, generator=generator, device="cpu").to(latents)
+            timesteps = torch.randint(0, high, (batch_size,), generator=generator, device="cpu").to(latents.device)
+        else:
+            noise = torch.randn_like(latents)
+            timesteps = torch.randint(0, high, (batch_size,), device=latents.device)
         noisy = self.train_scheduler.add_noise(latents, noise, timesteps)  # (B, C_z, h, w)
         output = self.denoiser(noisy, timesteps, mask_size=masks.shape[1:])
         target = noise if self.hparams.prediction_type == "epsilon" else \
@@ -260,13 +279,21 @@ class AnatomicalLDMTask(AnatomyTask):
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        """Fixed-noise diffusion loss over all timesteps; head Dice at low noise (t < 200)."""
+        """Fixed-noise diffusion loss over all timesteps; head Dice at low noise (t < 200).
+
+        Each slice's noise is seeded by the slice itself (subject, position), and the losses are
+        averaged by metrics that sum over all ranks: the numbers do not depend on the batch size
+        or the number of processes.
+        """
         batch_size = batch["image"].shape[0]
-        generator = torch.Generator().manual_seed(batch_idx)
-        losses, _ = self._losses(batch, generator=generator)
-        self.log_dict({f"val/{k}": v for k, v in losses.items()}, batch_size=batch_size, sync_dist=True)
+        seeds = [zlib.crc32(f"{subject}/{int(position)}".encode()) for subject, position in
+                 zip(batch["subject"], batch["position"], strict=True)]
+        losses, _ = self._losses(batch, seeds=seeds)
+        for name, value in losses.items():
+            self.val_losses[name].update(value.detach(), weight=batch_size)
+            self.log(f"val/{name}", self.val_losses[name], batch_size=batch_size)
         if self.val_dice is not None:
-            _, logits = self._losses(batch, generator=generator, max_timestep=200)
+            _, logits = self._losses(batch, seeds=seeds, max_timestep=200)
             self.val_dice.update(logits.argmax(1), batch["mask"])
             self.log("val/anatomy_dice", self.val_dice, batch_size=batch_size)
 

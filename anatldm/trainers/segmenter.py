@@ -7,7 +7,7 @@ import logging
 import torch
 from monai.networks.nets import UNet
 from torch import Tensor, nn
-from torchmetrics import MetricCollection
+from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.segmentation import DiceScore
 
 from anatldm.errors import ConfigError
@@ -85,6 +85,8 @@ class SegmenterTask(AnatomyTask):
                                                    average="none", input_format="index")})
         self.val_metrics = dice.clone(prefix="val/")
         self.test_metrics = dice.clone(prefix="test/")
+        # mean over all slices of all ranks (Lightning's sync_dist would average per-rank means)
+        self.losses = torch.nn.ModuleDict({"val": MeanMetric(), "test": MeanMetric()})
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.network.parameters(), lr=self.hparams.lr,
@@ -129,8 +131,9 @@ class SegmenterTask(AnatomyTask):
 
     def _evaluate(self, batch: dict, metrics: MetricCollection, stage: str) -> None:
         logits = self(batch["image"])  # (B, C, H, W)
-        self.log(f"{stage}/loss", self.loss(logits, batch["mask"]), batch_size=batch["image"].shape[0],
-                 sync_dist=True)
+        batch_size = batch["image"].shape[0]
+        self.losses[stage].update(self.loss(logits, batch["mask"]).detach(), weight=batch_size)
+        self.log(f"{stage}/loss", self.losses[stage], batch_size=batch_size)
         metrics.update(logits.argmax(1), batch["mask"])
 
     def _log_dice(self, metrics: MetricCollection, stage: str) -> None:
