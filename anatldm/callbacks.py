@@ -16,7 +16,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 
 from anatldm.atomic import write_text_atomic
 from anatldm.data.orientation import display_to_ras
-from anatldm.errors import ConfigError
+from anatldm.errors import ConfigError, check_output_folder
 from anatldm.interpret import (
     RegisterAssociation,
     attention_at_image_size,
@@ -75,6 +75,7 @@ class SampleWriter(BasePredictionWriter):
         super().__init__(write_interval="batch")
         if segmenter is not None and not save_attention:
             raise ConfigError("SampleWriter.segmenter is only used with save_attention: true")
+        check_output_folder(output_dir, "SampleWriter.output_dir")
         self.output_dir = Path(output_dir)
         self.grid_size = grid_size
         self.save_attention = save_attention

@@ -7,11 +7,17 @@ the configured data set and prints per-class slice counts and writes a preview P
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import logging
 import sys
 import warnings
 from argparse import ArgumentError
+from pathlib import Path
 
+import torch
+import yaml
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -21,7 +27,12 @@ import anatldm.data  # noqa: F401
 import anatldm.trainers  # noqa: F401
 from anatldm import __version__
 from anatldm.checkpointing import AtomicCheckpointing
-from anatldm.errors import AnatLDMInputError
+from anatldm.errors import (
+    AnatLDMInputError,
+    ConfigError,
+    check_checkpoint_file,
+    check_output_folder,
+)
 from anatldm.resume import CheckpointOnSigterm, StepSeeding
 from anatldm.trainers import AnatomyTask
 
@@ -32,7 +43,7 @@ logger = logging.getLogger("anatldm")
 
 def _fail(message: object) -> None:
     """A user's mistake: one line on stderr and exit code 2, no traceback."""
-    print(f"anatldm: error: {message}", file=sys.stderr)
+    print(f"anatldm: error: {' '.join(str(message).split())}", file=sys.stderr)
     raise SystemExit(2)
 
 
@@ -67,13 +78,98 @@ def _input_error(error: BaseException) -> AnatLDMInputError | None:
     return None
 
 
+def _misconfiguration(error: BaseException) -> MisconfigurationException | None:
+    """Lightning's own report of an impossible trainer setting (e.g. ``max_epochs: -2``)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, MisconfigurationException):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 #: exit status of a run stopped by SIGTERM (128 + 15, as a shell reports it): never mistaken for success
 SIGTERM_EXIT_CODE = 143
 
 
+def _check_yaml_files(args: list[str]) -> None:
+    """A config file that is not valid YAML, named with the line of the problem.
+
+    (jsonargparse reports it without the file name.)
+    """
+    paths = [value for option, value in zip(args, args[1:], strict=False) if option == "--config"]
+    paths += [arg.split("=", 1)[1] for arg in args if arg.startswith("--config=")]
+    for path in map(Path, paths):
+        if not path.is_file():
+            continue  # jsonargparse says so, naming the file
+        try:
+            config = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise ConfigError(f"{path}: not valid YAML ({problem}{where})") from None
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"{path}: not a text file ({err})") from None
+        if config is not None and not isinstance(config, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections (trainer:, model:, data:, ...), "
+                              f"got a {type(config).__name__}")
+
+
+def _check_checkpoint(path: str, model_class_path: str | None) -> None:
+    """``ckpt_path`` must be a readable Lightning checkpoint of the configured task.
+
+    Lightning would fail on it with a traceback (or, for another stage's checkpoint, merge that
+    stage's hyperparameters into the model), and only after writing its run folder.
+    """
+    check_checkpoint_file(path, "ckpt_path")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # truncated zip, random bytes, pickled objects: torch raises many types
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"ckpt_path: {path} is not a readable checkpoint ({reason})") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise ConfigError(f"ckpt_path: {path} is not a Lightning checkpoint (no 'state_dict')")
+    if not model_class_path:
+        return
+    module, _, name = model_class_path.rpartition(".")
+    model_class = getattr(importlib.import_module(module), name)
+    hparams = checkpoint.get("hyper_parameters") or {}
+    accepted = set(inspect.signature(model_class.__init__).parameters)
+    foreign = sorted(set(hparams) - accepted - {"_instantiator", "_class_path"})
+    saved_class = hparams.get("_class_path")
+    if foreign or (saved_class and saved_class.rpartition(".")[2] != name):
+        raise ConfigError(f"ckpt_path: {path} is not a checkpoint of {name} (its hyperparameters "
+                          f"{foreign or saved_class} belong to another stage)")
+
+
+class AnatLDMCLI(LightningCLI):
+    """Stock LightningCLI plus checks of every input before Lightning writes its run folder."""
+
+    def parse_arguments(self, parser, args) -> None:
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        if subcommand is None:
+            return
+        config = self.config[subcommand]
+        check_output_folder(config.trainer.get("default_root_dir") or Path.cwd(), "trainer.default_root_dir")
+        if config.get("ckpt_path"):
+            model = config.get("model")
+            _check_checkpoint(config.ckpt_path, model.get("class_path") if model is not None else None)
+
+    def _check_inputs(self) -> None:
+        """Checks that need the model and the data together (``AnatomyTask.check_inputs``)."""
+        check = getattr(self.model, "check_inputs", None)
+        if callable(check):
+            check(self.datamodule)
+
+    before_fit = before_validate = before_test = before_predict = _check_inputs
+
+
 def _lightning_cli(args: list[str]) -> LightningCLI:
-    return LightningCLI(
+    return AnatLDMCLI(
         AnatomyTask,
         LightningDataModule,
         subclass_mode_model=True,
@@ -117,6 +213,7 @@ def main(args: list[str] | None = None) -> None:
         if len(args) == 2 and args[0] in SUBCOMMANDS and args[1] in ("-h", "--help"):
             _help_with_data_options(args[0])
             raise SystemExit(0)
+        _check_yaml_files(args)
         _lightning_cli(args)
     except SIGTERMException:  # pre-empted: CheckpointOnSigterm saved last.ckpt (fit); outputs so far are complete
         print(f"anatldm: stopped by SIGTERM; resume with: anatldm {' '.join(args)} --ckpt_path last"
@@ -125,7 +222,7 @@ def main(args: list[str] | None = None) -> None:
     except ArgumentError as error:  # unknown key, wrong type, missing file named in a config
         _fail(_input_error(error) or _summary(error))
     except Exception as error:
-        cause = _input_error(error)
+        cause = _input_error(error) or _misconfiguration(error)
         if cause is None:
             raise
         _fail(cause)

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-__all__ = ["AnatLDMInputError", "CheckpointMismatchError", "ConfigError", "DataInputError", "TrainingDivergedError"]
+import os
+import zipfile
+from pathlib import Path
+
+__all__ = ["AnatLDMInputError", "CheckpointMismatchError", "ConfigError", "DataInputError", "TrainingDivergedError",
+           "check_checkpoint_file", "check_output_folder"]
 
 
 class AnatLDMInputError(ValueError):
@@ -28,3 +33,30 @@ class CheckpointMismatchError(AnatLDMInputError):
 class TrainingDivergedError(AnatLDMInputError):
     """Too many consecutive training steps with a non-finite loss; the message names the
     setting that bounds them and the last good checkpoint."""
+def check_output_folder(path: str | os.PathLike, key: str) -> None:
+    """Raise :class:`ConfigError` (naming ``key``) if folder ``path`` could not be created or written.
+
+    Creates nothing: it finds the nearest existing ancestor and checks that it is a writable
+    folder, so a run fails before it starts rather than after hours of work.
+    """
+    folder = Path(path).absolute()
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{key}: {folder} cannot be created: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}: {folder} cannot be written: no write permission on {existing}")
+
+
+def check_checkpoint_file(path: str | os.PathLike, key: str) -> None:
+    """Raise :class:`ConfigError` (naming ``key``) unless ``path`` is a complete ``torch.save`` archive.
+
+    torch's own errors for a missing, empty, truncated or random file are long and misleading
+    (they suggest ``weights_only=False``).
+    """
+    if not Path(path).is_file():
+        raise ConfigError(f"{key}: checkpoint {path} not found")
+    if not zipfile.is_zipfile(path):
+        raise ConfigError(f"{key}: {path} is not a readable checkpoint (corrupt or truncated: "
+                          f"not a complete archive written by torch.save)")

@@ -17,7 +17,7 @@ import yaml
 from jsonargparse import ArgumentParser
 
 from anatldm.data import AnatomyDataModule
-from anatldm.errors import ConfigError
+from anatldm.errors import ConfigError, check_output_folder
 from anatldm.visualize import save_overlay_grid
 
 __all__ = ["dataset_summary", "inspect_main"]
@@ -41,7 +41,7 @@ def dataset_summary(datamodule: AnatomyDataModule) -> str:
 
 
 def _parse(args: list[str]):
-    parser = ArgumentParser(prog="anatldm inspect", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="anatldm inspect", description=__doc__.split("\n")[0], exit_on_error=False)
     parser.add_argument("--config", required=True, help="a stage config with a data: section")
     parser.add_argument("--out", default="data_preview.png", help="preview PNG path")
     parser.add_argument("--num", type=int, default=16, help="slices in the preview")
@@ -54,10 +54,16 @@ def inspect_main(args: list[str]) -> str:
     config_path = Path(options.config)
     if not config_path.is_file():
         raise ConfigError(f"--config {config_path}: file not found")
-    config = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
-    if "data" not in config:
+    try:
+        config = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"{config_path}: not valid YAML ({getattr(err, 'problem', None) or err}{where})") from None
+    if not isinstance(config, dict) or "data" not in config:
         raise ConfigError(f"{config_path}: no 'data' section")
-    parser = ArgumentParser()
+    check_output_folder(Path(options.out).absolute().parent, "--out")
+    parser = ArgumentParser(exit_on_error=False)
     parser.add_subclass_arguments(AnatomyDataModule, "data", required=True)
     parsed = parser.parse_object({"data": config["data"]})
     datamodule = parser.instantiate_classes(parsed).data

@@ -61,6 +61,48 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+def _fit_tiny_stage(root: Path, name: str, model: dict) -> Path:
+    """Two training steps of one stage through the real CLI; returns its ``last.ckpt``."""
+    import yaml
+
+    from anatldm.cli import main
+    from tests.trainers.test_ldm import TINY_DATA
+
+    config = root / f"{name}.yaml"
+    config.write_text(yaml.safe_dump({
+        "trainer": {"accelerator": "cpu", "devices": 1, "logger": False, "max_steps": 2, "limit_val_batches": 1,
+                    "default_root_dir": str(root / name),
+                    "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                                   "init_args": {"dirpath": str(root / name), "save_last": True}}]},
+        "model": model,
+        "data": {"class_path": "AnatomyDataModule", "init_args": {**TINY_DATA, "cache_dir": str(root / "cache")}},
+    }))
+    main(["fit", "--config", str(config)])
+    return root / name / "last.ckpt"
+
+
+@pytest.fixture(scope="session")
+def stage_checkpoints(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny checkpoints of every later stage, trained once per session on phantom slices.
+
+    ``register`` (LDM with 4 registers and the head), ``baseline`` (no registers, no head),
+    ``segmenter`` (6 CT-phantom classes); ``root`` holds their phantom data and slice cache.
+    """
+    from tests.trainers.test_ldm import TINY_DENOISER
+
+    root = tmp_path_factory.mktemp("stages")
+    ldm = {"autoencoder": str(tiny_bundle), **TINY_DENOISER, "preview_every_n_epochs": 0}
+    return {
+        "register": _fit_tiny_stage(root, "register", {"class_path": "AnatomicalLDMTask",
+                                                       "init_args": {**ldm, "num_registers": 4}}),
+        "baseline": _fit_tiny_stage(root, "baseline", {"class_path": "AnatomicalLDMTask",
+                                                       "init_args": {**ldm, "num_registers": 0, "anatomy_weight": 0.0}}),
+        "segmenter": _fit_tiny_stage(root, "segmenter", {"class_path": "SegmenterTask", "init_args": {
+            "num_classes": 6, "channels": [8, 16, 32], "strides": [2, 2]}}),
+        "root": root,
+    }
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _run_outside_the_repository(tmp_path_factory: pytest.TempPathFactory):
     """Tests run in a scratch folder: a stray relative path can never write into the checkout."""

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torchio as tio
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from anatldm.data import phantoms
 from anatldm.data.phantoms import PHANTOM_CLASSES, PHANTOM_PRESETS, write_phantom_dataset
@@ -27,7 +27,7 @@ from anatldm.data.volumes import (
 )
 from anatldm.errors import ConfigError, DataInputError
 
-__all__ = ["AnatomyDataModule", "EpochShuffle", "SliceAugmentation"]
+__all__ = ["AnatomyDataModule", "EpochShuffle", "ShardSampler", "SliceAugmentation"]
 
 logger = logging.getLogger(__name__)
 PhantomFamily = Literal["ct_abdomen", "breast_mri"]
@@ -78,6 +78,25 @@ class EpochShuffle(RandomSampler):
     def set_epoch(self, epoch: int) -> None:
         entropy = np.random.SeedSequence([self.seed, epoch]).generate_state(2, dtype=np.uint32)
         self.generator.manual_seed((int(entropy[0]) << 32) | int(entropy[1]))
+class ShardSampler(DistributedSampler):
+    """Rank ``r`` of ``W`` reads items ``r, r + W, r + 2W, ...``: each item once over all ranks.
+
+    Lightning's default ``DistributedSampler`` pads the last shard with repeated items so every
+    rank gets as many; in validation and test those repeats would count twice in every metric,
+    so the numbers would depend on the number of processes. Being a ``DistributedSampler``,
+    Lightning keeps it instead of replacing it.
+    """
+
+    def __init__(self, dataset, num_replicas: int, rank: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
+        self.num_samples = len(range(rank, len(dataset), num_replicas))
+        self.total_size = len(dataset)
+
+    def __iter__(self):
+        return iter(range(self.rank, len(self.dataset), self.num_replicas))
+
+    def __len__(self) -> int:
+        return self.num_samples
 
 
 class AnatomyDataModule(LightningDataModule):
@@ -145,7 +164,8 @@ class AnatomyDataModule(LightningDataModule):
         if source == "folder" and (root is None) == (manifest is None):
             raise DataInputError("data.source 'folder' needs exactly one of data.root or data.manifest")
         if num_subjects < 1 or num_slices < 1:
-            raise ConfigError(f"num_subjects and num_slices must be positive, got {num_subjects}, {num_slices}")
+            raise ConfigError(f"data.num_subjects and data.num_slices must be positive, got {num_subjects}, "
+                              f"{num_slices}")
         if batch_size < 1:
             raise ConfigError(f"data.batch_size must be positive, got {batch_size}")
         if num_workers < 0:
@@ -203,10 +223,10 @@ class AnatomyDataModule(LightningDataModule):
         return self._loader("train", shuffle=True, drop_last=len(self.datasets["train"]) > self.hparams.batch_size)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
+        return self._loader("val", sharded=True)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
+        return self._loader("test", sharded=True)
 
     # -- helpers -----------------------------------------------------------------------------
     def split_subjects(self, pairs: list[VolumePair]) -> dict[str, list[str]]:
@@ -248,19 +268,23 @@ class AnatomyDataModule(LightningDataModule):
         hp = self.hparams
         if hp.source == "phantom":
             return list(PHANTOM_CLASSES[hp.phantom_family])
+        if hp.root is not None and not Path(hp.root).is_dir():
+            raise DataInputError(f"data.root: {hp.root}: folder not found")
         if hp.class_names is not None:
-            names = list(hp.class_names)
+            names, source = list(hp.class_names), "data.class_names"
         else:
             classes_file = Path(hp.root or Path(hp.manifest).parent) / "classes.json"
             if not classes_file.is_file():
                 raise DataInputError(f"data.class_names is not set and {classes_file} does not exist; "
                                      f"name the classes, background first")
+            source = str(classes_file)
             try:
                 names = list(json.loads(classes_file.read_text(encoding="utf-8")))
             except json.JSONDecodeError as err:
                 raise DataInputError(f"{classes_file}: not a JSON list of class names ({err})") from None
         if len(names) < 2 or len(set(names)) != len(names):
-            raise DataInputError(f"class names must be at least two distinct names (background first), got {names}")
+            raise DataInputError(f"{source}: class names must be at least two distinct names (background first), "
+                                 f"got {names}")
         return names
 
     def _resolve_preset(self) -> str:
@@ -271,10 +295,15 @@ class AnatomyDataModule(LightningDataModule):
             return PHANTOM_PRESETS[hp.phantom_family]
         raise DataInputError("data.preset is required for folder data: 'ct', 'mri' or 'none'")
 
-    def _loader(self, split: str, shuffle: bool = False, drop_last: bool = False) -> DataLoader:
+    def _loader(self, split: str, shuffle: bool = False, drop_last: bool = False,
+                sharded: bool = False) -> DataLoader:
+        """``sharded``: under DDP every rank reads its own slices, none twice (no padding)."""
         hp = self.hparams
         seed = int(os.environ.get("PL_GLOBAL_SEED", 0))  # set by seed_everything
+        trainer = getattr(self, "trainer", None)
         sampler = EpochShuffle(self.datasets[split], seed=seed) if shuffle else None
+        if sharded and trainer is not None and trainer.world_size > 1:
+            sampler = ShardSampler(self.datasets[split], trainer.world_size, trainer.global_rank)
         # the loader's own generator draws its worker seed, so creating an iterator leaves the
         # global RNG (and with it a resumed run's augmentation) untouched
         return DataLoader(self.datasets[split], batch_size=hp.batch_size, sampler=sampler,

@@ -22,10 +22,10 @@ from monai.utils import optional_import
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Subset
-from torchmetrics import MetricCollection
+from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
-from anatldm.errors import ConfigError
+from anatldm.errors import ConfigError, check_output_folder
 from anatldm.models.autoencoder_bundle import save_autoencoder_bundle
 from anatldm.trainers.base import AnatomyTask
 
@@ -143,6 +143,8 @@ class AutoencoderTask(AnatomyTask):
                          adversarial_warmup_steps, scale_factor_batches, perceptual_weights_path,
                          max_nonfinite_steps, generator_lr=generator_lr, discriminator_lr=discriminator_lr, kl_weight=kl_weight,
                          adv_weight=adv_weight, perceptual_weight=perceptual_weight)
+        if export_dir is not None:
+            check_output_folder(export_dir, "model.init_args.export_dir")
         super().__init__()
         self.automatic_optimization = False
         #: training batches seen so far (drives the adversarial warm-up; kept in checkpoints)
@@ -199,6 +201,8 @@ class AutoencoderTask(AnatomyTask):
         })
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
+        # mean over all images of all ranks (Lightning's sync_dist would average per-rank means)
+        self.l1 = torch.nn.ModuleDict({"val": MeanMetric(), "test": MeanMetric()})
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         hp = self.hparams
@@ -214,7 +218,16 @@ class AutoencoderTask(AnatomyTask):
         return self
 
     # -- Lightning hooks ---------------------------------------------------------------------
+    def check_inputs(self, datamodule) -> None:
+        """Slices must halve cleanly at every downsampling, or reconstructions change size."""
+        size = getattr(datamodule, "image_size", None)
+        factor = 2 ** (len(self.hparams.channels) - 1)
+        if self.hparams.spatial_dims == 2 and size is not None and any(s % factor for s in size):
+            raise ConfigError(f"data.image_size {list(size)} must be divisible by {factor}, the autoencoder's "
+                              f"downsampling (2 ** (len(model.init_args.channels) - 1))")
+
     def on_fit_start(self) -> None:
+        self.check_inputs(self.trainer.datamodule)
         model = self.trainer.strategy.model
         if self.discriminator is not None and isinstance(model, DistributedDataParallel) \
                 and not model.find_unused_parameters:
@@ -400,7 +413,8 @@ class AutoencoderTask(AnatomyTask):
         batch_size = images.shape[0]
         metrics.update(reconstruction, images)
         self.log_dict(metrics, batch_size=batch_size)
-        self.log(f"{stage}/l1", F.l1_loss(reconstruction, images), batch_size=batch_size, sync_dist=True)
+        self.l1[stage].update(F.l1_loss(reconstruction, images), weight=batch_size)
+        self.log(f"{stage}/l1", self.l1[stage], batch_size=batch_size)
         if batch_idx == 0:
             self._log_grid(images, reconstruction, stage)
 

@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 import torch
-from lightning.pytorch import LightningModule
+from lightning.pytorch import LightningDataModule, LightningModule
 from torch import Tensor
 
 from anatldm.errors import CheckpointMismatchError, TrainingDivergedError
@@ -41,6 +41,14 @@ class AnatomyTask(LightningModule):
         self.configure_models()
         self.configure_losses()
         self.configure_metrics()
+
+    def check_inputs(self, datamodule: LightningDataModule | None) -> None:
+        """Check that this task fits its data and the files of earlier stages.
+
+        The ``anatldm`` command calls it before Lightning writes a run folder, so a mistake
+        leaves nothing behind; tasks call it again from their own hooks for the Python API.
+        Raises :class:`~anatldm.errors.ConfigError` naming the key.
+        """
 
     def configure_models(self) -> None:
         """Build the networks from ``self.hparams``."""

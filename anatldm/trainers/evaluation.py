@@ -13,6 +13,7 @@ import dataclasses
 import json
 import logging
 import math
+import pickle
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,12 @@ from torchmetrics.segmentation import DiceScore
 from anatldm import __version__
 from anatldm.atomic import write_text_atomic
 from anatldm.diffusion.schedulers import SamplerName
-from anatldm.errors import CheckpointMismatchError, ConfigError
+from anatldm.errors import (
+    CheckpointMismatchError,
+    ConfigError,
+    check_checkpoint_file,
+    check_output_folder,
+)
 from anatldm.interpret.effects import edit_effect, edit_effects_markdown
 from anatldm.metrics import (
     AnatomyRules,
@@ -70,11 +76,10 @@ METRICS = {
 def load_task(task_class, path: str, what: str) -> nn.Module:
     """A task from its checkpoint (weights only); a missing or foreign file is one ``ConfigError``
     naming the key ``what``."""
-    if not Path(path).is_file():
-        raise ConfigError(f"{what}: checkpoint {path} not found")
+    check_checkpoint_file(path, what)
     try:
         return task_class.load_from_checkpoint(path, map_location="cpu", weights_only=True)
-    except (KeyError, RuntimeError, TypeError, ValueError) as err:
+    except (KeyError, RuntimeError, TypeError, ValueError, EOFError, OSError, pickle.UnpicklingError) as err:
         if isinstance(err, ConfigError):
             raise
         if isinstance(err, CheckpointMismatchError):  # another architecture or class count
@@ -156,6 +161,7 @@ class EvaluationTask(AnatomyTask):
                       for name, edit_list in (edits or {}).items()}
         if not 0 < confidence < 1:
             raise ConfigError(f"model.confidence must lie in (0, 1), got {confidence}")
+        check_output_folder(output_dir, "model.output_dir")
         super().__init__()
 
     # -- construction ------------------------------------------------------------------------
@@ -199,12 +205,17 @@ class EvaluationTask(AnatomyTask):
         self.ceiling_dice = DiceScore(num_classes=len(self.class_names), include_background=False,
                                       average="none", input_format="index")
 
-    # -- real test slices --------------------------------------------------------------------
-    def on_test_start(self) -> None:
-        datamodule = self.trainer.datamodule
+    def check_inputs(self, datamodule) -> None:
+        """Every checkpoint loads, and the segmenter, the generators and the data share classes."""
+        self.configure_model()
         if list(getattr(datamodule, "class_names", [])) != self.class_names:
             raise ConfigError(f"data: classes {getattr(datamodule, 'class_names', None)} differ from the "
                               f"generators' {self.class_names}")
+
+    # -- real test slices --------------------------------------------------------------------
+    def on_test_start(self) -> None:
+        datamodule = self.trainer.datamodule
+        self.check_inputs(datamodule)
         train = np.sort(datamodule.datasets["train"].indices)
         self.rules = AnatomyRules.fit(np.asarray(datamodule.cache.masks[train]), self.class_names)
         spaced = np.linspace(0, len(train) - 1, num=min(len(train), self.hparams.max_training_slices)).astype(int)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import zlib
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -10,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
+from torchmetrics import MeanMetric
 from torchmetrics.segmentation import DiceScore
 
 from anatldm.diffusion import make_sampler, make_train_scheduler, min_snr_weights, sample_latents
@@ -165,7 +167,7 @@ class AnatomicalLDMTask(AnatomyTask):
             raise ConfigError(f"model.num_inference_steps must be at least 1, got {num_inference_steps}")
         if min_snr_gamma is not None and min_snr_gamma <= 0:
             raise ConfigError(f"model.min_snr_gamma must be positive or null, got {min_snr_gamma}")
-        if lr <= 0:
+        if not lr > 0:
             raise ConfigError(f"model.lr must be positive, got {lr}")
         for key, value in (("registers_per_class", registers_per_class),
                            ("association_samples", association_samples), ("attention_steps", attention_steps)):
@@ -179,6 +181,13 @@ class AnatomicalLDMTask(AnatomyTask):
                 raise ConfigError(f"model.anatomy_edits.{name}: the factor must be >= 0 (0 ablates), got {factor}")
         if max_nonfinite_steps < 1:
             raise ConfigError(f"model.max_nonfinite_steps must be at least 1, got {max_nonfinite_steps}")
+        if not (anatomy_weight >= 0 and anatomy_weight_min >= 0):
+            raise ConfigError(f"model.anatomy_weight and model.anatomy_weight_min must be >= 0, got "
+                              f"{anatomy_weight}, {anatomy_weight_min}")
+        if not 0 <= anatomy_warmup_fraction <= 1:
+            raise ConfigError(f"model.anatomy_warmup_fraction must lie in [0, 1], got {anatomy_warmup_fraction}")
+        if num_train_timesteps < 1:
+            raise ConfigError(f"model.num_train_timesteps must be at least 1, got {num_train_timesteps}")
         self.sampler_name = sampler
         self.num_inference_steps = num_inference_steps
         self.register_edits = list(register_edits or []) + [
@@ -226,6 +235,8 @@ class AnatomicalLDMTask(AnatomyTask):
         self.anatomy_loss = AnatomyLoss() if self.denoiser.head is not None else None
 
     def configure_metrics(self) -> None:
+        names = ["diffusion_loss"] + (["anatomy_loss"] if self.denoiser.head is not None else [])
+        self.val_losses = torch.nn.ModuleDict({name: MeanMetric() for name in names})
         self.val_dice = (DiceScore(num_classes=len(self.class_names), include_background=False,
                                    average="macro", input_format="index")
                          if self.denoiser.head is not None else None)
@@ -240,12 +251,21 @@ class AnatomicalLDMTask(AnatomyTask):
         return self
 
     # -- training ----------------------------------------------------------------------------
+    def check_inputs(self, datamodule) -> None:
+        """Training data must have the bundle's classes and image size (not needed to sample)."""
+        if getattr(datamodule, "class_names", None) is None:
+            return
+        if list(datamodule.class_names) != self.class_names:
+            raise ConfigError(f"data: classes {datamodule.class_names} differ from the autoencoder "
+                              f"bundle's {self.class_names} ({self.hparams.autoencoder})")
+        size = getattr(datamodule, "image_size", None)
+        if size is not None and tuple(size) != self.image_size:
+            raise ConfigError(f"data.image_size {list(size)} differs from the autoencoder bundle's image_size "
+                              f"{list(self.image_size)} ({self.hparams.autoencoder})")
+
     def on_fit_start(self) -> None:
         hp = self.hparams
-        if self.trainer.datamodule is not None and hasattr(self.trainer.datamodule, "class_names") \
-                and list(self.trainer.datamodule.class_names) != self.class_names:
-            raise ConfigError(f"data: classes {self.trainer.datamodule.class_names} differ from the autoencoder "
-                              f"bundle's {self.class_names} ({hp.autoencoder})")
+        self.check_inputs(self.trainer.datamodule)
         self.anatomy_schedule = AnatomyWeightSchedule(
             lambda_max=hp.anatomy_weight, lambda_min=min(hp.anatomy_weight_min, hp.anatomy_weight),
             warmup_fraction=hp.anatomy_warmup_fraction, decay=hp.anatomy_decay,
@@ -262,15 +282,30 @@ class AnatomicalLDMTask(AnatomyTask):
         return self.autoencoder.decode_stage_2_outputs(latents / self.scale_factor).clamp(-1, 1)
 
     def _losses(self, batch: dict, generator: torch.Generator | None = None,
-                max_timestep: int | None = None) -> tuple[dict[str, Tensor], Tensor | None]:
+                max_timestep: int | None = None,
+                seeds: Sequence[int] | None = None) -> tuple[dict[str, Tensor], Tensor | None]:
+        """Losses of one batch; noise and timesteps from ``generator``, or from one seed per sample
+        (``seeds``: then a sample's noise does not depend on its batch or its rank)."""
         images, masks = batch["image"], batch["mask"]  # (B, 1, H, W), (B, H, W)
-        latents = self.encode(images)  # (B, C_z, h, w)
-        batch_size = latents.shape[0]
-        noise = torch.randn(latents.shape, generator=generator, device="cpu").to(latents) \
-            if generator is not None else torch.randn_like(latents)
+        batch_size = images.shape[0]
         high = max_timestep or self.train_scheduler.config.num_train_timesteps
-        timesteps = torch.randint(0, high, (batch_size,), generator=generator, device="cpu").to(latents.device) \
-            if generator is not None else torch.randint(0, high, (batch_size,), device=latents.device)
+        if seeds is None:
+            latents = self.encode(images)  # (B, C_z, h, w), posterior sampled with the global RNG
+        else:  # the posterior sample from the sample's own seed too
+            generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
+            with torch.no_grad():
+                z_mu, z_sigma = self.autoencoder.encode(images)  # (B, C_z, h, w) each
+            eps = torch.stack([torch.randn(z_mu.shape[1:], generator=g) for g in generators]).to(z_mu)
+            latents = (z_mu + z_sigma * eps) * self.scale_factor  # (B, C_z, h, w)
+        if seeds is not None:
+            noise = torch.stack([torch.randn(latents.shape[1:], generator=g) for g in generators]).to(latents)
+            timesteps = torch.cat([torch.randint(0, high, (1,), generator=g) for g in generators]).to(latents.device)
+        elif generator is not None:
+            noise = torch.randn(latents.shape, generator=generator, device="cpu").to(latents)
+            timesteps = torch.randint(0, high, (batch_size,), generator=generator, device="cpu").to(latents.device)
+        else:
+            noise = torch.randn_like(latents)
+            timesteps = torch.randint(0, high, (batch_size,), device=latents.device)
         noisy = self.train_scheduler.add_noise(latents, noise, timesteps)  # (B, C_z, h, w)
         output = self.denoiser(noisy, timesteps, mask_size=masks.shape[1:])
         target = noise if self.hparams.prediction_type == "epsilon" else \
@@ -300,13 +335,21 @@ class AnatomicalLDMTask(AnatomyTask):
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        """Fixed-noise diffusion loss over all timesteps; head Dice at low noise (t < 200)."""
+        """Fixed-noise diffusion loss over all timesteps; head Dice at low noise (t < 200).
+
+        Each slice's noise is seeded by the slice itself (subject, position), and the losses are
+        averaged by metrics that sum over all ranks: the numbers do not depend on the batch size
+        or the number of processes.
+        """
         batch_size = batch["image"].shape[0]
-        generator = torch.Generator().manual_seed(batch_idx)
-        losses, _ = self._losses(batch, generator=generator)
-        self.log_dict({f"val/{k}": v for k, v in losses.items()}, batch_size=batch_size, sync_dist=True)
+        seeds = [zlib.crc32(f"{subject}/{int(position)}".encode()) for subject, position in
+                 zip(batch["subject"], batch["position"], strict=True)]
+        losses, _ = self._losses(batch, seeds=seeds)
+        for name, value in losses.items():
+            self.val_losses[name].update(value.detach(), weight=batch_size)
+            self.log(f"val/{name}", self.val_losses[name], batch_size=batch_size)
         if self.val_dice is not None:
-            _, logits = self._losses(batch, generator=generator, max_timestep=200)
+            _, logits = self._losses(batch, seeds=seeds, max_timestep=200)
             self.val_dice.update(logits.argmax(1), batch["mask"])
             self.log("val/anatomy_dice", self.val_dice, batch_size=batch_size)
 

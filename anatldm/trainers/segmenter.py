@@ -7,7 +7,7 @@ import logging
 import torch
 from monai.networks.nets import UNet
 from torch import Tensor, nn
-from torchmetrics import MetricCollection
+from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.segmentation import DiceScore
 
 from anatldm.errors import ConfigError
@@ -65,6 +65,11 @@ class SegmenterTask(AnatomyTask):
     ) -> None:
         if num_classes < 2:
             raise ConfigError(f"model.num_classes must be at least 2 (background included), got {num_classes}")
+        if not lr > 0:
+            raise ConfigError(f"model.lr must be positive, got {lr}")
+        if weight_decay < 0 or not 0 <= dropout < 1:
+            raise ConfigError(f"model.weight_decay must be >= 0 and model.dropout in [0, 1), got {weight_decay}, "
+                              f"{dropout}")
         if len(strides) != len(channels) - 1:
             raise ConfigError(f"model.strides needs {len(channels) - 1} entries for {len(channels)} channels, "
                               f"got {len(strides)}")
@@ -86,6 +91,8 @@ class SegmenterTask(AnatomyTask):
                                                    average="none", input_format="index")})
         self.val_metrics = dice.clone(prefix="val/")
         self.test_metrics = dice.clone(prefix="test/")
+        # mean over all slices of all ranks (Lightning's sync_dist would average per-rank means)
+        self.losses = torch.nn.ModuleDict({"val": MeanMetric(), "test": MeanMetric()})
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.network.parameters(), lr=self.hparams.lr,
@@ -96,11 +103,15 @@ class SegmenterTask(AnatomyTask):
         """Channels of the bottleneck features used for FID/KID."""
         return self.hparams.channels[-1]
 
-    def setup(self, stage: str) -> None:
-        names = getattr(self.trainer.datamodule, "class_names", None) if self.trainer.datamodule else None
+    def check_inputs(self, datamodule) -> None:
+        names = getattr(datamodule, "class_names", None)
         if names is not None and len(names) != self.hparams.num_classes:
             raise ConfigError(f"model.num_classes is {self.hparams.num_classes} but the data has "
                               f"{len(names)} classes {names}")
+
+    def setup(self, stage: str) -> None:
+        self.check_inputs(self.trainer.datamodule)
+        names = getattr(self.trainer.datamodule, "class_names", None) if self.trainer.datamodule else None
         self.class_names = list(names) if names is not None else None
 
     def forward(self, images: Tensor) -> Tensor:
@@ -129,8 +140,9 @@ class SegmenterTask(AnatomyTask):
 
     def _evaluate(self, batch: dict, metrics: MetricCollection, stage: str) -> None:
         logits = self(batch["image"])  # (B, C, H, W)
-        self.log(f"{stage}/loss", self.loss(logits, batch["mask"]), batch_size=batch["image"].shape[0],
-                 sync_dist=True)
+        batch_size = batch["image"].shape[0]
+        self.losses[stage].update(self.loss(logits, batch["mask"]).detach(), weight=batch_size)
+        self.log(f"{stage}/loss", self.losses[stage], batch_size=batch_size)
         metrics.update(logits.argmax(1), batch["mask"])
 
     def _log_dice(self, metrics: MetricCollection, stage: str) -> None:

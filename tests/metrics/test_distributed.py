@@ -92,6 +92,7 @@ def _assert_same(actual: object, expected: object, key: str) -> None:
         torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-12, msg=key)
 
 
+@pytest.mark.ddp
 def test_two_ranks_equal_one_process(tmp_path: Path) -> None:
     rules = AnatomyRules.fit(synthetic_masks(300, seed=5), CLASS_NAMES)
     data = dataset()

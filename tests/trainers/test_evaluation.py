@@ -9,37 +9,14 @@ import pytest
 import yaml
 
 from anatldm.cli import main
-from tests.trainers.test_ldm import TINY_DATA, TINY_DENOISER
+from tests.trainers.test_ldm import TINY_DATA
 
 DATA = {"class_path": "AnatomyDataModule", "init_args": TINY_DATA}
 
 
-def _fit(root: Path, name: str, model: dict) -> Path:
-    config = root / f"{name}.yaml"
-    config.write_text(yaml.safe_dump({
-        "trainer": {"accelerator": "cpu", "devices": 1, "logger": False, "max_steps": 2, "limit_val_batches": 1,
-                    "default_root_dir": str(root / name),
-                    "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                                   "init_args": {"dirpath": str(root / name), "save_last": True}}]},
-        "model": model,
-        "data": {**DATA, "init_args": {**TINY_DATA, "cache_dir": str(root / "cache")}},
-    }))
-    main(["fit", "--config", str(config)])
-    return root / name / "last.ckpt"
-
-
-@pytest.fixture(scope="module")
-def checkpoints(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("eval")
-    ldm = {"autoencoder": str(tiny_bundle), **TINY_DENOISER, "preview_every_n_epochs": 0}
-    return {
-        "register": _fit(root, "register", {"class_path": "AnatomicalLDMTask", "init_args": {**ldm, "num_registers": 4}}),
-        "baseline": _fit(root, "baseline", {"class_path": "AnatomicalLDMTask",
-                                            "init_args": {**ldm, "num_registers": 0, "anatomy_weight": 0.0}}),
-        "segmenter": _fit(root, "segmenter", {"class_path": "SegmenterTask",
-                                              "init_args": {"num_classes": 6, "channels": [8, 16, 32], "strides": [2, 2]}}),
-        "root": root,
-    }
+@pytest.fixture
+def checkpoints(stage_checkpoints: dict[str, Path]) -> dict[str, Path]:
+    return stage_checkpoints
 
 
 def _eval_config(checkpoints: dict, out: Path, **overrides) -> Path:

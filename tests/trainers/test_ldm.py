@@ -153,6 +153,7 @@ def test_missing_bundle_is_one_line_error(tmp_path: Path) -> None:
     assert "nope" in result.stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.ddp
 def test_ddp_two_processes_fit_to_the_end(bundle: Path, tmp_path: Path) -> None:
     config = write_config(tmp_path / "ldm.yaml", bundle, tmp_path, max_epochs=1, limit_train_batches=2,
                           limit_val_batches=1, devices=2, strategy="ddp")
