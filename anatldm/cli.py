@@ -90,6 +90,8 @@ def _misconfiguration(error: BaseException) -> MisconfigurationException | None:
 
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
+#: ``ckpt_path`` values Lightning resolves itself (e.g. ``last``: the newest ``last.ckpt`` of the checkpoint callbacks)
+LIGHTNING_CKPT_ALIASES = ("last", "best", "hpc")
 #: exit status of a run stopped by SIGTERM (128 + 15, as a shell reports it): never mistaken for success
 SIGTERM_EXIT_CODE = 143
 
@@ -155,7 +157,8 @@ class AnatLDMCLI(LightningCLI):
             return
         config = self.config[subcommand]
         check_output_folder(config.trainer.get("default_root_dir") or Path.cwd(), "trainer.default_root_dir")
-        if config.get("ckpt_path"):
+        if config.get("ckpt_path") and config.ckpt_path not in LIGHTNING_CKPT_ALIASES \
+                and not str(config.ckpt_path).startswith("registry"):
             model = config.get("model")
             _check_checkpoint(config.ckpt_path, model.get("class_path") if model is not None else None)
 

@@ -2,6 +2,7 @@
 association, edits chosen by anatomy."""
 
 from anatldm.interpret.association import (
+    NoRegisterForClassError,
     RegisterAssociation,
     load_association,
     registers_for_class,
@@ -10,6 +11,7 @@ from anatldm.interpret.association import (
 from anatldm.interpret.attention import attention_at_image_size, save_attention_panels
 
 __all__ = [
+    "NoRegisterForClassError",
     "RegisterAssociation",
     "attention_at_image_size",
     "load_association",

@@ -20,7 +20,13 @@ from anatldm.errors import ConfigError  # noqa: E402
 from anatldm.metrics.base import check_masks  # noqa: E402
 from anatldm.visualize import save_figure  # noqa: E402
 
-__all__ = ["RegisterAssociation", "load_association", "registers_for_class", "save_association"]
+__all__ = ["NoRegisterForClassError", "RegisterAssociation", "load_association", "registers_for_class",
+           "save_association"]
+
+
+class NoRegisterForClassError(ConfigError):
+    """The trained model has no register that carries the class an edit names (a property of
+    the model, not a typo: ``anatldm test`` reports such an edit as skipped)."""
 
 
 class RegisterAssociation(Metric):
@@ -88,20 +94,31 @@ class RegisterAssociation(Metric):
 
 def registers_for_class(table: Tensor | np.ndarray, class_names: Sequence[str], name: str,
                         count: int) -> list[int]:
-    """The ``count`` registers most positively correlated with class ``name`` (best first).
+    """The ``count`` registers that carry class ``name``, most correlated first.
+
+    A register carries a class when its correlation with it is positive and at least as large as
+    with any other foreground class (for ``background``: any other class): scaling a register
+    that follows the liver more than the kidney would move the liver when the kidney is asked for.
 
     Raises:
         ConfigError: if ``name`` is not a class (the message lists the known ones) or no
-            register is positively correlated with it.
+            register carries it.
     """
     names = list(class_names)
     if name not in names:
         raise ConfigError(f"unknown class '{name}' in a register edit; known classes: {', '.join(names)}")
-    column = np.asarray(table, dtype=np.float64)[:, names.index(name)]  # (K,)
-    order = [int(k) for k in np.argsort(-column, kind="stable") if column[k] > 0][:count]
+    table = np.asarray(table, dtype=np.float64)  # (K, C)
+    c = names.index(name)
+    others = [j for j in range(len(names)) if j != c and (j > 0 or c == 0)]
+    column = table[:, c]
+    rivals = table[:, others].max(axis=1) if others else np.full_like(column, -np.inf)
+    order = [int(k) for k in np.argsort(-column, kind="stable") if column[k] > 0 and column[k] >= rivals[k]][:count]
     if not order:
-        raise ConfigError(f"no register is positively associated with '{name}' (largest correlation "
-                          f"{column.max():.3f}); edit registers by index instead")
+        best = int(np.argmax(column))
+        rival = names[others[int(np.argmax(table[best, others]))]] if others else "-"
+        raise NoRegisterForClassError(f"no register carries '{name}': its largest correlation, {column[best]:.3f} (register "
+                          f"{best}), is below that register's with '{rival}' ({rivals[best]:.3f}) or not positive; "
+                          f"edit registers by index instead")
     return order
 
 

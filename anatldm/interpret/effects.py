@@ -77,6 +77,9 @@ def edit_effects_markdown(edits: dict, class_names: Sequence[str], confidence: f
     header = ["edit", "registers", "plausibility (unedited → edited, Δ)", *[f"{n} area Δ" for n in class_names[1:]]]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, edit in edits.items():
+        if "skipped" in edit:
+            lines.append(f"| {name} | skipped: {edit['skipped']} |" + " |" * (len(header) - 2))
+            continue
         plaus = edit["effect"]["plausibility"]
         delta = plaus["difference"]
         row = [name, "; ".join(f"{', '.join(r['classes'])}: {r['registers']}" for r in edit["resolved"]) or "by index",

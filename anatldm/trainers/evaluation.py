@@ -33,6 +33,7 @@ from anatldm.errors import (
     check_checkpoint_file,
     check_output_folder,
 )
+from anatldm.interpret import NoRegisterForClassError, save_association
 from anatldm.interpret.effects import edit_effect, edit_effects_markdown
 from anatldm.metrics import (
     AnatomyRules,
@@ -370,7 +371,13 @@ class EvaluationTask(AnatomyTask):
                                                                         generator.denoiser.registers.tokens)
         results, kept = {}, {"unedited": base_kept}
         for name, edits in self.edits.items():
-            tokens = generator.edited_registers(list(edits))
+            try:
+                tokens = generator.edited_registers(list(edits))
+            except NoRegisterForClassError as err:  # the trained model has no register for that class
+                logger.warning("edit %s skipped: %s", name, err)
+                results[name] = {"generator": self.edit_generator, "edits": [dataclasses.asdict(e) for e in edits],
+                                 "skipped": str(err)}
+                continue
             areas, plausible, *kept[name] = self._segmented_samples(generator, seeds, tokens)
             effect = edit_effect(base_areas.numpy(), areas.numpy(), base_plausible.numpy(), plausible.numpy(),
                                  self.class_names, hp.num_bootstrap, hp.confidence, hp.seed)
@@ -382,6 +389,10 @@ class EvaluationTask(AnatomyTask):
     def _write_edits(self, edits: dict, kept: dict) -> None:
         out = Path(self.hparams.output_dir)
         write_text_atomic(out / "edits.md", edit_effects_markdown(edits, self.class_names, self.hparams.confidence))
+        generator = self.generators[self.edit_generator]
+        if generator._association is not None:  # edits by class: the table they were chosen from
+            save_association(generator._association, self.class_names, out, source="anatomy head",
+                             num_samples=generator.association_samples, stem=f"association_{self.edit_generator}")
         columns = min(6, len(kept["unedited"][0]))
         images = torch.cat([images[:columns, 0] for images, _ in kept.values()]).numpy()
         masks = torch.cat([masks[:columns] for _, masks in kept.values()]).numpy()

@@ -70,12 +70,21 @@ def test_shape_mismatch_is_an_error() -> None:
 
 
 def test_registers_for_class_ranks_and_rejects() -> None:
-    table = torch.tensor([[0.1, 0.5, -0.2], [0.3, 0.6, 0.1], [-0.4, -0.1, -0.3]])
+    #                    background liver spleen
+    table = torch.tensor([[0.1, 0.5, -0.2],
+                          [0.3, 0.6, 0.1],
+                          [-0.4, -0.1, -0.3],
+                          [-0.2, 0.3, 0.2]])
     assert registers_for_class(table, CLASSES, "liver", 2) == [1, 0]
-    assert registers_for_class(table, CLASSES, "spleen", 3) == [1]  # only positive correlations
-    with pytest.raises(ConfigError, match="unknown class 'kidney' in a register edit; known classes: background, liver, spleen"):
+    assert registers_for_class(table, CLASSES, "liver", 5) == [1, 0, 3]  # only positive correlations
+    with pytest.raises(ConfigError, match="no register carries 'background'"):
+        registers_for_class(table, CLASSES, "background", 1)  # every register follows an organ more
+    with pytest.raises(ConfigError, match="no register carries 'spleen'.*register 3.*'liver'"):
+        registers_for_class(table, CLASSES, "spleen", 1)  # r3 and r1 follow the liver more
+    with pytest.raises(ConfigError, match="unknown class 'kidney' in a register edit; known classes: background, "
+                                          "liver, spleen"):
         registers_for_class(table, CLASSES, "kidney", 1)
-    with pytest.raises(ConfigError, match="no register is positively associated"):
+    with pytest.raises(ConfigError, match="no register carries 'liver'"):
         registers_for_class(-table.abs(), CLASSES, "liver", 1)
 
 

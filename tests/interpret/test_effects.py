@@ -28,6 +28,9 @@ def test_a_known_change_is_recovered_with_a_tight_paired_interval() -> None:
                                                                                 "registers": [3]}],
                                                 "effect": effect}}, CLASSES, 0.95)
     assert "| liver_up | liver: [3] |" in table and "+20.0%" in table
+    skipped = edit_effects_markdown({"kidney_off": {"generator": "g", "skipped": "no register carries 'kidney'"}},
+                                    CLASSES, 0.95)
+    assert "| kidney_off | skipped: no register carries 'kidney' |" in skipped
 
 
 def test_unpaired_shapes_are_an_error() -> None:
