@@ -19,6 +19,7 @@ from anatldm.diffusion.sampling import initial_noise
 from anatldm.diffusion.schedulers import SamplerName
 from anatldm.errors import ConfigError
 from anatldm.interpret import (
+    NoRegisterForClassError,
     RegisterAssociation,
     attention_at_image_size,
     load_association,
@@ -400,6 +401,8 @@ class AnatomicalLDMTask(AnatomyTask):
 
         try:
             return apply_register_edits(self.denoiser.registers.tokens, edits, load_register_bank, resolve)
+        except NoRegisterForClassError:
+            raise
         except ValueError as err:
             raise ConfigError(f"model.register_edits: {err}") from None
 

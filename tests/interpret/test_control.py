@@ -15,6 +15,7 @@ from torch import nn
 from anatldm.cli import main
 from anatldm.data.phantoms import CT_ABDOMEN_CLASSES
 from anatldm.errors import ConfigError
+from anatldm.interpret import NoRegisterForClassError
 from anatldm.metrics import area_fractions
 from anatldm.models.registers import RegisterEdit
 from tests.trainers.test_ldm import ANATLDM, task, write_config
@@ -77,6 +78,12 @@ def test_scaling_the_registers_of_a_class_moves_its_area_in_that_direction(tiny_
     model.register_edits = [RegisterEdit("ablate", classes=["liver"])]
     ablated = liver_area(model, seeds)
     assert grown > base + 0.05 and ablated < base - 0.05, (base, grown, ablated)
+
+
+def test_a_class_no_register_carries_is_its_own_error(tiny_bundle: Path) -> None:
+    model = constructed_model(tiny_bundle, register_edits=[RegisterEdit("scale", classes=["spleen"], factor=2.0)])
+    with pytest.raises(NoRegisterForClassError, match="no register carries 'spleen'"):
+        model.edited_registers()  # the head never marks the spleen: no register can carry it
 
 
 def test_anatomy_edits_shorthand_matches_explicit_edit(tiny_bundle: Path) -> None:
