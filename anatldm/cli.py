@@ -66,27 +66,26 @@ def _summary(error: ArgumentError) -> str:
     return f"{key}: {problem}" + (f" (given: {given})" if given is not None else "")
 
 
-def _input_error(error: BaseException) -> AnatLDMInputError | None:
-    """The user-input error behind ``error``: jsonargparse wraps errors raised while it
-    instantiates classes from a config."""
+def _cause(error: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """The first exception of type ``kind`` in the cause/context chain of ``error``."""
     seen = set()
     while error is not None and id(error) not in seen:
-        if isinstance(error, AnatLDMInputError):
+        if isinstance(error, kind):
             return error
         seen.add(id(error))
         error = error.__cause__ or error.__context__
     return None
+
+
+def _input_error(error: BaseException) -> AnatLDMInputError | None:
+    """The user-input error behind ``error``: jsonargparse wraps errors raised while it
+    instantiates classes from a config."""
+    return _cause(error, AnatLDMInputError)
 
 
 def _misconfiguration(error: BaseException) -> MisconfigurationException | None:
     """Lightning's own report of an impossible trainer setting (e.g. ``max_epochs: -2``)."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        if isinstance(error, MisconfigurationException):
-            return error
-        seen.add(id(error))
-        error = error.__cause__ or error.__context__
-    return None
+    return _cause(error, MisconfigurationException)
 
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")

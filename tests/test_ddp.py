@@ -109,39 +109,34 @@ def test_autoencoder(tmp_path: Path, cache_dir: str) -> None:
     assert double == pytest.approx(single, rel=1e-6)
 
 
-def test_segmenter(tmp_path: Path, cache_dir: str) -> None:
-    """Validation of the seeded initial network: batch 4 on 1 process, 2 x 2 on 2 processes."""
-    model = {"class_path": "SegmenterTask", "init_args": {"num_classes": 6, "channels": [8, 16, 32], "strides": [2, 2]}}
+def validate_on_one_and_two_processes(tmp_path: Path, cache_dir: str, model: dict) -> dict[int, dict]:
+    """``validate`` with batch 4 on 1 process and 2 x 2 on 2 processes; the logged metrics of each."""
     runs = {}
     for processes, batch_size in ((1, 4), (2, 2)):
         run = tmp_path / f"p{processes}"
         run.mkdir()
-        config = write_config(run / "seg.yaml", model, {**TINY_DATA, **UNEVEN, "batch_size": batch_size,
-                                                        "cache_dir": cache_dir})
+        config = write_config(run / "config.yaml", model, {**TINY_DATA, **UNEVEN, "batch_size": batch_size,
+                                                           "cache_dir": cache_dir})
         if processes == 1:
             main(["validate", "--config", str(config)])
         else:
             run_two_processes("validate", "--config", str(config))
         runs[processes] = logged(run)
-    names = ["val/loss", "val/dice_mean", "val/dice_liver", "val/dice_bone"]
-    assert_same_metrics(runs[1], runs[2], names)
+    return runs
+
+
+def test_segmenter(tmp_path: Path, cache_dir: str) -> None:
+    """Validation of the seeded initial network: batch 4 on 1 process, 2 x 2 on 2 processes."""
+    model = {"class_path": "SegmenterTask", "init_args": {"num_classes": 6, "channels": [8, 16, 32], "strides": [2, 2]}}
+    runs = validate_on_one_and_two_processes(tmp_path, cache_dir, model)
+    assert_same_metrics(runs[1], runs[2], ["val/loss", "val/dice_mean", "val/dice_liver", "val/dice_bone"])
 
 
 def test_latent_diffusion(tmp_path: Path, cache_dir: str, tiny_bundle: Path) -> None:
     """Validation of the seeded initial denoiser: noise and timesteps are drawn per slice."""
     model = {"class_path": "AnatomicalLDMTask", "init_args": {"autoencoder": str(tiny_bundle), **TINY_DENOISER,
                                                               "num_registers": 4, "preview_every_n_epochs": 0}}
-    runs = {}
-    for processes, batch_size in ((1, 4), (2, 2)):
-        run = tmp_path / f"p{processes}"
-        run.mkdir()
-        config = write_config(run / "ldm.yaml", model, {**TINY_DATA, **UNEVEN, "batch_size": batch_size,
-                                                        "cache_dir": cache_dir})
-        if processes == 1:
-            main(["validate", "--config", str(config)])
-        else:
-            run_two_processes("validate", "--config", str(config))
-        runs[processes] = logged(run)
+    runs = validate_on_one_and_two_processes(tmp_path, cache_dir, model)
     assert_same_metrics(runs[1], runs[2], ["val/diffusion_loss", "val/anatomy_loss", "val/anatomy_dice"])
 
 

@@ -141,6 +141,21 @@ def test_interrupted_and_resumed_run_ends_bit_identical(stage: str, tmp_path: Pa
         assert (tmp_path / "resumed" / "export" / "autoencoder.json").is_file()
 
 
+def terminate_when(process: subprocess.Popen, ready, settle: float = 0.0, poll: float = 0.05) -> str:
+    """Send SIGTERM to ``process`` once ``ready()`` holds (and ``settle`` seconds more); its stderr."""
+    try:
+        deadline = time.monotonic() + 120
+        while not ready() and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(poll)
+        assert ready(), process.communicate(timeout=30)[1][-2000:]
+        time.sleep(settle)
+        process.send_signal(signal.SIGTERM)
+        return process.communicate(timeout=120)[1]
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
 def test_step_seed_depends_only_on_its_arguments() -> None:
     assert step_seed(0, 1, 2, 0) == step_seed(0, 1, 2, 0)
     assert len({step_seed(0, 1, 2, 0), step_seed(0, 1, 3, 0), step_seed(0, 2, 2, 0), step_seed(0, 1, 2, 1),
@@ -152,17 +167,7 @@ def test_sigterm_saves_last_checkpoint_and_resume_continues(tmp_path: Path, shar
     last = tmp_path / "checkpoints" / "last.ckpt"
     process = subprocess.Popen([ANATLDM, "fit", "--config", str(config)], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace", env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    try:
-        deadline = time.monotonic() + 120
-        while not last.is_file() and time.monotonic() < deadline and process.poll() is None:
-            time.sleep(0.2)
-        assert last.is_file(), process.communicate(timeout=30)[1][-2000:]
-        time.sleep(1.0)  # into a later epoch
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=120)
-    finally:
-        if process.poll() is None:
-            process.kill()
+    stderr = terminate_when(process, last.is_file, settle=1.0)  # a second into a later epoch
     assert process.returncode == SIGTERM_EXIT_CODE, stderr[-2000:]
     assert "stopped by SIGTERM; resume with" in stderr and "--ckpt_path last" in stderr
     saved = torch.load(last, map_location="cpu", weights_only=True)

@@ -6,10 +6,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import nibabel as nib
@@ -26,7 +24,7 @@ from anatldm.data.phantoms import BREAST_MRI_CLASSES
 from anatldm.errors import ConfigError
 from anatldm.models.autoencoder_bundle import save_autoencoder_bundle
 from anatldm.trainers import AutoencoderTask, SegmenterTask
-from tests.test_resume import write_config
+from tests.test_resume import terminate_when, write_config
 
 ANATLDM = str(Path(sys.executable).parent / "anatldm")
 
@@ -128,15 +126,7 @@ def test_sigterm_during_predict_leaves_only_complete_files(tmp_path: Path, ldm_r
     config = sample_config(tmp_path / "sample.yaml", checkpoint, bundle, out, num_samples=100, steps=50)
     process = subprocess.Popen([ANATLDM, "predict", "--config", str(config)], stderr=subprocess.PIPE, text=True,
                                encoding="utf-8", errors="replace")
-    try:
-        deadline = time.monotonic() + 120
-        while not list(out.glob("sample_*_label.nii.gz")) and time.monotonic() < deadline and process.poll() is None:
-            time.sleep(0.05)
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=120)
-    finally:
-        if process.poll() is None:
-            process.kill()
+    stderr = terminate_when(process, lambda: bool(list(out.glob("sample_*_label.nii.gz"))))
     assert process.returncode == SIGTERM_EXIT_CODE, stderr[-2000:]
     written = sorted(out.glob("sample_*.nii.gz"))
     assert 0 < len(written) < 400
