@@ -97,8 +97,9 @@ def registers_for_class(table: Tensor | np.ndarray, class_names: Sequence[str], 
     """The ``count`` registers that carry class ``name``, most correlated first.
 
     A register carries a class when its correlation with it is positive and at least as large as
-    with any other foreground class (for ``background``: any other class): scaling a register
-    that follows the liver more than the kidney would move the liver when the kidney is asked for.
+    with any other class, background included: scaling a register that follows the liver more
+    than the kidney would move the liver when the kidney is asked for, and one that follows the
+    background more would mostly move the background.
 
     Raises:
         ConfigError: if ``name`` is not a class (the message lists the known ones) or no
@@ -109,7 +110,7 @@ def registers_for_class(table: Tensor | np.ndarray, class_names: Sequence[str], 
         raise ConfigError(f"unknown class '{name}' in a register edit; known classes: {', '.join(names)}")
     table = np.asarray(table, dtype=np.float64)  # (K, C)
     c = names.index(name)
-    others = [j for j in range(len(names)) if j != c and (j > 0 or c == 0)]
+    others = [j for j in range(len(names)) if j != c]
     column = table[:, c]
     rivals = table[:, others].max(axis=1) if others else np.full_like(column, -np.inf)
     order = [int(k) for k in np.argsort(-column, kind="stable") if column[k] > 0 and column[k] >= rivals[k]][:count]
