@@ -9,6 +9,7 @@ unless the user configured a checkpoint plugin of their own.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable
@@ -30,9 +31,8 @@ def _fsync_folder(folder: Path) -> None:
     except OSError:  # some file systems cannot open folders; the rename itself is still atomic
         return
     try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
+        with contextlib.suppress(OSError):  # best effort: the rename is atomic without it
+            os.fsync(descriptor)
     finally:
         os.close(descriptor)
 

@@ -71,13 +71,14 @@ class RegisterAssociation(Metric):
             raise ValueError(f"attention {tuple(attention.shape)} does not match masks {tuple(masks.shape)} "
                              f"and {self.num_registers} registers")
         a = attention.double().flatten(2).transpose(1, 2).reshape(-1, self.num_registers)  # (P, K)
-        onehot = torch.nn.functional.one_hot(masks.reshape(-1).to(a.device), self.num_classes).double()  # (P, C)
+        labels = masks.reshape(-1).to(a.device)  # (P,)
         self.num_samples += masks.shape[0]
         self.count += a.shape[0]
         self.sum_a += a.sum(0)
         self.sum_aa += (a * a).sum(0)
-        self.sum_m += onehot.sum(0)
-        self.sum_am += a.T @ onehot
+        self.sum_m += torch.bincount(labels, minlength=self.num_classes).double()
+        self.sum_am += torch.zeros(self.num_classes, self.num_registers, dtype=a.dtype,
+                                   device=a.device).index_add_(0, labels, a).T  # per-class sums, no one-hot
 
     def compute(self) -> Tensor:
         """The ``(K, C)`` correlation table (0 where a register or class does not vary)."""

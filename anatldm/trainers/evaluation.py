@@ -194,12 +194,7 @@ class EvaluationTask(AnatomyTask):
                 raise ConfigError(f"model.edits: generator '{self.edit_generator}' has no register bank"
                                   if self.edit_generator else "model.edits: no generator has a register bank")
             for name, edits in self.edits.items():  # fail on a bad edit before any sampling
-                generator.register_edits = list(edits)
-                try:
-                    generator._check_edits()
-                except ConfigError as err:
-                    raise ConfigError(str(err).replace("model.register_edits", f"model.edits.{name}")) from None
-            generator.register_edits = []
+                generator.check_edits(edits, f"model.edits.{name}")
         self.features = PooledEncoderFeatures(self.segmenter.network, self.segmenter.feature_channels,
                                               layer=bottleneck_module(self.segmenter.network))
         self.requires_grad_(False)
@@ -390,8 +385,8 @@ class EvaluationTask(AnatomyTask):
         out = Path(self.hparams.output_dir)
         write_text_atomic(out / "edits.md", edit_effects_markdown(edits, self.class_names, self.hparams.confidence))
         generator = self.generators[self.edit_generator]
-        if generator._association is not None:  # edits by class: the table they were chosen from
-            save_association(generator._association, self.class_names, out, source="anatomy head",
+        if any(edit.classes for edits in self.edits.values() for edit in edits):  # the table they were chosen from
+            save_association(generator.register_association(), self.class_names, out, source="anatomy head",
                              num_samples=generator.association_samples, stem=f"association_{self.edit_generator}")
         columns = min(6, len(kept["unedited"][0]))
         images = torch.cat([images[:columns, 0] for images, _ in kept.values()]).numpy()

@@ -199,6 +199,7 @@ class AnatomicalLDMTask(AnatomyTask):
         self.attention_steps = attention_steps
         self.record_attention = False  # set by SampleWriter(save_attention=True) for predict
         self._association: Tensor | None = None
+        self._predict_registers: Tensor | None = None
         self.applied_edits: list[dict] = []
         super().__init__()
         self.anatomy_schedule: AnatomyWeightSchedule | None = None
@@ -230,7 +231,7 @@ class AnatomicalLDMTask(AnatomyTask):
         self.train_scheduler = make_train_scheduler(hp.num_train_timesteps, hp.beta_schedule, hp.beta_start,
                                                     hp.beta_end, hp.prediction_type)
         if self.register_edits:  # fail on a bad edit now, not after a long sampling run
-            self._check_edits()
+            self.check_edits()
 
     def configure_losses(self) -> None:
         self.anatomy_loss = AnatomyLoss() if self.denoiser.head is not None else None
@@ -367,21 +368,22 @@ class AnatomicalLDMTask(AnatomyTask):
         self.logger.experiment.add_image("samples", grid, self.global_step, dataformats="HWC")
 
     # -- sampling ----------------------------------------------------------------------------
-    def _check_edits(self) -> None:
-        """Class names, indices and sources of the edits, checked before any sampling."""
-        for edit in self.register_edits:
+    def check_edits(self, edits: Sequence[RegisterEdit] | None = None, key: str = "model.register_edits") -> None:
+        """Class names, indices and sources of ``edits`` (default ``register_edits``), checked
+        before any sampling; errors name the config ``key``."""
+        edits = self.register_edits if edits is None else list(edits)
+        for edit in edits:
             for name in edit.classes or []:
                 if name not in self.class_names:
-                    raise ConfigError(f"model.register_edits: unknown class '{name}'; known classes: "
-                                      f"{', '.join(self.class_names)}")
-        if self.denoiser.head is None and any(e.classes for e in self.register_edits) and not self.association_path:
-            raise ConfigError("model.anatomy_edits: edits by class need the anatomy head's masks or an "
-                              "association file (model.association); this model has no head")
+                    raise ConfigError(f"{key}: unknown class '{name}'; known classes: {', '.join(self.class_names)}")
+        if self.denoiser.head is None and any(e.classes for e in edits) and not self.association_path:
+            raise ConfigError(f"{key}: edits by class need the anatomy head's masks or an association file "
+                              "(model.association); this model has no head")
         try:
-            apply_register_edits(self.denoiser.registers.tokens, [e for e in self.register_edits if not e.classes],
+            apply_register_edits(self.denoiser.registers.tokens, [e for e in edits if not e.classes],
                                  load_register_bank)
         except ValueError as err:
-            raise ConfigError(f"model.register_edits: {err}") from None
+            raise ConfigError(f"{key}: {err}") from None
 
     def edited_registers(self, edits: Sequence[RegisterEdit] | None = None) -> Tensor | None:
         """The register tokens after ``edits`` (default ``register_edits``; ``None``: the bank
@@ -466,7 +468,10 @@ class AnatomicalLDMTask(AnatomyTask):
         masks = output.anatomy_logits.argmax(1) if output.anatomy_logits is not None else None
         return {"image": self.decode(output.latents), "mask": masks, "attention": output.attention}
 
+    def on_predict_start(self) -> None:
+        self._predict_registers = self.edited_registers()  # once, not per batch (a source is a checkpoint read)
+
     def predict_step(self, batch: dict, batch_idx: int) -> dict[str, Any]:
-        samples = self.generate(batch["seed"].tolist(),
+        samples = self.generate(batch["seed"].tolist(), registers=self._predict_registers,
                                 attention_steps=self.attention_steps if self.record_attention else 0)
         return {**samples, "seed": batch["seed"]}
