@@ -58,7 +58,8 @@ class SampleWriter(BasePredictionWriter):
     With ``save_attention`` (models with registers): ``sample_<seed>_attention.png`` for the
     first ``attention_panels`` samples (each register's cross-attention map per level and
     averaged over levels, averaged over heads and the model's last ``attention_steps`` steps),
-    and over all samples the register-class association (:mod:`anatldm.interpret`) with the
+    and over all samples as generated (register edits included) the register-class association
+    (:mod:`anatldm.interpret`) with the
     head's masks, ``association.{json,csv,png}``, and with the segmenter's masks when a
     ``segmenter`` checkpoint is given, ``association_segmenter.{json,csv,png}``.
 
@@ -154,7 +155,8 @@ class SampleWriter(BasePredictionWriter):
         if trainer.is_global_zero:
             for source, table in tables.items():
                 save_association(table.cpu(), pl_module.class_names, self.output_dir,
-                                 source="anatomy head" if source == "head" else "segmenter",
+                                 source=("anatomy head" if source == "head" else "segmenter")
+                                 + (", edited bank (see edits.json)" if pl_module.register_edits else ""),
                                  num_samples=int(self._associations[source].num_samples),
                                  stem="association" if source == "head" else "association_segmenter")
             if pl_module.register_edits:
