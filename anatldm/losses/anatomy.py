@@ -16,11 +16,19 @@ class AnatomyLoss(nn.Module):
     """MONAI ``DiceCELoss`` on the head's logits ``(B, C, *S)`` against a label map ``(B, *S)``.
 
     Computed in float32 whatever the autocast precision.
+
+    Args:
+        lambda_dice: weight of the Dice term.
+        lambda_ce: weight of the cross-entropy term.
+        batch: Dice over the whole batch (one intersection / union per class) instead of one
+            per slice; a class absent from a slice then no longer contributes a near-constant
+            per-slice Dice term (MONAI ``DiceCELoss(batch=True)``).
     """
 
-    def __init__(self, lambda_dice: float = 1.0, lambda_ce: float = 1.0) -> None:
+    def __init__(self, lambda_dice: float = 1.0, lambda_ce: float = 1.0, batch: bool = False) -> None:
         super().__init__()
-        self.loss = DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=lambda_dice, lambda_ce=lambda_ce)
+        self.loss = DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=lambda_dice, lambda_ce=lambda_ce,
+                               batch=batch)
 
     def forward(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.loss(logits.float(), mask.unsqueeze(1))  # mask (B, 1, *S)

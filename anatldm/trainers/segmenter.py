@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Literal
 
 import torch
 from monai.networks.nets import UNet
@@ -46,6 +47,11 @@ class SegmenterTask(AnatomyTask):
         dropout: dropout probability.
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
+        lr_schedule: ``"cosine"`` decays the learning rate to 0 over the run (per step), or
+            ``"constant"``.
+        dice_batch: Dice term over the whole batch (``DiceCELoss(batch=True)``): classes absent
+            from a slice (lung below the diaphragm, spleen at low levels) no longer pull every
+            slice's Dice towards a constant.
         max_nonfinite_steps: training stops with an error after this many steps in a row with a
             non-finite loss (each one is skipped: no update, BatchNorm statistics restored, a
             warning, ``train/nonfinite_steps``).
@@ -61,6 +67,8 @@ class SegmenterTask(AnatomyTask):
         dropout: float = 0.0,
         lr: float = 1e-3,
         weight_decay: float = 1e-5,
+        lr_schedule: Literal["constant", "cosine"] = "cosine",
+        dice_batch: bool = True,
         max_nonfinite_steps: int = 10,
     ) -> None:
         if num_classes < 2:
@@ -84,7 +92,7 @@ class SegmenterTask(AnatomyTask):
                             dropout=hp.dropout, norm="batch")
 
     def configure_losses(self) -> None:
-        self.loss = AnatomyLoss()
+        self.loss = AnatomyLoss(batch=self.hparams.dice_batch)
 
     def configure_metrics(self) -> None:
         dice = MetricCollection({"dice": DiceScore(num_classes=self.hparams.num_classes, include_background=False,
@@ -94,9 +102,14 @@ class SegmenterTask(AnatomyTask):
         # mean over all slices of all ranks (Lightning's sync_dist would average per-rank means)
         self.losses = torch.nn.ModuleDict({"val": MeanMetric(), "test": MeanMetric()})
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(self.network.parameters(), lr=self.hparams.lr,
-                                 weight_decay=self.hparams.weight_decay)
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(self.network.parameters(), lr=self.hparams.lr,
+                                      weight_decay=self.hparams.weight_decay)
+        if self.hparams.lr_schedule == "constant":
+            return optimizer
+        steps = max(1, int(self.trainer.estimated_stepping_batches))
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     @property
     def feature_channels(self) -> int:
