@@ -172,8 +172,12 @@ def _shared_arrays(shared: Sequence[np.ndarray | Tensor]) -> list[np.ndarray]:
 
 
 def _checked_arms(statistic: Statistic, shared: Sequence[np.ndarray | Tensor],
-                  arms: dict[str, Groups]) -> tuple[list[np.ndarray], list[list[list[np.ndarray]]]]:
-    """Check and convert the shared sets and the arms' groups (see the block comment above)."""
+                  arms: dict[str, Groups],
+                  grouped: bool = True) -> tuple[list[np.ndarray], list[list[list[np.ndarray]]]]:
+    """Check and convert the shared sets and the arms' groups (see the block comment above).
+
+    ``grouped=False``: each arm is one group (paired design), named without a group index.
+    """
     if not (callable(statistic) or statistic == "mean"):
         raise ValueError(f"statistic must be callable or 'mean', got {statistic!r}")
     shared_arrays = _shared_arrays(shared)
@@ -183,7 +187,7 @@ def _checked_arms(statistic: Statistic, shared: Sequence[np.ndarray | Tensor],
     if len(set(counts.values())) > 1:
         raise ValueError(f"{' and '.join(counts)} must have the same number of groups (seed pairs), "
                          f"got {' and '.join(str(c) for c in counts.values())}")
-    converted = {name: [_as_arrays(group, f"{name}[{g}]") for g, group in enumerate(groups)]
+    converted = {name: [_as_arrays(group, f"{name}[{g}]" if grouped else name) for g, group in enumerate(groups)]
                  for name, groups in arms.items()}
     num_sets = {len(group) for groups in converted.values() for group in groups}
     if len(num_sets) > 1:
@@ -192,7 +196,8 @@ def _checked_arms(statistic: Statistic, shared: Sequence[np.ndarray | Tensor],
         raise ValueError("statistic='mean' takes no shared set and one sample set per arm, got "
                          f"{len(shared_arrays)} shared and {num_sets.pop()} per arm")
     for g in range(next(iter(counts.values()))):
-        sizes = {f"{name}[{g}][{k}]": a.shape[0] for name, groups in converted.items()
+        sizes = {f"{name}[{g}][{k}]" if grouped else f"{name}[{k}]": a.shape[0]
+                 for name, groups in converted.items()
                  for k, a in enumerate(groups[g])}
         if len(set(sizes.values())) > 1:
             raise ValueError("paired sample sets must all have the same first dimension N (sample i of every "
@@ -299,7 +304,8 @@ def paired_change_replicates(statistic: Statistic, model: Sequence[np.ndarray | 
         seed: seed of the resampling (``numpy.random.default_rng``).
     """
     _check_resampling(num_resamples)
-    shared_arrays, arms = _checked_arms(statistic, shared, {"model": [model], "baseline": [baseline]})
+    shared_arrays, arms = _checked_arms(statistic, shared, {"model": [model], "baseline": [baseline]},
+                                         grouped=False)
     model_reps, baseline_reps = _arm_replicates(statistic, shared_arrays, arms, num_resamples,
                                                 np.random.default_rng(seed))
     return _change(model_reps, baseline_reps, relative)
@@ -321,10 +327,12 @@ def paired_change_ci(statistic: Statistic, model: Sequence[np.ndarray | Tensor],
         ValueError: if the arms' sizes differ, or the baseline's point is 0 with ``relative``.
     """
     _check_resampling(num_resamples, confidence)
-    shared_arrays, arms = _checked_arms(statistic, shared, {"model": [model], "baseline": [baseline]})
+    shared_arrays, arms = _checked_arms(statistic, shared, {"model": [model], "baseline": [baseline]},
+                                         grouped=False)
     point = _point_change(_arm_points(statistic, shared_arrays, arms), relative)
-    change = paired_change_replicates(statistic, model, baseline, shared, relative, num_resamples, seed)
-    return (point, *_change_interval(change, confidence))
+    model_reps, baseline_reps = _arm_replicates(statistic, shared_arrays, arms, num_resamples,
+                                                np.random.default_rng(seed))  # = paired_change_replicates
+    return (point, *_change_interval(_change(model_reps, baseline_reps, relative), confidence))
 
 
 def hierarchical_ci(statistic: Statistic, groups: Groups, shared: Sequence[np.ndarray | Tensor] = (),
