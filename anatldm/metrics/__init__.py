@@ -6,11 +6,22 @@
   :class:`SelfConsistencyDice`.
 - Realism: FID / KID on a domain encoder (:func:`make_fid_kid`, :class:`PooledEncoderFeatures`).
 - Diversity and memorisation: :class:`PairwiseMSSSIM`, :class:`Memorisation`.
-- Uncertainty: :func:`bootstrap_ci`, :func:`relative_change_ci`.
+- Uncertainty: :func:`bootstrap_ci`, :func:`relative_change_ci`; paired and hierarchical (training
+  seeds) designs: :func:`paired_change_ci`, :func:`hierarchical_ci`, :func:`hierarchical_change_ci`,
+  :func:`per_pair_changes`.
 """
 
 from anatldm.metrics.base import SampleMetric, area_fractions, gather_state
-from anatldm.metrics.bootstrap import bootstrap_ci, bootstrap_replicates, relative_change_ci
+from anatldm.metrics.bootstrap import (
+    bootstrap_ci,
+    bootstrap_replicates,
+    hierarchical_change_ci,
+    hierarchical_ci,
+    paired_change_ci,
+    paired_change_replicates,
+    per_pair_changes,
+    relative_change_ci,
+)
 from anatldm.metrics.diversity import MSSSIMSettings, PairwiseMSSSIM, msssim_settings
 from anatldm.metrics.features import (
     InceptionFeatures,
@@ -57,11 +68,16 @@ __all__ = [
     "frechet_feature_distance",
     "gather_state",
     "gaussian_statistics",
+    "hierarchical_change_ci",
+    "hierarchical_ci",
     "kernel_feature_distance",
     "make_fid_kid",
     "msssim_settings",
     "nearest_rmse",
+    "paired_change_ci",
+    "paired_change_replicates",
     "per_class_dice",
+    "per_pair_changes",
     "relative_change_ci",
     "wasserstein_1d",
 ]
