@@ -20,7 +20,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch import Callback
 
-__all__ = ["AtomicCheckpointIO", "AtomicCheckpointing"]
+__all__ = ["AtomicCheckpointIO", "AtomicCheckpointing", "FractionCheckpoint"]
 
 logger = logging.getLogger(__name__)
 
@@ -73,3 +73,31 @@ class AtomicCheckpointing(Callback):
     def setup(self, trainer, pl_module, stage: str) -> None:
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # Lightning's default, not a user's choice
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+
+
+class FractionCheckpoint(Callback):
+    """Save ``<dirpath>/fraction-<f>.ckpt`` when training reaches each fraction ``f`` of its steps.
+
+    The generator negative control of the evaluation (an early checkpoint must score worse than
+    the final one) and the check whether the gap between two arms grows with training need
+    checkpoints at fixed fractions of the run; with ``EMAWeightAveraging`` they hold the EMA
+    weights, like every checkpoint. Step ``round(f * total)`` counts optimizer steps
+    (``trainer.estimated_stepping_batches``).
+
+    Args:
+        fractions: fractions of the run in (0, 1), e.g. ``[0.1, 0.5]``.
+        dirpath: folder of the checkpoints.
+    """
+
+    def __init__(self, fractions: list[float], dirpath: str) -> None:
+        bad = [f for f in fractions if not 0.0 < f < 1.0]
+        if bad or not fractions:
+            raise ValueError(f"fractions must be a non-empty list of numbers in (0, 1), got {fractions}")
+        self.fractions, self.dirpath = sorted(float(f) for f in fractions), Path(dirpath)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        total = max(1, int(trainer.estimated_stepping_batches))
+        for fraction in self.fractions:
+            path = self.dirpath / f"fraction-{fraction:.2f}.ckpt"
+            if trainer.global_step == max(1, round(fraction * total)) and not path.exists():
+                trainer.save_checkpoint(path)  # a resumed run that passed this step keeps the file it wrote

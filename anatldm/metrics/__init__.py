@@ -32,9 +32,15 @@ from anatldm.metrics.features import (
     kernel_feature_distance,
     make_fid_kid,
 )
+from anatldm.metrics.layout import LayoutRule, layout_features
 from anatldm.metrics.memorisation import Memorisation, nearest_rmse
 from anatldm.metrics.plausibility import PlausibilityRate
-from anatldm.metrics.rules import AnatomyFeatures, AnatomyRules, anatomy_features
+from anatldm.metrics.rules import (
+    AnatomyFeatures,
+    AnatomyRules,
+    anatomy_features,
+    remove_small_components,
+)
 from anatldm.metrics.segmentation import (
     AreaWasserstein,
     FrechetSegmentationDistance,
@@ -51,6 +57,7 @@ __all__ = [
     "AreaWasserstein",
     "FrechetSegmentationDistance",
     "InceptionFeatures",
+    "LayoutRule",
     "MSSSIMSettings",
     "Memorisation",
     "PairwiseMSSSIM",
@@ -71,6 +78,7 @@ __all__ = [
     "hierarchical_change_ci",
     "hierarchical_ci",
     "kernel_feature_distance",
+    "layout_features",
     "make_fid_kid",
     "msssim_settings",
     "nearest_rmse",
@@ -79,5 +87,6 @@ __all__ = [
     "per_class_dice",
     "per_pair_changes",
     "relative_change_ci",
+    "remove_small_components",
     "wasserstein_1d",
 ]

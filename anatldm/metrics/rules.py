@@ -34,7 +34,9 @@ import numpy as np
 from scipy import ndimage
 from torch import Tensor
 
-__all__ = ["AnatomyFeatures", "AnatomyRules", "anatomy_features"]
+from anatldm.metrics.layout import LayoutRule
+
+__all__ = ["AnatomyFeatures", "AnatomyRules", "anatomy_features", "remove_small_components"]
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +92,25 @@ def _holes_per_slice(binary: np.ndarray) -> np.ndarray:
     return _components_per_slice(enclosed, binary.shape[0])
 
 
+def remove_small_components(masks: np.ndarray, num_classes: int, min_pixels: int) -> np.ndarray:
+    """Label maps with every 8-connected component smaller than ``min_pixels`` set to background.
+
+    A judge's stray pixels are not anatomy; removing them from real and generated maps alike keeps
+    them from failing a slice (``min_pixels <= 1`` returns the maps unchanged).
+    """
+    if min_pixels <= 1:
+        return masks
+    masks = masks.copy()
+    for c in range(1, num_classes):
+        labels, count = ndimage.label(masks == c, structure=_EIGHT_CONNECTED)
+        if count == 0:
+            continue
+        small = np.bincount(labels.ravel(), minlength=count + 1) < min_pixels
+        small[0] = False
+        masks[small[labels]] = 0
+    return masks
+
+
 def anatomy_features(masks: np.ndarray | Tensor, num_classes: int) -> AnatomyFeatures:
     """Shape features of label maps ``(N, H, W)`` for classes ``1 .. num_classes - 1``.
 
@@ -129,12 +150,13 @@ def anatomy_features(masks: np.ndarray | Tensor, num_classes: int) -> AnatomyFea
 
 
 class AnatomyRules:
-    """Anatomy rules fitted once on real training masks and saved with the evaluation report.
+    """Anatomy rules fitted once on real calibration masks and saved with the evaluation report.
 
     Build with :meth:`fit`; save with :meth:`to_dict` (JSON-able) and load with :meth:`from_dict`.
-    Rule names are ``"<class>/components"``, ``"<class>/holes"``, ``"<class>/area"``,
-    ``"<class>/centroid"`` for each foreground class and ``"cooccurrence"`` (see the module
-    docstring for their definitions).
+    Rule names are ``"<class>/<feature>"`` for each foreground class and each of ``range_rules``
+    (from ``components``, ``holes``, ``area``, ``centroid``), ``"cooccurrence"`` and, when fitted
+    with one, ``"layout"`` (:class:`~anatldm.metrics.layout.LayoutRule`, the joint organ layout).
+    See the module docstring for their definitions.
 
     Args:
         class_names: names of all classes, background (index 0) included.
@@ -147,11 +169,18 @@ class AnatomyRules:
         high: upper percentile.
         tolerance: absolute widening of every range when checking.
         num_fitted: number of real masks the rules were fitted on.
+        range_rules: the per-class range rules that are checked.
+        min_component_pixels: components smaller than this are removed (set to background) before
+            any feature is measured, in fitting and checking alike.
+        layout: the joint-layout rule, or ``None``.
+        source: what the rules were fitted on (e.g. ``"judge predictions of 64 calibration
+            subjects"``), kept for the report.
     """
 
     def __init__(self, class_names: Sequence[str], ranges: dict[str, dict[str, tuple[float, float]] | None],
                  cooccurrence: np.ndarray, low: float = 0.5, high: float = 99.5, tolerance: float = 1e-6,
-                 num_fitted: int = 0) -> None:
+                 num_fitted: int = 0, range_rules: Sequence[str] = tuple(_RULE_FEATURES),
+                 min_component_pixels: int = 0, layout: LayoutRule | None = None, source: str = "") -> None:
         self.class_names = _check_class_names(class_names)
         foreground = self.class_names[1:]
         if set(ranges) != set(foreground):
@@ -162,6 +191,11 @@ class AnatomyRules:
                              f"got {cooccurrence.shape}")
         if tolerance < 0:
             raise ValueError(f"tolerance must be >= 0, got {tolerance}")
+        unknown = [rule for rule in range_rules if rule not in _RULE_FEATURES]
+        if unknown:
+            raise ValueError(f"range_rules {unknown} are not among {list(_RULE_FEATURES)}")
+        if min_component_pixels < 0:
+            raise ValueError(f"min_component_pixels must be >= 0, got {min_component_pixels}")
         for name, value in ranges.items():
             if value is not None and set(value) != set(_RANGE_FEATURES):
                 raise ValueError(f"ranges of '{name}' must give {list(_RANGE_FEATURES)}, got {sorted(value)}")
@@ -170,6 +204,8 @@ class AnatomyRules:
                        for name, value in ranges.items()}
         self.cooccurrence = cooccurrence | cooccurrence.T
         self.low, self.high, self.tolerance, self.num_fitted = float(low), float(high), float(tolerance), num_fitted
+        self.range_rules = [rule for rule in _RULE_FEATURES if rule in range_rules]
+        self.min_component_pixels, self.layout, self.source = int(min_component_pixels), layout, source
         # Dense (C - 1,) bounds per feature for the vectorised check; NaN bounds never fail.
         self._lower = {f: np.array([np.nan if self.ranges[n] is None else self.ranges[n][f][0] for n in foreground])
                        for f in _RANGE_FEATURES}
@@ -183,20 +219,32 @@ class AnatomyRules:
 
     @property
     def rule_names(self) -> list[str]:
-        """All rule names, in a fixed order: per class (components, holes, area, centroid), then co-occurrence."""
-        return [f"{name}/{rule}" for name in self.class_names[1:] for rule in _RULE_FEATURES] + ["cooccurrence"]
+        """All rule names, in a fixed order: per class (the range rules), co-occurrence, layout."""
+        names = [f"{name}/{rule}" for name in self.class_names[1:] for rule in self.range_rules] + ["cooccurrence"]
+        return names + (["layout"] if self.layout is not None else [])
 
     @classmethod
     def fit(cls, masks: np.ndarray | Tensor, class_names: Sequence[str], low: float = 0.5, high: float = 99.5,
-            tolerance: float = 1e-6) -> AnatomyRules:
-        """Learn the rules from real training label maps ``(N, H, W)`` (see the module docstring).
+            tolerance: float = 1e-6, range_rules: Sequence[str] = tuple(_RULE_FEATURES),
+            min_component_pixels: int = 0, layout: bool = False, subjects: np.ndarray | None = None,
+            layout_neighbours: int = 3, layout_quantile: float = 0.975, layout_floor_pixels: float = 2.0,
+            source: str = "") -> AnatomyRules:
+        """Learn the rules from real calibration label maps ``(N, H, W)`` (see the module docstring).
 
         Args:
-            masks: real training masks, integer class indices in ``[0, len(class_names))``.
+            masks: real calibration masks, integer class indices in ``[0, len(class_names))``.
             class_names: names of all classes, background first.
             low: lower percentile of every range, in [0, 100).
             high: upper percentile, in (low, 100].
             tolerance: absolute widening of every range when checking.
+            range_rules: which per-class range rules to check.
+            min_component_pixels: components smaller than this are ignored (fit and check).
+            layout: also fit the joint-layout rule (:class:`~anatldm.metrics.layout.LayoutRule`).
+            subjects: subject of every mask (the layout rule's leave-one-subject-out calibration).
+            layout_neighbours: ``k`` of the layout rule.
+            layout_quantile: conformal level of the layout threshold.
+            layout_floor_pixels: smallest feature scale of the layout rule, in pixels.
+            source: what the masks are, for the report.
         """
         class_names = _check_class_names(class_names)
         if not 0.0 <= low < high <= 100.0:
@@ -204,6 +252,7 @@ class AnatomyRules:
         masks = _as_label_array(masks, len(class_names))
         if masks.shape[0] == 0:
             raise ValueError("cannot fit anatomy rules on zero masks")
+        masks = remove_small_components(masks, len(class_names), min_component_pixels)
         features = anatomy_features(masks, len(class_names))
         ranges: dict[str, dict[str, tuple[float, float]] | None] = {}
         for k, name in enumerate(class_names[1:]):
@@ -220,9 +269,12 @@ class AnatomyRules:
                                          float(np.percentile(values, high, method="higher")))
         present = features.present.astype(np.int64)  # (N, C - 1)
         cooccurrence = (present.T @ present) > 0  # (C - 1, C - 1)
+        layout_rule = LayoutRule.fit(masks, len(class_names), subjects, k=layout_neighbours, quantile=layout_quantile,
+                                     floor_pixels=layout_floor_pixels) if layout else None
         logger.info("anatomy rules fitted on %d real masks, %d classes", masks.shape[0], len(class_names))
         return cls(class_names, ranges, cooccurrence, low=low, high=high, tolerance=tolerance,
-                   num_fitted=int(masks.shape[0]))
+                   num_fitted=int(masks.shape[0]), range_rules=range_rules,
+                   min_component_pixels=min_component_pixels, layout=layout_rule, source=source)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able description of the rules (the inverse of :meth:`from_dict`)."""
@@ -230,10 +282,12 @@ class AnatomyRules:
         pairs = [[foreground[i], foreground[j]] for i in range(len(foreground))
                  for j in range(i, len(foreground)) if self.cooccurrence[i, j]]
         return {"class_names": list(self.class_names), "low": self.low, "high": self.high,
-                "tolerance": self.tolerance, "num_fitted": self.num_fitted,
+                "tolerance": self.tolerance, "num_fitted": self.num_fitted, "source": self.source,
+                "range_rules": list(self.range_rules), "min_component_pixels": self.min_component_pixels,
                 "ranges": {name: None if value is None else {f: list(bounds) for f, bounds in value.items()}
                            for name, value in self.ranges.items()},
-                "cooccurrence": pairs}
+                "cooccurrence": pairs,
+                "layout": None if self.layout is None else self.layout.to_dict()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AnatomyRules:
@@ -251,8 +305,12 @@ class AnatomyRules:
             cooccurrence[index[pair[0]], index[pair[1]]] = True
         ranges = {name: None if value is None else {f: tuple(b) for f, b in value.items()}
                   for name, value in data["ranges"].items()}
+        layout = LayoutRule.from_dict(data["layout"]) if data.get("layout") else None
         return cls(class_names, ranges, cooccurrence, low=data.get("low", 0.5), high=data.get("high", 99.5),
-                   tolerance=data.get("tolerance", 1e-6), num_fitted=data.get("num_fitted", 0))
+                   tolerance=data.get("tolerance", 1e-6), num_fitted=data.get("num_fitted", 0),
+                   range_rules=data.get("range_rules", tuple(_RULE_FEATURES)),
+                   min_component_pixels=data.get("min_component_pixels", 0), layout=layout,
+                   source=data.get("source", ""))
 
     def check_batch(self, masks: np.ndarray | Tensor) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Check label maps ``(N, H, W)`` against every rule.
@@ -261,12 +319,13 @@ class AnatomyRules:
             ``plausible`` ``(N,)`` bool, True where a mask obeys all rules, and ``violations``
             ``{rule name: (N,) bool}``, True where the mask breaks that rule.
         """
-        masks = _as_label_array(masks, self.num_classes)
+        masks = remove_small_components(_as_label_array(masks, self.num_classes), self.num_classes,
+                                        self.min_component_pixels)
         features = anatomy_features(masks, self.num_classes)
         violations: dict[str, np.ndarray] = {}
-        for rule, names in _RULE_FEATURES.items():
+        for rule in self.range_rules:
             broken = np.zeros(features.present.shape, dtype=bool)  # (N, C - 1)
-            for feature in names:
+            for feature in _RULE_FEATURES[rule]:
                 values = getattr(features, feature)
                 with np.errstate(invalid="ignore"):
                     broken |= (values < self._lower[feature] - self.tolerance)
@@ -277,6 +336,8 @@ class AnatomyRules:
         present = features.present.astype(np.int64)  # (N, C - 1)
         unseen = (~self.cooccurrence).astype(np.int64)  # (C - 1, C - 1)
         violations["cooccurrence"] = ((present @ unseen) * present).sum(axis=1) > 0  # (N,)
+        if self.layout is not None:
+            violations["layout"] = ~self.layout.check(masks, self.num_classes)
         violations = {rule: violations[rule] for rule in self.rule_names}
         plausible = ~np.any(np.stack(list(violations.values()), axis=1), axis=1)  # (N,)
         return plausible, violations
@@ -291,7 +352,7 @@ class AnatomyRules:
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(classes={self.class_names}, percentiles=[{self.low}, {self.high}], "
-                f"fitted_on={self.num_fitted})")
+                f"fitted_on={self.num_fitted}, layout={self.layout is not None})")
 
 
 def _check_class_names(class_names: Sequence[str]) -> list[str]:

@@ -1,10 +1,14 @@
-"""``EvaluationTask``: ``anatldm test`` — realism and segmentation-based anatomical accuracy.
+"""``EvaluationTask``: ``anatldm test`` — the judge's gate, then realism and anatomical accuracy.
 
-The protocol is fixed in advance (DESIGN section 4): a segmenter trained on real training slices
-only labels every slice; the primary anatomical accuracy is the plausibility rate of those
-labels against rules fitted on the real training masks; realism is FID/KID on the segmenter's
-pooled bottleneck features. Every number comes with a bootstrap 95 % interval, and every
-generator with its relative change against the baseline.
+The protocol is fixed in advance (DESIGN section 4). A segmenter trained on real slices only (the
+judge) labels every slice. The plausibility rules are calibrated on the judge's predictions of
+held-out real calibration slices, so real and generated slices face the same judge noise. Before
+any generator number, the judge must pass its gate: Dice per class on real test slices, real test
+slices passing the rules, left-right-flipped and level-spliced real slices failing them, and an
+early checkpoint of each generator scoring below its final one. Then every model (several
+training seeds per arm) samples the same seeds; per model, pooled per arm and paired per seed pair
+against the baseline arm, every metric comes with a bootstrap interval
+(:mod:`anatldm.evaluation.statistics`), and ``report.md`` opens with the gate's verdict.
 """
 
 from __future__ import annotations
@@ -12,11 +16,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import pickle
-from collections.abc import Callable
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -33,23 +36,32 @@ from anatldm.errors import (
     check_checkpoint_file,
     check_output_folder,
 )
+from anatldm.evaluation.controls import flip_left_right, splice_levels
+from anatldm.evaluation.report import (
+    ClaimCriteria,
+    GateThresholds,
+    claim_verdict,
+    gate_verdict,
+    markdown_report,
+)
+from anatldm.evaluation.statistics import (
+    METRICS,
+    ModelRecord,
+    RealRecord,
+    Statistics,
+    violation_rates,
+)
 from anatldm.interpret import NoRegisterForClassError, save_association
 from anatldm.interpret.effects import edit_effect, edit_effects_markdown
 from anatldm.metrics import (
     AnatomyRules,
-    AreaWasserstein,
-    FrechetSegmentationDistance,
     Memorisation,
     PairwiseMSSSIM,
     PlausibilityRate,
     PooledEncoderFeatures,
     SelfConsistencyDice,
     area_fractions,
-    bootstrap_ci,
-    frechet_feature_distance,
-    kernel_feature_distance,
     make_fid_kid,
-    relative_change_ci,
 )
 from anatldm.models.registers import RegisterEdit
 from anatldm.trainers.base import AnatomyTask
@@ -61,16 +73,11 @@ __all__ = ["EvaluationTask", "load_task"]
 
 logger = logging.getLogger(__name__)
 
-#: metric -> (label in the report, higher is better)
-METRICS = {
-    "plausibility_rate": ("Plausibility rate (primary)", True),
-    "fsd": ("Fréchet segmentation distance", False),
-    "area_w1": ("Area Wasserstein-1 (mean over classes)", False),
-    "fid": ("FID (segmenter features)", False),
-    "kid": ("KID (segmenter features)", False),
-    "self_consistency_dice": ("Self-consistency Dice (head vs segmenter)", True),
-    "diversity_msssim": ("Pairwise MS-SSIM (lower = more diverse)", False),
-    "memorisation_rmse": ("Nearest-training-slice RMSE (higher = less copying)", True),
+#: slice-level controls: name -> (label, negative)
+CONTROLS = {
+    "reconstructed": ("autoencoder reconstructions (positive control)", False),
+    "flipped": ("left-right-flipped real slices (negative)", True),
+    "spliced": ("slices spliced from two levels (negative)", True),
 }
 
 
@@ -89,54 +96,79 @@ def load_task(task_class, path: str, what: str) -> nn.Module:
                           f"({str(err).splitlines()[0]})") from None
 
 
-class EvaluationTask(AnatomyTask):
-    """Compare generators (LDM checkpoints) against real test slices and each other.
+def _as_list(value: str | list[str]) -> list[str]:
+    return [value] if isinstance(value, str) else list(value)
 
-    ``anatldm test`` runs the real test split through the segmenter (its Dice there is the
-    ceiling), then samples ``num_samples`` (image, mask) pairs from every generator with fixed
-    seeds and the chosen sampler (EMA weights, as saved), and computes for each: plausibility
-    rate, Fréchet segmentation distance, area Wasserstein-1, FID and KID on the segmenter's
-    features, self-consistency Dice (generators with a head), pairwise MS-SSIM and the RMSE to
-    the nearest training slice, each with a bootstrap interval and its relative change against
-    ``baseline``. Writes ``report.json``, ``report.md``, ``rules.json`` and one PNG grid per
-    generator into ``output_dir``.
+
+class EvaluationTask(AnatomyTask):
+    """Compare generator arms (LDM checkpoints, one per training seed) on real test slices.
+
+    ``anatldm test`` fits the plausibility rules on the judge's labels of calibration slices, runs
+    the real test split and the slice-level controls through the judge (gate), then samples
+    ``num_samples`` (image, mask) pairs from every model with the seeds ``seed .. seed + N - 1``
+    and the chosen sampler (EMA weights, as saved), and computes for each: plausibility rate,
+    Fréchet segmentation distance, area Wasserstein-1, FID and KID on the judge's features,
+    self-consistency Dice (models with a head), pairwise MS-SSIM and the RMSE to the nearest
+    training slice. Writes ``report.json``, ``report.md``, ``rules.json`` and sample grids into
+    ``output_dir``.
 
     Args:
-        generators: name -> ``AnatomicalLDMTask`` checkpoint.
-        segmenter: ``SegmenterTask`` checkpoint (trained on real training slices only).
-        baseline: name of the generator the others are compared with (``None``: no comparison).
-        num_samples: samples per generator; ``None`` = the number of real test slices.
+        generators: arm name -> one ``AnatomicalLDMTask`` checkpoint or a list, one per training
+            seed; the k-th checkpoints of two arms form a seed pair (same seed, same data order).
+        segmenter: ``SegmenterTask`` checkpoint, the judge (trained on real slices only).
+        baseline: the arm the others are compared with (``None``: no comparison).
+        training_seeds: the training seed of the k-th checkpoint of every arm (for the report).
+        early_checkpoints: arm -> early checkpoint(s) of its first models (the generator negative
+            control: the final checkpoint must score higher on the primary metric).
+        num_samples: samples per model; ``None`` = the number of real test slices.
         sampler: ``"ddpm"``, ``"ddim"`` or ``"dpm_solver++"``.
         num_inference_steps: denoiser calls per sample.
-        seed: sample ``i`` of every generator uses seed ``seed + i``.
+        seed: sample ``i`` of every model uses seed ``seed + i``.
         sample_batch_size: samples generated at once.
-        num_bootstrap: bootstrap resamples of each interval.
+        calibration: fit the rules on the judge's labels of calibration slices (``"judge"``) or on
+            their ground truth (``"ground_truth"``, for data sets with a near-perfect judge).
+        calibration_subjects: phantom data: calibration slices from this many extra phantom
+            subjects (seed ``calibration_phantom_seed``, disjoint from every evaluation subject);
+            0 or folder data: the validation split.
+        calibration_phantom_seed: phantom seed of the calibration subjects.
+        rules: options of :meth:`AnatomyRules.fit` (e.g. ``layout: true``, ``range_rules``,
+            ``min_component_pixels``).
+        gate: the judge's pre-registered gate (``None``: :class:`GateThresholds` defaults).
+        claim: the claim's success criteria (``None``: no verdict).
+        num_bootstrap: bootstrap resamples of mean statistics.
+        num_bootstrap_costly: resamples of FSD, FID and KID intervals.
         confidence: interval level.
         kid_subset_size: samples per KID subset (clipped to the smaller set).
         max_training_slices: training slices compared for memorisation (evenly spaced subset).
         inception_weights: local InceptionV3 weights for a standard FID; ``None`` uses the
-            segmenter's features (the report says which).
+            judge's features (the report says which).
         output_dir: where the report goes.
-        edits: name -> register edits (by index or by class, e.g.
-            ``[{operation: scale, classes: [liver], factor: 1.5}]``) applied to
-            ``edit_generator``; each is measured against the unedited samples of the same seeds:
-            per-class segmenter area change and plausibility change with paired intervals
-            (``report.json["edits"]``, ``edits.md``, ``edits_<generator>.png``).
-        edit_generator: the generator the edits apply to (default: the first with registers).
+        edits: name -> register edits (by index or by class) applied to ``edit_generator``'s first
+            model; each is measured against the unedited samples of the same seeds.
+        edit_generator: the arm the edits apply to (default: the first with registers).
         edit_samples: samples per edit (default ``num_samples``).
     """
 
     def __init__(
         self,
-        generators: dict[str, str],
+        generators: dict[str, str | list[str]],
         segmenter: str,
         baseline: str | None = None,
+        training_seeds: list[int] | None = None,
+        early_checkpoints: dict[str, str | list[str]] | None = None,
         num_samples: int | None = None,
         sampler: SamplerName = "ddim",
         num_inference_steps: int = 50,
         seed: int = 0,
         sample_batch_size: int = 16,
+        calibration: Literal["judge", "ground_truth"] = "judge",
+        calibration_subjects: int = 0,
+        calibration_phantom_seed: int = 2,
+        rules: dict[str, Any] | None = None,
+        gate: GateThresholds | None = None,
+        claim: ClaimCriteria | None = None,
         num_bootstrap: int = 1000,
+        num_bootstrap_costly: int = 200,
         confidence: float = 0.95,
         kid_subset_size: int = 100,
         max_training_slices: int = 2000,
@@ -148,12 +180,31 @@ class EvaluationTask(AnatomyTask):
     ) -> None:
         if not generators:
             raise ConfigError("model.generators is empty: name at least one LDM checkpoint")
+        counts = {name: len(_as_list(paths)) for name, paths in generators.items()}
+        if min(counts.values()) < 1:
+            raise ConfigError(f"model.generators: every arm needs at least one checkpoint, got {counts}")
         if baseline is not None and baseline not in generators:
             raise ConfigError(f"model.baseline '{baseline}' is not one of the generators {sorted(generators)}")
+        if baseline is not None and len(set(counts.values())) > 1:
+            raise ConfigError(f"model.generators: arms compared with a baseline need one checkpoint per training "
+                              f"seed each, got {counts}")
+        if training_seeds is not None and len(training_seeds) != max(counts.values()):
+            raise ConfigError(f"model.training_seeds has {len(training_seeds)} entries for "
+                              f"{max(counts.values())} checkpoints per arm")
+        for name, paths in (early_checkpoints or {}).items():
+            if name not in generators:
+                raise ConfigError(f"model.early_checkpoints: '{name}' is not one of the generators {sorted(generators)}")
+            if len(_as_list(paths)) > counts[name]:
+                raise ConfigError(f"model.early_checkpoints.{name}: more early checkpoints than final ones")
+        if claim is not None and (baseline is None or claim.arm not in generators or claim.arm == baseline):
+            raise ConfigError(f"model.claim.arm '{claim.arm}' must be a generator other than model.baseline")
         for key, value in (("num_samples", num_samples), ("num_inference_steps", num_inference_steps),
-                           ("sample_batch_size", sample_batch_size), ("num_bootstrap", num_bootstrap)):
+                           ("sample_batch_size", sample_batch_size), ("num_bootstrap", num_bootstrap),
+                           ("num_bootstrap_costly", num_bootstrap_costly)):
             if value is not None and value < 1:
                 raise ConfigError(f"model.{key} must be at least 1, got {value}")
+        if calibration_subjects < 0:
+            raise ConfigError(f"model.calibration_subjects must be >= 0, got {calibration_subjects}")
         if edit_generator is not None and edit_generator not in generators:
             raise ConfigError(f"model.edit_generator '{edit_generator}' is not one of the generators {sorted(generators)}")
         if edit_samples is not None and edit_samples < 1:
@@ -162,12 +213,31 @@ class EvaluationTask(AnatomyTask):
                       for name, edit_list in (edits or {}).items()}
         if not 0 < confidence < 1:
             raise ConfigError(f"model.confidence must lie in (0, 1), got {confidence}")
+        try:
+            AnatomyRules.fit(np.zeros((2, 4, 4), dtype=np.int64), ["background", "a"], **(rules or {}))
+        except TypeError as err:
+            raise ConfigError(f"model.rules: {err}") from None
+        except ValueError as err:
+            if "layout rule needs" not in str(err):
+                raise ConfigError(f"model.rules: {err}") from None
         check_output_folder(output_dir, "model.output_dir")
         super().__init__()
 
     # -- construction ------------------------------------------------------------------------
+    @property
+    def arms(self) -> dict[str, list[str]]:
+        """Arm -> its model names (``arm`` alone for one checkpoint, else ``arm/seed<s>``)."""
+        hp = self.hparams
+        seeds = hp.training_seeds
+        out = {}
+        for arm, paths in hp.generators.items():
+            paths = _as_list(paths)
+            out[arm] = [arm] if isinstance(hp.generators[arm], str) else \
+                [f"{arm}/seed{seeds[k] if seeds else k}" for k in range(len(paths))]
+        return out
+
     def configure_model(self) -> None:
-        """Load the segmenter and the generators (Lightning's lazy-construction hook).
+        """Load the judge and the generators (Lightning's lazy-construction hook).
 
         Not done in ``__init__``: a task built inside another task's ``__init__`` would let
         Lightning's ``save_hyperparameters`` frame inspection mix the two argument lists.
@@ -176,20 +246,31 @@ class EvaluationTask(AnatomyTask):
             return
         hp = self.hparams
         self.segmenter = load_task(SegmenterTask, hp.segmenter, "model.segmenter").eval()
-        self.generators = nn.ModuleDict({name: load_task(AnatomicalLDMTask, path, f"model.generators.{name}").eval()
-                                         for name, path in hp.generators.items()})
+        models, self.checkpoints, self.early = {}, {}, {}
+        for arm, names in self.arms.items():
+            paths = _as_list(hp.generators[arm])
+            for k, (name, path) in enumerate(zip(names, paths, strict=True)):
+                key = f"model.generators.{arm}" + ("" if len(paths) == 1 else f"[{k}]")
+                models[name] = load_task(AnatomicalLDMTask, path, key).eval()
+                self.checkpoints[name] = path
+            for k, path in enumerate(_as_list((hp.early_checkpoints or {}).get(arm, []))):
+                name = f"{names[k]}@early"
+                models[name] = load_task(AnatomicalLDMTask, path, f"model.early_checkpoints.{arm}").eval()
+                self.checkpoints[name] = path
+                self.early.setdefault(arm, []).append(name)
+        self.generators = nn.ModuleDict({_module_key(name): model for name, model in models.items()})
         self.class_names = list(next(iter(self.generators.values())).class_names)
-        for name, generator in self.generators.items():
+        for name, generator in models.items():
             if list(generator.class_names) != self.class_names:
-                raise ConfigError(f"model.generators.{name}: classes {generator.class_names} differ from "
+                raise ConfigError(f"model.generators ({name}): classes {generator.class_names} differ from "
                                   f"{self.class_names}")
         if self.segmenter.hparams.num_classes != len(self.class_names):
             raise ConfigError(f"model.segmenter has {self.segmenter.hparams.num_classes} classes, the generators "
                               f"{len(self.class_names)}")
         if self.edits:
             self.edit_generator = hp.edit_generator or next(
-                (name for name, g in self.generators.items() if g.denoiser.registers is not None), None)
-            generator = self.generators[self.edit_generator] if self.edit_generator else None
+                (arm for arm, names in self.arms.items() if self.model(names[0]).denoiser.registers is not None), None)
+            generator = self.model(self.arms[self.edit_generator][0]) if self.edit_generator else None
             if generator is None or generator.denoiser.registers is None:
                 raise ConfigError(f"model.edits: generator '{self.edit_generator}' has no register bank"
                                   if self.edit_generator else "model.edits: no generator has a register bank")
@@ -201,141 +282,286 @@ class EvaluationTask(AnatomyTask):
         self.ceiling_dice = DiceScore(num_classes=len(self.class_names), include_background=False,
                                       average="none", input_format="index")
 
+    def model(self, name: str) -> AnatomicalLDMTask:
+        return self.generators[_module_key(name)]
+
     def check_inputs(self, datamodule) -> None:
-        """Every checkpoint loads, and the segmenter, the generators and the data share classes."""
+        """Every checkpoint loads, and the judge, the generators and the data share classes."""
         self.configure_model()
         if list(getattr(datamodule, "class_names", [])) != self.class_names:
             raise ConfigError(f"data: classes {getattr(datamodule, 'class_names', None)} differ from the "
                               f"generators' {self.class_names}")
 
-    # -- real test slices --------------------------------------------------------------------
+    # -- rules, real test slices, controls ----------------------------------------------------
+    def segment(self, images: Tensor) -> Tensor:
+        """Judge label maps ``(B, H, W)`` of images ``(B, 1, H, W)`` in [-1, 1]."""
+        return self.segmenter(images).argmax(1)
+
+    @torch.no_grad()
+    def _segment_all(self, images: np.ndarray) -> np.ndarray:
+        out = [self.segment(torch.from_numpy(np.asarray(images[s:s + 64]))[:, None].float().to(self.device)).cpu()
+               for s in range(0, len(images), 64)]
+        return torch.cat(out).numpy()
+
+    def _calibration_slices(self, datamodule) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+        """Images, ground-truth masks and subjects of the calibration slices, and what they are."""
+        hp = self.hparams
+        if hp.calibration_subjects > 0 and getattr(datamodule.hparams, "source", None) == "phantom":
+            settings = {**dict(datamodule.hparams), "num_subjects": hp.calibration_subjects,
+                        "phantom_seed": hp.calibration_phantom_seed, "split_fractions": (1.0, 0.0, 0.0)}
+            if hp.calibration_phantom_seed == datamodule.hparams.phantom_seed:
+                raise ConfigError(f"model.calibration_phantom_seed {hp.calibration_phantom_seed} is the evaluation "
+                                  f"data's phantom seed: calibration subjects must be disjoint from them")
+            calibration = type(datamodule)(**settings)
+            calibration.prepare_data()
+            calibration.setup("test")
+            cache, indices = calibration.cache, np.sort(calibration.datasets["train"].indices)
+            what = f"{hp.calibration_subjects} extra phantom subjects (seed {hp.calibration_phantom_seed})"
+        else:
+            cache, indices = datamodule.cache, np.sort(datamodule.datasets["val"].indices)
+            what = "the validation split"
+            if len(indices) == 0:
+                raise ConfigError("model.calibration: the validation split is empty; give the data a validation "
+                                  "fraction or set model.calibration_subjects (phantoms)")
+        return (np.asarray(cache.images[indices]), np.asarray(cache.masks[indices]).astype(np.int64),
+                np.asarray(cache.subjects[indices]), f"{len(indices)} slices of {what}")
+
     def on_test_start(self) -> None:
+        self._start_time = time.monotonic()
         datamodule = self.trainer.datamodule
         self.check_inputs(datamodule)
+        hp = self.hparams
+        images, masks, subjects, what = self._calibration_slices(datamodule)
+        labels = masks if hp.calibration == "ground_truth" else self._segment_all(images)
+        source = f"{'ground truth' if hp.calibration == 'ground_truth' else 'judge predictions'} of {what}"
+        self.rules = AnatomyRules.fit(labels, self.class_names, subjects=subjects, source=source, **(hp.rules or {}))
         train = np.sort(datamodule.datasets["train"].indices)
-        self.rules = AnatomyRules.fit(np.asarray(datamodule.cache.masks[train]), self.class_names)
-        spaced = np.linspace(0, len(train) - 1, num=min(len(train), self.hparams.max_training_slices)).astype(int)
+        spaced = np.linspace(0, len(train) - 1, num=min(len(train), hp.max_training_slices)).astype(int)
         self.training_images = torch.from_numpy(np.asarray(datamodule.cache.images[train[spaced]]))[:, None]
         self.num_test_slices = len(datamodule.datasets["test"])
+        floor = np.linspace(0, len(train) - 1, num=min(len(train), self.num_test_slices)).astype(int)
+        self.floor_images = torch.from_numpy(np.asarray(datamodule.cache.images[train[floor]]))[:, None]
         self.real_plausibility = PlausibilityRate(self.rules).to(self.device)
+        self.controls = {name: PlausibilityRate(self.rules).to(self.device) for name in CONTROLS}
         self.real_images: list[Tensor] = []
         self.real_masks: list[Tensor] = []
-
-    def segment(self, images: Tensor) -> Tensor:
-        """Segmenter label maps ``(B, H, W)`` of images ``(B, 1, H, W)`` in [-1, 1]."""
-        return self.segmenter(images).argmax(1)
+        self.real_keys: list[tuple[np.ndarray, np.ndarray]] = []
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         images = batch["image"]
         masks = self.segment(images)
         self.ceiling_dice.update(masks, batch["mask"])
         self.real_plausibility.update(masks)
+        self.controls["flipped"].update(self.segment(flip_left_right(images)))
+        generator = next(iter(self.generators.values()))  # every generator shares the autoencoder
+        latents = generator.autoencoder.encode(images)[0] * generator.scale_factor  # posterior mean
+        self.controls["reconstructed"].update(self.segment(generator.decode(latents)))
         self.real_images.append(images.cpu())
         self.real_masks.append(masks.cpu())
+        self.real_keys.append((np.asarray(batch["subject"]), batch["position"].cpu().numpy()))
 
     # -- generators, metrics, report -----------------------------------------------------------
     def on_test_epoch_end(self) -> None:
         hp = self.hparams
-        ceiling = self.ceiling_dice.compute()  # (C - 1,)
-        real = {"plausibility_rate": self._interval("mean", [self.real_plausibility.per_sample()]),
-                "segmenter_dice": {name: float(ceiling[c - 1]) for c, name in enumerate(self.class_names) if c > 0}}
         real_images, real_masks = torch.cat(self.real_images), torch.cat(self.real_masks)
+        subjects = np.concatenate([k[0] for k in self.real_keys])
+        positions = np.concatenate([k[1] for k in self.real_keys])
+        if len(real_images) >= 2:
+            spliced = splice_levels(real_images, subjects, positions, seed=hp.seed)
+            for start in range(0, len(spliced), hp.sample_batch_size):
+                self.controls["spliced"].update(self.segment(spliced[start:start + hp.sample_batch_size].to(self.device)))
+        ceiling = self.ceiling_dice.compute()  # (C - 1,)
+        judge_dice = {name: float(ceiling[c - 1]) for c, name in enumerate(self.class_names) if c > 0}
+        real, train_features = self._real_record(real_images, real_masks)
         num_samples = hp.num_samples or self.num_test_slices
-        results, samples = {}, {}
-        for name, generator in self.generators.items():
-            logger.info("evaluating %s: %d samples, %s with %d steps", name, num_samples, hp.sampler,
+        records: dict[str, ModelRecord] = {}
+        kept: dict[str, dict] = {}
+        for name, path in self.checkpoints.items():
+            logger.info("evaluating %s (%s): %d samples, %s with %d steps", name, path, num_samples, hp.sampler,
                         hp.num_inference_steps)
-            results[name], samples[name] = self._evaluate_generator(generator, num_samples, real_images, real_masks)
+            records[name], kept[name] = self._sample_model(self.model(name), num_samples)
+            records[name].checkpoint = path
+        control_rates = {name: metric.per_sample().cpu().numpy() for name, metric in self.controls.items()}
+        real_passed = self.real_plausibility.per_sample().cpu().numpy()
         edits, edit_samples = self._evaluate_edits() if self.edits else ({}, {})
         if not self.trainer.is_global_zero:
             return
-        report = self._report(real, results, num_samples)
+        report = self._report(records, real, train_features, judge_dice, real_passed, control_rates, num_samples)
         if edits:
             report["edits"] = edits
-        self._write(report, samples)
+        self._write(report, kept)
         if edits:
             self._write_edits(edits, edit_samples)
         for experiment_logger in self.loggers:
-            experiment_logger.log_metrics({f"{name}/{metric}": values["value"] for name, metrics in results.items()
-                                           for metric, values in metrics.items() if "value" in values})
+            experiment_logger.log_metrics({f"{name}/{metric}": values["value"]
+                                           for name, metrics in report["results"].items()
+                                           for metric, values in metrics.items()
+                                           if isinstance(values, dict) and "value" in values})
 
     def _seeds(self, num_samples: int) -> list[int]:
         """This rank's share of the seeds ``seed ... seed + num_samples - 1``."""
         rank, world = self.global_rank, self.trainer.world_size
         return [self.hparams.seed + i for i in range(rank, num_samples, world)]
 
+    def _new_kid(self, num_samples: int):
+        hp = self.hparams
+        subset = max(2, min(hp.kid_subset_size, num_samples, self.num_test_slices))  # KID refuses larger subsets
+        return make_fid_kid(self.features, kid_subset_size=subset, kid_subsets=10,
+                            inception_weights=hp.inception_weights, seed=hp.seed)
+
     @torch.no_grad()
-    def _evaluate_generator(self, generator: AnatomicalLDMTask, num_samples: int, real_images: Tensor,
-                            real_masks: Tensor) -> tuple[dict, dict]:
+    def _real_record(self, real_images: Tensor, real_masks: Tensor) -> tuple[RealRecord, np.ndarray]:
+        """The real test set's judge areas and features (all ranks), and the training floor features."""
+        hp = self.hparams
+        areas = CatMetric().to(self.device)
+        areas.update(area_fractions(real_masks.to(self.device), len(self.class_names)))
+        realism = self._new_kid(len(self.floor_images))
+        kid = realism.kid.to(self.device)
+        for start in range(0, len(real_images), hp.sample_batch_size):
+            kid.update(real_images[start:start + hp.sample_batch_size].to(self.device), real=True)
+        rank, world = self.global_rank, self.trainer.world_size
+        for start in range(rank * hp.sample_batch_size, len(self.floor_images), world * hp.sample_batch_size):
+            kid.update(self.floor_images[start:start + hp.sample_batch_size].to(self.device), real=False)
+        real_features, floor_features = kid.features()
+        record = RealRecord(areas=areas.compute().reshape(-1, len(self.class_names) - 1).cpu().double().numpy(),
+                            features=real_features.cpu().double().numpy())
+        return record, floor_features.cpu().double().numpy()
+
+    @torch.no_grad()
+    def _sample_model(self, generator: AnatomicalLDMTask, num_samples: int) -> tuple[ModelRecord, dict]:
+        """Per-sample results of one model over all ranks (rank-major, the same order for every model)."""
         hp = self.hparams
         num_classes = len(self.class_names)
         plausibility = PlausibilityRate(self.rules).to(self.device)
-        fsd = FrechetSegmentationDistance(num_classes).to(self.device)
-        area_w1 = AreaWasserstein(num_classes).to(self.device)
+        areas = CatMetric().to(self.device)
         consistency = SelfConsistencyDice(num_classes).to(self.device)
         diversity = PairwiseMSSSIM(max_pairs=2000, seed=hp.seed).to(self.device)
         memorisation = Memorisation().to(self.device)
-        kid_subset = max(2, min(hp.kid_subset_size, num_samples, len(real_images)))  # KID refuses larger subsets
-        realism = make_fid_kid(self.features, kid_subset_size=kid_subset, kid_subsets=50,
-                               inception_weights=hp.inception_weights, seed=hp.seed)
-        fid, kid = realism.fid.to(self.device), realism.kid.to(self.device)
-        for metric in (fsd, area_w1):
-            metric.update(real_masks.to(self.device), real=True)
-        for start in range(0, len(real_images), hp.sample_batch_size):
-            chunk = real_images[start:start + hp.sample_batch_size].to(self.device)
-            fid.update(chunk, real=True)
-            kid.update(chunk, real=True)
         memorisation.update(self.training_images.to(self.device), real=True)
-        seeds = self._seeds(num_samples)
+        kid = self._new_kid(num_samples).kid.to(self.device)
+        kid.update(self.floor_images[:2].to(self.device), real=True)  # KID needs a real set; only fakes are read
         kept = {"image": [], "segmenter_mask": [], "head_mask": []}
-        for start in range(0, len(seeds), hp.sample_batch_size):
-            batch_seeds = seeds[start:start + hp.sample_batch_size]
-            generated = generator.generate(batch_seeds, sampler=hp.sampler, num_inference_steps=hp.num_inference_steps)
+        has_head = generator.denoiser.head is not None
+        for start in range(0, len(seeds := self._seeds(num_samples)), hp.sample_batch_size):
+            generated = generator.generate(seeds[start:start + hp.sample_batch_size], sampler=hp.sampler,
+                                           num_inference_steps=hp.num_inference_steps)
             images = generated["image"].float()  # (B, 1, H, W)
             masks = self.segment(images)
             plausibility.update(masks)
-            fsd.update(masks, real=False)
-            area_w1.update(masks, real=False)
+            areas.update(area_fractions(masks, num_classes))
             diversity.update(images)
             memorisation.update(images, real=False)
-            fid.update(images, real=False)
             kid.update(images, real=False)
-            if generated["mask"] is not None:
+            if has_head:
                 consistency.update(generated["mask"], masks)
-            if len(kept["image"]) * hp.sample_batch_size < 16:
+            if sum(len(x) for x in kept["image"]) < 16:
                 kept["image"].append(images.cpu())
                 kept["segmenter_mask"].append(masks.cpu())
-                kept["head_mask"].append(None if generated["mask"] is None else generated["mask"].cpu())
-        real_features, fake_features = kid.features()
-        real_areas, fake_areas = fsd.areas()
-        subset = min(hp.kid_subset_size, len(real_features), len(fake_features))
+                kept["head_mask"].append(generated["mask"].cpu() if has_head else None)
+        violations = plausibility.gathered("violations").reshape(-1, len(self.rules.rule_names)).cpu().numpy()
+        record = ModelRecord(
+            passed=plausibility.per_sample().cpu().double().numpy(),
+            violations={rule: violations[:, r] for r, rule in enumerate(self.rules.rule_names)},
+            areas=areas.compute().reshape(-1, num_classes - 1).cpu().double().numpy(),
+            features=kid.features()[1].cpu().double().numpy(),
+            memorisation=memorisation.per_sample().cpu().double().numpy(),
+            diversity=diversity.pair_values().cpu().double().numpy(),
+            consistency=consistency.per_sample().cpu().double().numpy() if has_head else None)
+        return record, kept
 
-        def kid_statistic(real: Tensor, fake: Tensor) -> Tensor:  # 10 subsets per bootstrap replicate
-            return kernel_feature_distance(real, fake, subset, 10, hp.seed)
-
-        results = {
-            "plausibility_rate": self._interval("mean", [plausibility.per_sample()]),
-            "fsd": self._interval(FrechetSegmentationDistance.statistic, [real_areas, fake_areas]),
-            "area_w1": self._interval(AreaWasserstein.statistic, [real_areas, fake_areas]),
-            "fid": self._interval(frechet_feature_distance, [real_features, fake_features],
-                                  point=float(fid.compute())),
-            "kid": self._interval(kid_statistic, [real_features, fake_features], resamples=min(hp.num_bootstrap, 200),
-                                  point=float(kid.compute()[0])),
-            "diversity_msssim": self._interval("mean", [diversity.pair_values()]),
-            "memorisation_rmse": self._interval("mean", [memorisation.per_sample()]),
-            "violation_rates": plausibility.violation_rates(),
-            "_samples": {"plausibility_rate": ("mean", [plausibility.per_sample()]),
-                         "fsd": (FrechetSegmentationDistance.statistic, [real_areas, fake_areas]),
-                         "area_w1": (AreaWasserstein.statistic, [real_areas, fake_areas]),
-                         "fid": (frechet_feature_distance, [real_features, fake_features]),
-                         "kid": (kid_statistic, [real_features, fake_features]),
-                         "diversity_msssim": ("mean", [diversity.pair_values()]),
-                         "memorisation_rmse": ("mean", [memorisation.per_sample()])},
+    def _report(self, records: dict[str, ModelRecord], real: RealRecord, train_features: np.ndarray,
+                judge_dice: dict, real_passed: np.ndarray, control_rates: dict, num_samples: int) -> dict[str, Any]:
+        hp = self.hparams
+        stats = Statistics(num_bootstrap=hp.num_bootstrap, num_bootstrap_costly=hp.num_bootstrap_costly,
+                           confidence=hp.confidence, seed=hp.seed,
+                           kid_subset_size=max(2, min(hp.kid_subset_size, num_samples, len(real.features))))
+        results = {}
+        for name, record in records.items():
+            results[name] = {metric: stats.model(spec, record, real) for metric, spec in METRICS.items()
+                             if stats.available(spec, [record])}
+            results[name]["violation_rates"] = violation_rates(record)
+            results[name]["checkpoint"] = record.checkpoint
+        arms, pairs = {}, []
+        for arm, names in self.arms.items():
+            group = [records[n] for n in names]
+            arms[arm] = {"models": names, "checkpoints": [records[n].checkpoint for n in names],
+                         "seeds": list(hp.training_seeds) if hp.training_seeds else list(range(len(names))),
+                         "pooled": {metric: stats.pooled(spec, group, real) for metric, spec in METRICS.items()
+                                    if stats.available(spec, group)}}
+        if hp.baseline is not None:
+            base = [records[n] for n in self.arms[hp.baseline]]
+            for arm, names in self.arms.items():
+                if arm == hp.baseline:
+                    continue
+                group = [records[n] for n in names]
+                changes = {}
+                for metric, spec in METRICS.items():
+                    if not spec.paired or not (stats.available(spec, group) and stats.available(spec, base)):
+                        continue
+                    try:
+                        changes[metric] = stats.changes(spec, group, base, real)
+                    except ValueError as err:  # e.g. a baseline value of 0: the relative change is undefined
+                        logger.warning("%s vs %s, %s: %s", arm, hp.baseline, metric, err)
+                arms[arm]["change_vs_baseline"] = changes
+                for k, (name, base_name) in enumerate(zip(names, self.arms[hp.baseline], strict=True)):
+                    pair_changes = {m: c["pairs"][k] for m, c in changes.items()}
+                    pairs.append({"name": f"{name} vs {base_name}", "arm": arm, "baseline": hp.baseline,
+                                  "seed": arms[arm]["seeds"][k], "changes": pair_changes})
+                    results[name]["relative_change_vs_baseline"] = pair_changes
+        early = {}
+        for arm, early_names in self.early.items():
+            finals = [records[n] for n in self.arms[arm][:len(early_names)]]
+            change = stats.changes(METRICS["plausibility_rate"], finals, [records[n] for n in early_names], real,
+                                   relative=False)
+            early[arm] = {**change, "checkpoints": [records[n].checkpoint for n in early_names],
+                          "early_pass_rate": float(np.mean([records[n].passed.mean() for n in early_names]))}
+        controls = {name: {**stats.rate(control_rates[name]), "label": CONTROLS[name][0],
+                           "negative": CONTROLS[name][1]} for name in CONTROLS}
+        gate = gate_verdict(hp.gate or GateThresholds(), judge_dice, stats.rate(real_passed), controls, early)
+        report = {
+            "anatldm_version": __version__,
+            "gate": gate,
+            "protocol": "DESIGN section 4: judge trained on real slices only; plausibility rules calibrated on "
+                        f"{self.rules.source}; paired bootstrap over sampling seeds, hierarchical over training seeds",
+            "rules_source": f"{self.rules.source}; rules {self.rules.rule_names[:3]}... "
+                            f"({len(self.rules.rule_names)} in all, min component {self.rules.min_component_pixels} px)",
+            "feature_source": "inception_v3" if hp.inception_weights else "judge bottleneck (domain encoder)",
+            "sampler": hp.sampler, "num_inference_steps": hp.num_inference_steps, "seed": hp.seed,
+            "num_samples": num_samples, "num_samples_per_model": num_samples,
+            "num_real_test_slices": self.num_test_slices, "confidence": hp.confidence,
+            "num_bootstrap": hp.num_bootstrap, "baseline": hp.baseline,
+            "data_content_hash": getattr(self.trainer.datamodule, "content_hash", None),
+            "generators": {arm: _as_list(paths) for arm, paths in hp.generators.items()},
+            "segmenter": hp.segmenter, "class_names": self.class_names,
+            "real_test": {"plausibility_rate": stats.rate(real_passed), "segmenter_dice": judge_dice},
+            "real_floor": stats.real_floor(train_features, real),
+            "arms": arms, "pairs": pairs, "results": results,
+            "evaluation_wall_time_s": time.monotonic() - self._start_time,
         }
-        if generator.denoiser.head is not None:
-            results["self_consistency_dice"] = self._interval("mean", [consistency.per_sample()])
-            results["_samples"]["self_consistency_dice"] = ("mean", [consistency.per_sample()])
-        return results, kept
+        if hp.claim is not None:
+            report["claim"] = claim_verdict(hp.claim, hp.baseline, arms, gate["passed"])
+        return report
+
+    def _write(self, report: dict, kept: dict[str, dict]) -> None:
+        out = Path(self.hparams.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(out / "rules.json", json.dumps(self.rules.to_dict()))
+        write_text_atomic(out / "report.json", json.dumps(report, indent=1, default=float))
+        write_text_atomic(out / "report.md", markdown_report(report, METRICS))
+        for name, samples in kept.items():
+            if not samples["image"]:
+                continue
+            stem = name.replace("/", "_").replace("@", "_")
+            images = torch.cat(samples["image"])[:16, 0].numpy()
+            masks = torch.cat(samples["segmenter_mask"])[:16].numpy()
+            titles = [f"seed {self.hparams.seed + i * self.trainer.world_size}" for i in range(len(images))]
+            save_overlay_grid(images, masks, self.class_names, out / f"samples_{stem}.png", titles=titles,
+                              title=f"{name}: samples with the judge's masks")
+            if samples["head_mask"][0] is not None:
+                heads = torch.cat(samples["head_mask"])[:16].numpy()
+                save_overlay_grid(images, heads, self.class_names, out / f"samples_{stem}_head.png", titles=titles,
+                                  title=f"{name}: samples with the anatomy head's masks")
+        logger.info("wrote %s", out / "report.md")
 
     @torch.no_grad()
     def _segmented_samples(self, generator: AnatomicalLDMTask, seeds: list[int],
@@ -359,7 +585,7 @@ class EvaluationTask(AnatomyTask):
     def _evaluate_edits(self) -> tuple[dict, dict]:
         """Every edit of ``edits`` against the unedited samples of the same seeds."""
         hp = self.hparams
-        generator = self.generators[self.edit_generator]
+        generator = self.model(self.arms[self.edit_generator][0])
         seeds = self._seeds(hp.edit_samples or hp.num_samples or self.num_test_slices)
         logger.info("register edits of %s: %d samples each", self.edit_generator, len(seeds))
         base_areas, base_plausible, *base_kept = self._segmented_samples(generator, seeds,
@@ -384,7 +610,7 @@ class EvaluationTask(AnatomyTask):
     def _write_edits(self, edits: dict, kept: dict) -> None:
         out = Path(self.hparams.output_dir)
         write_text_atomic(out / "edits.md", edit_effects_markdown(edits, self.class_names, self.hparams.confidence))
-        generator = self.generators[self.edit_generator]
+        generator = self.model(self.arms[self.edit_generator][0])
         if any(edit.classes for edits in self.edits.values() for edit in edits):  # the table they were chosen from
             save_association(generator.register_association(), self.class_names, out, source="anatomy head",
                              num_samples=generator.association_samples, stem=f"association_{self.edit_generator}")
@@ -397,67 +623,6 @@ class EvaluationTask(AnatomyTask):
                           columns=columns, title=f"{self.edit_generator}: register edits, same seeds "
                                                  "(segmenter masks)")
 
-    def _interval(self, statistic: str | Callable, samples: list, resamples: int | None = None,
-                  point: float | None = None) -> dict[str, float]:
-        hp = self.hparams
-        if any(len(s) == 0 for s in samples):
-            return {"value": float("nan"), "low": float("nan"), "high": float("nan"), "n": 0}
-        value, low, high = bootstrap_ci(statistic, samples, resamples or hp.num_bootstrap, hp.confidence, hp.seed)
-        return {"value": float(value if point is None else point), "low": float(low), "high": float(high),
-                "n": int(len(samples[-1]))}
-
-    def _report(self, real: dict, results: dict[str, dict], num_samples: int) -> dict[str, Any]:
-        hp = self.hparams
-        if hp.baseline is not None:
-            base = results[hp.baseline]["_samples"]
-            for name, metrics in results.items():
-                if name == hp.baseline:
-                    continue
-                changes = {}
-                for metric, (statistic, samples) in metrics["_samples"].items():
-                    if metric not in base or not all(len(s) for s in samples + base[metric][1]):
-                        continue
-                    try:
-                        value, low, high = relative_change_ci(statistic, samples, base[metric][0], base[metric][1],
-                                                              min(hp.num_bootstrap, 500), hp.confidence, hp.seed)
-                    except ValueError:  # the baseline's value is 0
-                        continue
-                    changes[metric] = {"value": value, "low": low, "high": high}
-                metrics["relative_change_vs_baseline"] = changes
-        for metrics in results.values():
-            metrics.pop("_samples")
-        return {
-            "anatldm_version": __version__,
-            "protocol": "DESIGN section 4: segmenter trained on real training slices only; plausibility "
-                        "rules fitted on real training masks ([0.5, 99.5] percentiles)",
-            "feature_source": "inception_v3" if hp.inception_weights else "segmenter bottleneck (domain encoder)",
-            "sampler": hp.sampler, "num_inference_steps": hp.num_inference_steps, "seed": hp.seed,
-            "num_samples": num_samples, "num_real_test_slices": self.num_test_slices,
-            "confidence": hp.confidence, "num_bootstrap": hp.num_bootstrap, "baseline": hp.baseline,
-            "generators": dict(hp.generators), "segmenter": hp.segmenter, "class_names": self.class_names,
-            "real_test": real, "results": results,
-        }
-
-    def _write(self, report: dict, samples: dict[str, dict]) -> None:
-        out = Path(self.hparams.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(out / "rules.json", json.dumps(self.rules.to_dict(), indent=1))
-        write_text_atomic(out / "report.json", json.dumps(report, indent=1, default=float))
-        write_text_atomic(out / "report.md", markdown_table(report))
-        for name, kept in samples.items():
-            if not kept["image"]:
-                continue
-            images = torch.cat(kept["image"])[:16, 0].numpy()
-            masks = torch.cat(kept["segmenter_mask"])[:16].numpy()
-            save_overlay_grid(images, masks, self.class_names, out / f"samples_{name}.png",
-                              titles=[f"seed {self.hparams.seed + i * self.trainer.world_size}" for i in range(len(images))],
-                              title=f"{name}: samples with the segmenter's masks")
-            if kept["head_mask"][0] is not None:
-                heads = torch.cat(kept["head_mask"])[:16].numpy()
-                save_overlay_grid(images, heads, self.class_names, out / f"samples_{name}_head.png",
-                                  title=f"{name}: samples with the anatomy head's masks")
-        logger.info("wrote %s", out / "report.md")
-
 
 def _as_edit(edit: RegisterEdit | dict, key: str) -> RegisterEdit:
     if isinstance(edit, RegisterEdit):
@@ -468,40 +633,8 @@ def _as_edit(edit: RegisterEdit | dict, key: str) -> RegisterEdit:
         raise ConfigError(f"{key}: {edit} is not a register edit ({err})") from None
 
 
-def _cell(values: dict | None, percent: bool = False) -> str:
-    if not values or values.get("value") is None or (isinstance(values["value"], float) and math.isnan(values["value"])):
-        return "–"
-    if percent:
-        return f"{values['value']:+.1%} [{values['low']:+.1%}, {values['high']:+.1%}]"
-    return f"{values['value']:.3g} [{values['low']:.3g}, {values['high']:.3g}]"
 
 
-def markdown_table(report: dict) -> str:
-    """One table: metrics as rows, generators (and their change vs the baseline) as columns."""
-    names = list(report["results"])
-    baseline = report["baseline"]
-    header = ["metric", *names]
-    changes = [n for n in names if n != baseline and baseline is not None]
-    header += [f"{n} vs {baseline}" for n in changes]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for metric, (label, higher_better) in METRICS.items():
-        arrow = "↑" if higher_better else "↓"
-        row = [f"{label} {arrow}"] + [_cell(report["results"][n].get(metric)) for n in names]
-        row += [_cell(report["results"][n].get("relative_change_vs_baseline", {}).get(metric), percent=True)
-                for n in changes]
-        lines.append("| " + " | ".join(row) + " |")
-    real = report["real_test"]
-    dice = ", ".join(f"{k} {v:.3f}" for k, v in real["segmenter_dice"].items())
-    conf = int(round(report["confidence"] * 100))
-    return "\n".join([
-        f"Samples per generator: {report['num_samples']} ({report['sampler']}, {report['num_inference_steps']} steps, "
-        f"seeds from {report['seed']}); real test slices: {report['num_real_test_slices']}; "
-        f"FID/KID features: {report['feature_source']}. Cells: value [{conf} % bootstrap interval]; "
-        f"changes are relative to {baseline}.",
-        "",
-        *lines,
-        "",
-        f"Reference, real test slices: plausibility rate {_cell(real['plausibility_rate'])}; "
-        f"segmenter Dice (the ceiling): {dice}.",
-        "",
-    ])
+def _module_key(name: str) -> str:
+    """A ``ModuleDict`` key for a model name (which may hold ``/``, ``.`` and ``@``)."""
+    return name.replace("/", "__").replace(".", "_").replace("@", "___")

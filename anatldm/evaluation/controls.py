@@ -1,0 +1,55 @@
+"""Slice-level controls of the judge: real slices made anatomically wrong on purpose.
+
+A judge that passes these as often as real slices does not measure anatomy (DESIGN section 4):
+
+- :func:`flip_left_right` mirrors a slice: liver and spleen change sides, a layout that never
+  occurs in a real axial slice (situs inversus aside).
+- :func:`splice_levels` joins the upper half of one slice to the lower half of a slice of the
+  same subject from a distant level: every organ is real, their combination is not.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["flip_left_right", "splice_levels"]
+
+
+def flip_left_right(images: Tensor) -> Tensor:
+    """Images ``(B, 1, H, W)`` mirrored along their columns (patient left <-> right)."""
+    return torch.flip(images, dims=(-1,))
+
+
+def splice_levels(images: Tensor, subjects: np.ndarray, positions: np.ndarray, min_gap_fraction: float = 0.25,
+                  seed: int = 0) -> Tensor:
+    """Slices whose lower half comes from another level of the same subject.
+
+    For slice ``i`` the partner ``j`` is drawn (seeded) among slices of the same subject whose
+    position differs by at least ``min_gap_fraction`` of that subject's slice range, or among all
+    other subjects' slices where none does; rows ``H // 2 ..`` of ``i`` are replaced by ``j``'s.
+
+    Args:
+        images: slices ``(B, 1, H, W)``.
+        subjects: subject of each slice ``(B,)`` (any hashable values).
+        positions: slice position along the slice axis ``(B,)``.
+        min_gap_fraction: smallest level distance, as a fraction of the subject's range.
+        seed: seed of the partner draw.
+    """
+    if len(images) < 2:
+        raise ValueError(f"splicing needs at least two slices, got {len(images)}")
+    subjects, positions = np.asarray(subjects), np.asarray(positions)
+    rng = np.random.default_rng(seed)
+    partners = np.empty(len(images), dtype=np.int64)
+    for i in range(len(images)):
+        same = subjects == subjects[i]
+        span = positions[same].max() - positions[same].min()
+        far = np.nonzero(same & (np.abs(positions - positions[i]) >= max(1.0, min_gap_fraction * span)))[0]
+        if far.size == 0:
+            far = np.nonzero(~same)[0] if (~same).any() else np.setdiff1d(np.arange(len(images)), [i])
+        partners[i] = rng.choice(far)
+    spliced = images.clone()
+    half = images.shape[-2] // 2
+    spliced[..., half:, :] = images[torch.as_tensor(partners)][..., half:, :]
+    return spliced

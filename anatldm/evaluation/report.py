@@ -1,0 +1,176 @@
+"""The gate, the claim's verdict and ``report.md``: what an evaluation concludes, written plainly.
+
+The gate is pre-registered (DESIGN section 4): before any generator number means anything, the
+judge must segment real test slices well (Dice per class), pass real test slices, fail
+anatomically wrong slices (negative controls) and rank an early checkpoint of a generator below
+its final one. ``report.md`` opens with its verdict; a failed gate is written in bold above every
+table.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["ClaimCriteria", "GateThresholds", "claim_verdict", "gate_verdict", "markdown_report"]
+
+
+@dataclass(frozen=True)
+class GateThresholds:
+    """The judge's pre-registered gate.
+
+    Args:
+        min_real_pass_rate: real test slices must pass the rules at least this often.
+        max_negative_pass_rate: every slice-level negative control must pass at most this often.
+        min_judge_dice: the judge's Dice on real test slices, for every class.
+    """
+
+    min_real_pass_rate: float = 0.90
+    max_negative_pass_rate: float = 0.30
+    min_judge_dice: float = 0.85
+
+
+@dataclass(frozen=True)
+class ClaimCriteria:
+    """The claim's success criteria, written down before the run (``configs/claim/README.md``).
+
+    Args:
+        arm: the method's arm.
+        min_relative_gain: pooled relative plausibility gain over the baseline arm (0.115 = half
+            of the claimed +23 %), with a confidence interval excluding 0 and the same sign in
+            every seed pair.
+        max_kid_ratio: pooled KID of ``arm`` at most this multiple of the baseline's.
+    """
+
+    arm: str
+    min_relative_gain: float = 0.115
+    max_kid_ratio: float = 1.10
+
+
+def gate_verdict(thresholds: GateThresholds, judge_dice: dict[str, float], real_pass_rate: dict,
+                 controls: dict[str, dict], early: dict[str, dict]) -> dict[str, Any]:
+    """The gate's checks and verdict.
+
+    Args:
+        judge_dice: per-class Dice of the judge on real test slices.
+        real_pass_rate: ``{"value", "low", "high"}`` of real test slices.
+        controls: ``{name: {"value", ..., "negative": bool}}`` slice-level controls.
+        early: ``{arm: change of the final vs the early checkpoint}`` (absolute, with ``low``).
+    """
+    checks = {f"judge_dice/{name}": value >= thresholds.min_judge_dice for name, value in judge_dice.items()}
+    checks["real_pass_rate"] = real_pass_rate["value"] >= thresholds.min_real_pass_rate
+    for name, control in controls.items():
+        if control.get("negative"):
+            checks[f"control/{name}"] = control["value"] <= thresholds.max_negative_pass_rate
+    for arm, change in early.items():
+        checks[f"early_checkpoint/{arm}"] = change["value"] > 0 and change["low"] > 0
+    gate = {"thresholds": vars(thresholds), "judge_dice": dict(judge_dice),
+            "real_pass_rate": real_pass_rate["value"], "real_pass_rate_interval": real_pass_rate,
+            **{f"{name}_pass_rate": control["value"] for name, control in controls.items()},
+            "controls": controls, "early_checkpoint": early, "checks": checks,
+            "passed": bool(checks) and all(checks.values())}
+    if not early:
+        gate["note"] = "no early checkpoint given: the generator negative control was not run"
+    return gate
+
+
+def claim_verdict(criteria: ClaimCriteria, baseline: str, arms: dict[str, dict], gate_passed: bool) -> dict:
+    """Whether the pooled comparison of ``criteria.arm`` vs ``baseline`` meets the criteria."""
+    arm = arms[criteria.arm]
+    change = arm["change_vs_baseline"]["plausibility_rate"]
+    pairs = [p["value"] for p in change["pairs"]]
+    kid_ratio = arm["pooled"]["kid"]["value"] / arms[baseline]["pooled"]["kid"]["value"] \
+        if arms[baseline]["pooled"]["kid"]["value"] > 0 else math.inf
+    checks = {
+        "primary_gain": change["value"] >= criteria.min_relative_gain,
+        "primary_interval_excludes_0": change["low"] > 0 or change["high"] < 0,
+        "same_sign_every_pair": all(p > 0 for p in pairs) or all(p < 0 for p in pairs),
+        "kid_ratio": kid_ratio <= criteria.max_kid_ratio,
+    }
+    met = all(checks.values()) and change["value"] > 0
+    if not gate_passed:
+        verdict = "not assessable: the judge failed its gate"
+    else:
+        verdict = "claim supported" if met else "claim not supported"
+    return {"criteria": vars(criteria), "baseline": baseline, "relative_plausibility_gain": change,
+            "kid_ratio": kid_ratio, "checks": checks, "met": met, "verdict": verdict}
+
+
+def _cell(values: dict | None, percent: bool = False) -> str:
+    if not values or values.get("value") is None or (isinstance(values["value"], float) and math.isnan(values["value"])):
+        return "–"
+    if percent:
+        return f"{values['value']:+.1%} [{values['low']:+.1%}, {values['high']:+.1%}]"
+    return f"{values['value']:.3g} [{values['low']:.3g}, {values['high']:.3g}]"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+def markdown_report(report: dict, metrics: dict) -> str:
+    """``report.md``: gate first, then the claim, the arms, every model, the controls."""
+    gate, conf = report["gate"], int(round(report["confidence"] * 100))
+    lines = []
+    if gate["passed"]:
+        lines.append(f"Gate: PASSED (judge Dice >= {gate['thresholds']['min_judge_dice']} per class, real pass rate "
+                     f"{gate['real_pass_rate']:.3f}, every negative control <= "
+                     f"{gate['thresholds']['max_negative_pass_rate']}).")
+    else:
+        failed = ", ".join(name for name, ok in gate["checks"].items() if not ok)
+        lines.append(f"**GATE FAILED ({failed}): the judge cannot be trusted on this data; the numbers below "
+                     f"are reported, not evidence.**")
+    if "claim" in report:
+        claim = report["claim"]
+        gain = claim["relative_plausibility_gain"]
+        lines += ["", f"**Verdict: {claim['verdict']}.** Pooled plausibility change of {claim['criteria']['arm']} vs "
+                      f"{claim['baseline']}: {_cell(gain, percent=True)} (criterion >= "
+                      f"{claim['criteria']['min_relative_gain']:+.1%}, interval excluding 0, same sign in every seed "
+                      f"pair); KID ratio {claim['kid_ratio']:.3f} (criterion <= {claim['criteria']['max_kid_ratio']}). "
+                      f"Checks: " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in claim["checks"].items()) + "."]
+    lines += ["", f"Samples per model: {report['num_samples_per_model']} ({report['sampler']}, "
+                  f"{report['num_inference_steps']} steps, seeds from {report['seed']}, the same for every model); "
+                  f"real test slices: {report['num_real_test_slices']}; features: {report['feature_source']}; "
+                  f"data content hash: {report.get('data_content_hash') or '–'}. Cells: value [{conf} % interval].", ""]
+    arms, baseline = report["arms"], report["baseline"]
+    names = list(arms)
+    header = ["metric (pooled over training seeds)", *[f"{n} ({len(arms[n]['models'])} seeds)" for n in names]]
+    others = [n for n in names if n != baseline and baseline is not None]
+    header += [f"{n} vs {baseline}" for n in others]
+    rows = []
+    for metric, spec in metrics.items():
+        if not any(metric in arms[n]["pooled"] for n in names):
+            continue
+        row = [f"{spec.label} {'↑' if spec.higher_is_better else '↓'}"]
+        row += [_cell(arms[n]["pooled"].get(metric)) for n in names]
+        row += [_cell(arms[n].get("change_vs_baseline", {}).get(metric), percent=True) for n in others]
+        rows.append(row)
+    lines += _table(header, rows)
+    if others and report["pairs"]:
+        lines += ["", "Per seed pair (paired bootstrap over sampling seeds), relative change vs the baseline:", ""]
+        pair_metrics = [m for m in metrics if m in report["pairs"][0]["changes"]]
+        lines += _table(["pair", *pair_metrics],
+                        [[pair["name"], *[_cell(pair["changes"][m], percent=True) for m in pair_metrics]]
+                         for pair in report["pairs"]])
+    lines += ["", "Every model:", ""]
+    models = report["results"]
+    model_metrics = [m for m in metrics if any(m in models[n] for n in models)]
+    lines += _table(["model", *model_metrics],
+                    [[n, *[_cell(models[n].get(m)) for m in model_metrics]] for n in models])
+    lines += ["", "Judge and controls (pass rate of the plausibility rules):", ""]
+    rows = [["real test slices", _cell(gate["real_pass_rate_interval"]), f">= {gate['thresholds']['min_real_pass_rate']}"]]
+    for name, control in gate["controls"].items():
+        bound = f"<= {gate['thresholds']['max_negative_pass_rate']}" if control.get("negative") else "(ceiling, not gated)"
+        rows.append([control.get("label", name), _cell(control), bound])
+    for arm, change in gate["early_checkpoint"].items():
+        rows.append([f"{arm}: final - early checkpoint ({change.get('fraction', '?')} of training)",
+                     _cell(change), "> 0, interval excluding 0"])
+    lines += _table(["control", "value", "gate"], rows)
+    dice = ", ".join(f"{k} {v:.3f}" for k, v in gate["judge_dice"].items())
+    floor = report.get("real_floor", {})
+    lines += ["", f"Judge Dice on real test slices (gate >= {gate['thresholds']['min_judge_dice']}): {dice}.",
+              f"Real-vs-real floor (training vs test slices, judge features): FID {_cell(floor.get('fid'))}, "
+              f"KID {_cell(floor.get('kid'))}.",
+              f"Rules: {report['rules_source']}.", ""]
+    return "\n".join(lines)
