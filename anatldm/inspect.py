@@ -4,7 +4,9 @@ Usage::
 
     anatldm inspect --config configs/vae.yaml [--out preview.png] [--num 16]
 
-Only the config's ``data:`` section is read, so any stage's config works.
+Only the config's ``data:`` section is read, so any stage's config works. The report names the
+cache folder and its ``content hash`` (the first 16 hex digits of a SHA-256 over the cached
+arrays; the same on every machine that built the same data), then the per-split table.
 """
 
 from __future__ import annotations
@@ -74,4 +76,5 @@ def inspect_main(args: list[str]) -> str:
     titles = [f"{cache.subject_names[cache.subjects[i]]} #{cache.positions[i]}" for i in indices]
     path = save_overlay_grid(cache.images[indices], cache.masks[indices], datamodule.class_names,
                              options.out, titles=titles)
-    return f"cache: {cache.path}\n{dataset_summary(datamodule)}\npreview: {path}"
+    return (f"cache: {cache.path}\ncontent hash: {datamodule.content_hash}\n{dataset_summary(datamodule)}\n"
+            f"preview: {path}")

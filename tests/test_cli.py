@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -57,6 +58,7 @@ def test_inspect_folder_dataset(volume_folder: Path, tmp_path: Path) -> None:
     result = run("inspect", "--config", str(config), "--out", str(tmp_path / "preview.png"))
     assert result.returncode == 0, result.stderr
     assert "split  subjects  slices  disc  square" in result.stdout
+    assert re.search(r"^content hash: [0-9a-f]{16}$", result.stdout, re.MULTILINE), result.stdout
     assert (tmp_path / "preview.png").stat().st_size > 1000
 
 

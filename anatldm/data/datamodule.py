@@ -31,6 +31,7 @@ __all__ = ["AnatomyDataModule", "EpochShuffle", "ShardSampler", "SliceAugmentati
 
 logger = logging.getLogger(__name__)
 PhantomFamily = Literal["ct_abdomen", "breast_mri"]
+_SPLIT_NAMES = {"train": "training", "val": "validation", "test": "test"}
 
 
 class SliceAugmentation:
@@ -190,6 +191,7 @@ class AnatomyDataModule(LightningDataModule):
         )
         self.cache: SliceCache | None = None
         self.datasets: dict[str, SliceDataset] = {}
+        self._split_sizes: dict[str, int] = {}  # subjects per split
 
     # -- what the models need to know -------------------------------------------------------
     @property
@@ -199,25 +201,48 @@ class AnatomyDataModule(LightningDataModule):
         return {key: settings[key] for key in ("preset", "ct_window", "mri_percentiles", "spacing",
                                                "slice_axis", "image_size")}
 
+    @property
+    def content_hash(self) -> str:
+        """16 hex digits identifying the cached slices (the same on every machine for the same
+        config); available after :meth:`setup`."""
+        if self.cache is None:
+            raise RuntimeError("AnatomyDataModule.content_hash is known after setup()")
+        return self.cache.content_hash
+
     # -- Lightning hooks ---------------------------------------------------------------------
     def prepare_data(self) -> None:
         """Write phantoms (if asked) and build the slice cache; rank 0 only."""
         build_slice_cache(self._pairs(), self.preprocessor, self.class_names, self.hparams.cache_dir)
 
     def setup(self, stage: str | None = None) -> None:
-        if self.cache is not None:
-            return
-        pairs = self._pairs()
-        path = build_slice_cache(pairs, self.preprocessor, self.class_names, self.hparams.cache_dir)
-        self.cache = SliceCache(path)
-        splits = self.split_subjects(pairs)
-        transform = SliceAugmentation() if self.hparams.augment else None
-        for split, subjects in splits.items():
-            indices = self.cache.slice_indices(subjects)
-            self.datasets[split] = SliceDataset(self.cache, indices, transform if split == "train" else None)
-            logger.info("%s: %d subjects, %d slices", split, len(subjects), len(indices))
-        if len(self.datasets["train"]) == 0:
-            raise DataInputError("the training split has no slice; add subjects or lower data.min_foreground")
+        """Build (or reuse) the cache and the splits once; check the splits ``stage`` needs.
+
+        ``fit`` needs a validation slice unless ``split_fractions[1]`` is 0 (validation off),
+        ``validate`` a validation slice and ``test`` a test slice; an empty one is a
+        :class:`DataInputError` naming the split.
+        """
+        if self.cache is None:
+            pairs = self._pairs()
+            path = build_slice_cache(pairs, self.preprocessor, self.class_names, self.hparams.cache_dir)
+            self.cache = SliceCache(path)
+            transform = SliceAugmentation() if self.hparams.augment else None
+            for split, subjects in self.split_subjects(pairs).items():
+                indices = self.cache.slice_indices(subjects)
+                self.datasets[split] = SliceDataset(self.cache, indices, transform if split == "train" else None)
+                self._split_sizes[split] = len(subjects)
+                logger.info("%s: %d subjects, %d slices", split, len(subjects), len(indices))
+            if len(self.datasets["train"]) == 0:
+                raise DataInputError("the training split has no slice; add subjects or lower data.min_foreground")
+        needed = {"fit": ["val"] if self.hparams.split_fractions[1] > 0 else [], "validate": ["val"],
+                  "test": ["test"]}.get(stage, [])
+        for split in needed:
+            if len(self.datasets[split]) == 0:
+                raise DataInputError(
+                    f"the {_SPLIT_NAMES[split]} split has no slice (data.split_fractions="
+                    f"{list(self.hparams.split_fractions)}, {len(self.cache.subject_names)} subjects, "
+                    f"{self._split_sizes[split]} in this split): add subjects or lower data.min_foreground"
+                    + ("; or set data.split_fractions[1] to 0 to train without validation"
+                       if stage == "fit" else ""))
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True, drop_last=len(self.datasets["train"]) > self.hparams.batch_size)

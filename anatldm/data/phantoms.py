@@ -15,6 +15,14 @@ Two families, both built the same way:
 
 Everything is vectorised (numpy / scipy); a 128x128x48 subject takes a fraction of a second
 on one core.
+
+Same seed, same subject on every machine: numpy's transcendental functions (``exp``, ``sin``,
+``power``, ...) and BLAS products pick SIMD code paths by CPU, whose results differ in the
+last bit. In float32 that is ~1e-7 relative: enough to move a voxel across a shape's boundary
+or to change every image voxel's bits. Hence every field is float64 (differences ~1e-16, so a
+label decision flips with negligible probability) and the final intensities are snapped to a
+coarse grid by :func:`_quantise`, which absorbs such differences. (Rounding right before a
+threshold would not help: it only moves the threshold to the nearest rounding midpoint.)
 """
 
 from __future__ import annotations
@@ -60,6 +68,17 @@ CT_FOV_MM = 400.0  # in-plane field of view, any matrix size
 CT_SLICE_MM_AT_48 = 5.0  # slice thickness for 48 slices: a 240 mm cranio-caudal range
 BREAST_FOV_MM = 340.0
 BREAST_SLICE_MM_AT_48 = 3.5  # a 168 mm range
+INTENSITY_STEP = 1 / 64  # grid of the written intensities (HU for CT)
+
+
+def _quantise(x: np.ndarray, step: float = INTENSITY_STEP) -> np.ndarray:
+    """``x`` rounded to the nearest multiple of ``step`` (a power of two: exact arithmetic).
+
+    Float64 results of the same computation differ across CPUs by ~1e-16 relative (SIMD
+    ``exp``/``sin``/BLAS code paths); rounding to a grid far coarser than that makes them
+    bit-identical except when a value lies within ~1e-16 of a rounding midpoint.
+    """
+    return np.round(np.asarray(x, dtype=np.float64) / step) * step
 
 
 @dataclass(frozen=True)
@@ -67,7 +86,8 @@ class PhantomSubject:
     """One phantom subject in canonical RAS+ voxel order.
 
     Attributes:
-        image: ``(X, Y, Z)`` float32; Hounsfield units for CT, arbitrary positive units for MRI.
+        image: ``(X, Y, Z)`` float32 on a grid of :data:`INTENSITY_STEP`; Hounsfield units for
+            CT, arbitrary positive units for MRI.
         label: ``(X, Y, Z)`` uint8, indices into ``class_names``.
         spacing: voxel size in mm along ``(x, y, z)``.
         family: phantom family, a key of :data:`PHANTOM_CLASSES`.
@@ -116,9 +136,9 @@ def _make_grid(size: tuple[int, int], num_slices: int, fov_mm: float, slice_mm_a
     height, width = size
     dx, dy = fov_mm / width, fov_mm / height
     dz = slice_mm_at_48 * 48 / num_slices
-    x = ((np.arange(width) + 0.5) * dx - fov_mm / 2).astype(np.float32)
-    y = ((np.arange(height) + 0.5) * dy - fov_mm / 2).astype(np.float32)
-    t = ((np.arange(num_slices) + 0.5) / num_slices).astype(np.float32)
+    x = ((np.arange(width) + 0.5) * dx - fov_mm / 2)
+    y = ((np.arange(height) + 0.5) * dy - fov_mm / 2)
+    t = ((np.arange(num_slices) + 0.5) / num_slices)
     return _Grid(x=x.reshape(1, 1, -1), y=y.reshape(1, -1, 1), z=(t * dz * num_slices).reshape(-1, 1, 1),
                  t=t.reshape(-1, 1, 1), spacing=(dx, dy, dz))
 
@@ -132,7 +152,7 @@ def _rbf_matrix(coords: np.ndarray, corr_mm: float) -> np.ndarray:
     lo, hi = float(coords.min()) - 2 * corr_mm, float(coords.max()) + 2 * corr_mm
     ctrl = np.linspace(lo, hi, max(int(math.ceil((hi - lo) / corr_mm)) + 1, 2))
     weights = np.exp(-0.5 * ((coords[:, None] - ctrl[None, :]) / corr_mm) ** 2)
-    return (weights / np.linalg.norm(weights, axis=1, keepdims=True)).astype(np.float32)
+    return weights / np.linalg.norm(weights, axis=1, keepdims=True)
 
 
 def _smooth_field(rng: np.random.Generator, grid: _Grid,
@@ -143,10 +163,10 @@ def _smooth_field(rng: np.random.Generator, grid: _Grid,
     instead of a 3D convolution, so coarse fields cost almost nothing.
     """
     if 0 in grid.shape:  # no levels in this part of the body
-        return np.zeros(grid.shape, dtype=np.float32)
+        return np.zeros(grid.shape)
     axes = (grid.z, grid.y, grid.x)
     wz, wy, wx = (_rbf_matrix(a.ravel(), c) for a, c in zip(axes, corr_mm, strict=True))
-    ctrl = rng.standard_normal((wz.shape[1], wy.shape[1], wx.shape[1]), dtype=np.float32)
+    ctrl = rng.standard_normal((wz.shape[1], wy.shape[1], wx.shape[1]))
     field = ctrl @ wx.T  # (kz, ky, W)
     field = wy @ field  # (kz, H, W)
     return (wz @ field.reshape(wz.shape[1], -1)).reshape(grid.shape)  # (Z, H, W)
@@ -155,7 +175,7 @@ def _smooth_field(rng: np.random.Generator, grid: _Grid,
 def _texture(rng: np.random.Generator, shape: tuple[int, ...],
              sigma_px: tuple[float, ...]) -> np.ndarray:
     """Fine correlated noise ``shape`` of unit standard deviation (Gaussian-filtered)."""
-    noise = ndimage.gaussian_filter(rng.standard_normal(shape, dtype=np.float32), sigma_px, truncate=3.0)
+    noise = ndimage.gaussian_filter(rng.standard_normal(shape), sigma_px, truncate=3.0)
     return noise / max(float(noise.std()), 1e-6) if noise.size else noise
 
 
@@ -176,7 +196,7 @@ def _warped_coordinates(rng: np.random.Generator, grid: _Grid, amplitude_mm: flo
     cos, sin = math.cos(angle), math.sin(angle)
     big_x = cos * grid.x + sin * grid.y + dx + shift[0]  # (Z, H, W)
     big_y = -sin * grid.x + cos * grid.y + dy + shift[1]  # (Z, H, W)
-    return big_x.astype(np.float32), big_y.astype(np.float32)
+    return big_x, big_y
 
 
 def _ellipse(x: np.ndarray, y: np.ndarray, cx, cy, ax, ay, angle: float = 0.0) -> np.ndarray:
@@ -212,7 +232,7 @@ def _dome(t: np.ndarray, centre: float, half: float, floor: float = 0.0) -> np.n
     """
     inside = np.abs(t - centre) < half
     scale = np.sqrt(np.clip(1 - ((t - centre) / half) ** 2, 0, 1))
-    return np.where(inside, np.maximum(scale, floor), 0).astype(np.float32)
+    return np.where(inside, np.maximum(scale, floor), 0.0)
 
 
 def _segment_distance(x: np.ndarray, y: np.ndarray, points: np.ndarray) -> np.ndarray:
@@ -235,7 +255,7 @@ def _render(tissue: np.ndarray, means: np.ndarray, fine_sd: np.ndarray, coarse_s
 def _tissue_table(rows: dict[IntEnum, tuple[float, float, float, int]]
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``{tissue: (mean, fine sd, coarse sd, label)}`` to four look-up arrays."""
-    table = np.array([rows[key] for key in sorted(rows)], dtype=np.float32)  # (T, 4)
+    table = np.array([rows[key] for key in sorted(rows)], dtype=np.float64)  # (T, 4)
     return table[:, 0], table[:, 1], table[:, 2], table[:, 3].astype(np.uint8)
 
 
@@ -534,7 +554,7 @@ def _ct_liver(tissue: np.ndarray, x: np.ndarray, y: np.ndarray, grid: _Grid, bod
     width, depth = body.cavity_width, body.cavity_depth
     knots = np.array([0.25, 0.35, 0.5, 0.65, 0.8, 1.0])
     reach = np.array([-0.75, -0.6, -0.35, -0.1, 0.2, 0.3]) + 0.25 * (body.liver - 1)
-    medial = width * np.interp(t, knots, reach).astype(np.float32)  # (z, 1, 1) most medial x
+    medial = width * np.interp(t, knots, reach)  # (z, 1, 1) most medial x
     bulge, curve = rng.uniform(-0.6, -0.4), rng.uniform(0.6, 0.8) * width
     lobulation = 8 * _smooth_field(rng, sub, (30, 25, 25))  # (z, H, W) mm
     liver = cavity & (x < medial - curve * np.square(y / depth - bulge) + lobulation)
@@ -694,8 +714,8 @@ def _ct_ribs(tissue: np.ndarray, x: np.ndarray, y: np.ndarray, grid: _Grid, body
     position = arc + rng.uniform(1.2, 2.0) * z - phase  # (z, H, W) mm along the rib pattern
     number = np.floor(position / period)
     index = number.astype(np.int64) % 64  # which rib (a short cycle of random ribs)
-    keep, size = rng.random(64) < 0.8, rng.uniform(4.0, 9.0, size=64).astype(np.float32)
-    jitter = rng.uniform(-0.2, 0.2, size=64).astype(np.float32) * period
+    keep, size = rng.random(64) < 0.8, rng.uniform(4.0, 9.0, size=64)
+    jitter = rng.uniform(-0.2, 0.2, size=64) * period
     along = position - (number + 0.5) * period - jitter[index]
     across = depth - (wall - 7)
     rib = np.square(along / size[index]) + np.square(across / 3.8)
@@ -952,8 +972,8 @@ def _mr_vessels(tissue: np.ndarray, grid: _Grid, chest: _Chest, rng: np.random.G
     lev = np.rint((z - float(grid.z.min())) / dz).astype(np.int64)
     depth, height, width = grid.shape
     ok = (col >= 0) & (col < width) & (row >= 0) & (row < height) & (lev >= 0) & (lev < depth)
-    drawn = np.zeros(grid.shape, dtype=np.float32)
-    np.maximum.at(drawn, (lev[ok], row[ok], col[ok]), weight[ok].astype(np.float32))
+    drawn = np.zeros(grid.shape)
+    np.maximum.at(drawn, (lev[ok], row[ok], col[ok]), weight[ok])
     rows = slice(0, int(row[ok].max()) + 4) if ok.any() else slice(0, 0)
     blurred = ndimage.gaussian_filter(drawn[:, rows], (0.5, 0.8, 0.8), truncate=3.0)
     vessel = blurred > 0.12
@@ -980,7 +1000,7 @@ def _breast_mri(rng: np.random.Generator, grid: _Grid) -> tuple[np.ndarray, np.n
     x, y = _warped_coordinates(rng, grid, amplitude_mm=3.5, corr_mm=40.0, max_rotation_deg=3.0,
                                max_shift_mm=5.0)
     tissue = np.zeros(grid.shape, dtype=np.uint8)  # (Z, H, W) _MR values
-    envelope = np.zeros(grid.shape, dtype=np.float32)  # (Z, H, W) where FGT may grow
+    envelope = np.zeros(grid.shape)  # (Z, H, W) where FGT may grow
     depth = _mr_thorax(tissue, x, y, chest)
     margin = max(4.0, 1.2 * max(grid.spacing[:2]))
     for breast in chest.breasts:
@@ -999,7 +1019,7 @@ def _breast_mri(rng: np.random.Generator, grid: _Grid) -> tuple[np.ndarray, np.n
     bias = np.exp(0.15 * _smooth_field(rng, grid, (120, 100, 100)) + tilt)  # (Z, H, W)
     signal *= bias
     sigma = rng.uniform(0.01, 0.025)
-    noise = rng.standard_normal((2, *grid.shape), dtype=np.float32) * sigma
+    noise = rng.standard_normal((2, *grid.shape)) * sigma
     image = np.sqrt(np.square(signal + noise[0]) + np.square(noise[1]))  # Rician magnitude
     return image * rng.uniform(200, 800), labels[tissue]
 
@@ -1030,7 +1050,7 @@ def generate_phantom(family: str, seed: int, size: tuple[int, int] = (128, 128),
 
     Args:
         family: ``"ct_abdomen"`` or ``"breast_mri"``.
-        seed: non-negative integer; the same seed gives a bit-identical subject.
+        seed: non-negative integer; the same seed gives a bit-identical subject, on any CPU.
         size: in-plane matrix ``(height, width)``; the field of view is fixed, so this sets
             the in-plane spacing.
         num_slices: axial slices over a fixed cranio-caudal range.
@@ -1047,7 +1067,7 @@ def generate_phantom(family: str, seed: int, size: tuple[int, int] = (128, 128),
         grid = _make_grid((height, width), num_slices, BREAST_FOV_MM, BREAST_SLICE_MM_AT_48)
         image, label = _breast_mri(rng, grid)
     return PhantomSubject(
-        image=display_to_ras(image.astype(np.float32), slice_axis=2),
+        image=display_to_ras(_quantise(image).astype(np.float32), slice_axis=2),
         label=display_to_ras(label.astype(np.uint8), slice_axis=2),
         spacing=tuple(float(s) for s in grid.spacing),
         family=family,

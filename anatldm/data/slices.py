@@ -8,7 +8,8 @@ either builds a new cache and an unchanged data set reuses the old one. It holds
 - ``masks.npy``    ``(N, H, W) uint8`` class-index label maps,
 - ``subjects.npy`` ``(N,) int32`` index of each slice's subject in ``meta.json``,
 - ``positions.npy`` ``(N,) int32`` slice position along the slice axis,
-- ``meta.json``    settings, subject names and fixed splits, class names, per-class counts.
+- ``meta.json``    settings, subject names and fixed splits, class names, per-class counts and
+  ``content_hash``, a digest of the four arrays (see :func:`content_hash`).
 
 It is written into a temporary sibling folder and renamed into place in one step, so a crash
 or a bad file never leaves a half-written cache.
@@ -31,10 +32,12 @@ import torch
 from anatldm.data.volumes import VolumePair, VolumePreprocessor
 from anatldm.errors import ConfigError, DataInputError
 
-__all__ = ["SliceCache", "SliceDataset", "build_slice_cache", "cache_key"]
+__all__ = ["SliceCache", "SliceDataset", "build_slice_cache", "cache_key", "content_hash"]
 
 logger = logging.getLogger(__name__)
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: intensities on a 2**-12 grid, content_hash in meta.json
+#: fixed dtype (little-endian) of each cached array, as hashed by :func:`content_hash`
+CACHE_DTYPES = {"images": "<f4", "masks": "|u1", "subjects": "<i4", "positions": "<i4"}
 
 
 def _file_identity(path: Path) -> list:
@@ -53,6 +56,22 @@ def cache_key(pairs: Sequence[VolumePair], settings: dict, class_names: Sequence
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def content_hash(arrays: dict[str, np.ndarray]) -> str:
+    """First 16 hex digits of a SHA-256 over the cache's arrays: what the slices *are*.
+
+    Each of ``images``, ``masks``, ``subjects`` and ``positions`` (in that order) contributes
+    its name, its shape and its C-order bytes in the fixed dtype of :data:`CACHE_DTYPES`, so the
+    digest depends on the content alone (not on file paths, times or the ``.npy`` header) and
+    two machines agree on it exactly when they built the same data.
+    """
+    digest = hashlib.sha256()
+    for name, dtype in CACHE_DTYPES.items():
+        array = np.ascontiguousarray(arrays[name], dtype=dtype)
+        digest.update(f"{name}{array.shape}".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()[:16]
+
+
 class SliceCache:
     """Read-only view of a built cache; arrays are memory-mapped, so workers share pages."""
 
@@ -68,9 +87,13 @@ class SliceCache:
         self.subject_names: list[str] = list(self.meta["subjects"])
         self.class_names: list[str] = list(self.meta["class_names"])
 
+    @property
+    def content_hash(self) -> str:
+        """16 hex digits identifying the slices' content (see :func:`content_hash`)."""
+        return str(self.meta["content_hash"])
+
     def __len__(self) -> int:
         return int(self.images.shape[0])
-
 
     def slice_indices(self, subject_names: Sequence[str]) -> np.ndarray:
         """Indices of all slices that belong to the given subjects."""
@@ -125,10 +148,10 @@ def _write_cache(folder: Path, pairs: Sequence[VolumePair], preprocessor: Volume
     if masks_all.shape[0] == 0:
         raise DataInputError(f"no slice passes min_foreground={preprocessor.min_foreground} "
                              f"in {len(pairs)} subject(s); lower data.min_foreground")
-    np.save(folder / "images.npy", np.concatenate(images))
-    np.save(folder / "masks.npy", masks_all)
-    np.save(folder / "subjects.npy", np.concatenate(subjects))
-    np.save(folder / "positions.npy", np.concatenate(positions))
+    arrays = {"images": np.concatenate(images), "masks": masks_all, "subjects": np.concatenate(subjects),
+              "positions": np.concatenate(positions)}
+    for name, array in arrays.items():
+        np.save(folder / f"{name}.npy", array.astype(CACHE_DTYPES[name], copy=False))
     present = [(masks_all == c).any(axis=(1, 2)) for c in range(len(class_names))]
     meta = {
         "version": CACHE_VERSION,
@@ -140,6 +163,7 @@ def _write_cache(folder: Path, pairs: Sequence[VolumePair], preprocessor: Volume
         "slices_per_subject": kept,
         "slices_with_class": {n: int(p.sum()) for n, p in zip(class_names, present, strict=True)},
         "num_slices": int(masks_all.shape[0]),
+        "content_hash": content_hash(arrays),
     }
     (folder / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
 

@@ -2,10 +2,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from anatldm.data import AnatomyDataModule
+from anatldm.data.slices import content_hash
 from anatldm.errors import ConfigError, DataInputError
 
 
@@ -90,3 +92,70 @@ def test_phantom_source(tmp_path: Path, family: str, classes: int) -> None:
     assert batch["image"].shape == (2, 1, 32, 32) and batch["mask"].max() < classes
     # phantoms take the real-data path: NIfTI pairs on disk, then the slice cache
     assert len(list((tmp_path / "phantoms").glob("*/images/*.nii.gz"))) == 3
+
+
+def phantom_module(cache_dir: Path, family: str = "ct_abdomen") -> AnatomyDataModule:
+    return AnatomyDataModule(source="phantom", phantom_family=family, num_subjects=2, num_slices=4, image_size=32,
+                             min_foreground=0.0, split_fractions=(0.5, 0.5, 0.0), batch_size=2, num_workers=0,
+                             cache_dir=str(cache_dir))
+
+
+#: content hash of each tiny phantom data set below. The same on every machine: if it changes,
+#: the generator, the preprocessing or a library changed the data, and the new value belongs in
+#: the commit that says why.
+PINNED_HASHES = {"ct_abdomen": "880e084c93a9607b", "breast_mri": "39427af0ac5ac359"}
+
+
+@pytest.mark.parametrize("family", sorted(PINNED_HASHES))
+def test_phantom_content_hash_is_pinned(tmp_path: Path, family: str) -> None:
+    dm = phantom_module(tmp_path, family)
+    dm.setup("fit")
+    assert dm.content_hash == PINNED_HASHES[family]
+
+
+def test_content_hash_depends_on_content_alone(tmp_path: Path) -> None:
+    first, second = phantom_module(tmp_path / "a"), phantom_module(tmp_path / "b")
+    first.setup("fit")
+    second.setup("fit")
+    assert first.cache.path != second.cache.path
+    assert first.content_hash == second.content_hash == first.cache.content_hash
+    assert len(first.content_hash) == 16 and int(first.content_hash, 16) >= 0
+    cache = first.cache  # the digest of the arrays on disk is the one recorded when they were built
+    assert content_hash({"images": cache.images, "masks": cache.masks, "subjects": cache.subjects,
+                         "positions": cache.positions}) == first.content_hash
+    images = np.asarray(cache.images)
+    assert np.array_equal(images, np.round(images * 4096) / 4096)  # intensities on the 2**-12 grid
+    altered = {"images": images.copy(), "masks": cache.masks, "subjects": cache.subjects,
+               "positions": cache.positions}
+    altered["images"][0, 0, 0] += 2.0**-12
+    assert content_hash(altered) != first.content_hash
+    with pytest.raises(RuntimeError, match="after setup"):
+        _ = phantom_module(tmp_path / "c").content_hash
+
+
+def one_subject(volume_folder: Path) -> Path:
+    for part in ("images", "labels"):
+        for index in (1, 2, 3):
+            (volume_folder / part / f"case{index}.nii.gz").unlink()
+    return volume_folder
+
+
+def test_empty_validation_or_test_split_is_an_error(volume_folder: Path, tmp_path: Path) -> None:
+    root = one_subject(volume_folder)
+    dm = folder_module(root, tmp_path)  # default fractions (0.7, 0.15, 0.15): val and test are empty
+    with pytest.raises(DataInputError, match=r"the validation split has no slice \(data.split_fractions="
+                                             r"\[0.7, 0.15, 0.15\], 1 subjects, 0 in this split\)"):
+        dm.setup("fit")
+    with pytest.raises(DataInputError, match="the validation split has no slice"):
+        dm.setup("validate")
+    with pytest.raises(DataInputError, match="the test split has no slice"):
+        dm.setup("test")
+    dm.setup("predict")  # predicting needs no split
+
+
+def test_zero_validation_fraction_trains_without_validation(volume_folder: Path, tmp_path: Path) -> None:
+    dm = folder_module(one_subject(volume_folder), tmp_path, split_fractions=(0.85, 0.0, 0.15))
+    dm.setup("fit")
+    assert len(dm.datasets["train"]) > 0 and len(dm.datasets["val"]) == 0
+    with pytest.raises(DataInputError, match="the test split has no slice"):
+        dm.setup("test")
