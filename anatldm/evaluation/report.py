@@ -78,7 +78,14 @@ def gate_verdict(thresholds: GateThresholds, judge_dice: dict[str, float], real_
 def claim_verdict(criteria: ClaimCriteria, baseline: str, arms: dict[str, dict], gate_passed: bool) -> dict:
     """Whether the pooled comparison of ``criteria.arm`` vs ``baseline`` meets the criteria."""
     arm = arms[criteria.arm]
-    change = arm["change_vs_baseline"]["plausibility_rate"]
+    change = arm.get("change_vs_baseline", {}).get("plausibility_rate")
+    if change is None:
+        nan = {"value": math.nan, "low": math.nan, "high": math.nan, "pairs": []}
+        return {"criteria": vars(criteria), "baseline": baseline, "relative_plausibility_gain": nan,
+                "kid_ratio": math.nan, "checks": dict.fromkeys(("primary_gain", "primary_interval_excludes_0",
+                                                                "same_sign_every_pair", "kid_ratio"), False),
+                "met": False, "verdict": "not assessable: the baseline's plausibility rate is 0, so its relative "
+                                         "change is undefined"}
     pairs = [p["value"] for p in change["pairs"]]
     kid_ratio = arm["pooled"]["kid"]["value"] / arms[baseline]["pooled"]["kid"]["value"] \
         if arms[baseline]["pooled"]["kid"]["value"] > 0 else math.inf

@@ -24,6 +24,7 @@ and its power comes from how far wrong anatomy lies from every real layout.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,6 +32,8 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 __all__ = ["LayoutRule", "layout_features"]
+
+logger = logging.getLogger(__name__)
 
 _PER_CLASS = ("sqrt_area", "centroid_row", "centroid_col", "present", "top", "bottom", "left", "right")
 
@@ -109,8 +112,12 @@ class LayoutRule:
         subjects = np.arange(len(masks)) if subjects is None else np.asarray(subjects)
         if len(subjects) != len(masks):
             raise ValueError(f"subjects has {len(subjects)} entries for {len(masks)} masks")
-        if len(np.unique(subjects)) < 2:
-            raise ValueError("the layout rule needs calibration slices of at least two subjects")
+        if len(np.unique(subjects)) < 2:  # nothing to leave out: each slice alone (too strict a threshold)
+            logger.warning("layout rule calibrated on one subject: leave-one-slice-out scores, a strict threshold; "
+                           "calibrate on several subjects")
+            subjects = np.arange(len(masks))
+        if len(masks) < 2:
+            raise ValueError("the layout rule needs at least two calibration slices")
         floor = np.full(len(_PER_CLASS), floor_pixels / min(masks.shape[1:]))
         floor[_PER_CLASS.index("present")] = 0.5
         scale = np.maximum(vectors.std(axis=0), np.tile(floor, num_classes - 1))

@@ -196,6 +196,7 @@ class EvaluationTask(AnatomyTask):
                 raise ConfigError(f"model.early_checkpoints: '{name}' is not one of the generators {sorted(generators)}")
             if len(_as_list(paths)) > counts[name]:
                 raise ConfigError(f"model.early_checkpoints.{name}: more early checkpoints than final ones")
+        claim = _as(ClaimCriteria, claim) if claim is not None else None
         if claim is not None and (baseline is None or claim.arm not in generators or claim.arm == baseline):
             raise ConfigError(f"model.claim.arm '{claim.arm}' must be a generator other than model.baseline")
         for key, value in (("num_samples", num_samples), ("num_inference_steps", num_inference_steps),
@@ -218,7 +219,7 @@ class EvaluationTask(AnatomyTask):
         except TypeError as err:
             raise ConfigError(f"model.rules: {err}") from None
         except ValueError as err:
-            if "layout rule needs" not in str(err):
+            if "at least two calibration slices" not in str(err):
                 raise ConfigError(f"model.rules: {err}") from None
         check_output_folder(output_dir, "model.output_dir")
         super().__init__()
@@ -307,14 +308,14 @@ class EvaluationTask(AnatomyTask):
         """Images, ground-truth masks and subjects of the calibration slices, and what they are."""
         hp = self.hparams
         if hp.calibration_subjects > 0 and getattr(datamodule.hparams, "source", None) == "phantom":
-            settings = {**dict(datamodule.hparams), "num_subjects": hp.calibration_subjects,
+            settings = {**{k: v for k, v in dict(datamodule.hparams).items() if not k.startswith("_")}, "num_subjects": hp.calibration_subjects,
                         "phantom_seed": hp.calibration_phantom_seed, "split_fractions": (1.0, 0.0, 0.0)}
             if hp.calibration_phantom_seed == datamodule.hparams.phantom_seed:
                 raise ConfigError(f"model.calibration_phantom_seed {hp.calibration_phantom_seed} is the evaluation "
                                   f"data's phantom seed: calibration subjects must be disjoint from them")
             calibration = type(datamodule)(**settings)
             calibration.prepare_data()
-            calibration.setup("test")
+            calibration.setup("predict")  # only the slices: no split is needed
             cache, indices = calibration.cache, np.sort(calibration.datasets["train"].indices)
             what = f"{hp.calibration_subjects} extra phantom subjects (seed {hp.calibration_phantom_seed})"
         else:
@@ -517,7 +518,7 @@ class EvaluationTask(AnatomyTask):
                           "early_pass_rate": float(np.mean([records[n].passed.mean() for n in early_names]))}
         controls = {name: {**stats.rate(control_rates[name]), "label": CONTROLS[name][0],
                            "negative": CONTROLS[name][1]} for name in CONTROLS}
-        gate = gate_verdict(hp.gate or GateThresholds(), judge_dice, stats.rate(real_passed), controls, early)
+        gate = gate_verdict(_as(GateThresholds, hp.gate), judge_dice, stats.rate(real_passed), controls, early)
         report = {
             "anatldm_version": __version__,
             "gate": gate,
@@ -539,7 +540,7 @@ class EvaluationTask(AnatomyTask):
             "evaluation_wall_time_s": time.monotonic() - self._start_time,
         }
         if hp.claim is not None:
-            report["claim"] = claim_verdict(hp.claim, hp.baseline, arms, gate["passed"])
+            report["claim"] = claim_verdict(_as(ClaimCriteria, hp.claim), hp.baseline, arms, gate["passed"])
         return report
 
     def _write(self, report: dict, kept: dict[str, dict]) -> None:
@@ -633,6 +634,13 @@ def _as_edit(edit: RegisterEdit | dict, key: str) -> RegisterEdit:
         raise ConfigError(f"{key}: {edit} is not a register edit ({err})") from None
 
 
+
+
+def _as(cls, value):
+    """A dataclass argument as saved in ``hparams`` (a dict after a checkpoint round trip) -> ``cls``."""
+    if value is None:
+        return cls()
+    return cls(**value) if isinstance(value, dict) else value
 
 
 def _module_key(name: str) -> str:

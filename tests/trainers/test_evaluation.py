@@ -37,7 +37,7 @@ def test_report_has_every_field(checkpoints: dict, tmp_path: Path) -> None:
     out = tmp_path / "report"
     main(["test", "--config", str(_eval_config(checkpoints, out))])
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
-    assert report["feature_source"].startswith("segmenter") and report["num_samples"] == 10
+    assert report["feature_source"].startswith("judge") and report["num_samples_per_model"] == 10
     assert set(report["results"]) == {"register", "baseline"}
     metrics = {"plausibility_rate", "fsd", "area_w1", "fid", "kid", "diversity_msssim", "memorisation_rmse"}
     for name, results in report["results"].items():
@@ -45,15 +45,22 @@ def test_report_has_every_field(checkpoints: dict, tmp_path: Path) -> None:
         for metric in metrics:
             value = results[metric]
             assert value["low"] <= value["high"], (name, metric)
-        assert set(results["violation_rates"]) >= {"liver/area", "cooccurrence"}
+        assert set(results["violation_rates"]) >= {"liver/area", "cooccurrence"}  # default rules: every range
     assert "self_consistency_dice" in report["results"]["register"]
     assert "self_consistency_dice" not in report["results"]["baseline"]
     change = report["results"]["register"]["relative_change_vs_baseline"]
     assert {"fsd", "fid", "area_w1"} <= set(change)
     assert set(report["real_test"]["segmenter_dice"]) == {"liver", "spleen", "kidney", "bone", "lung"}
     table = (out / "report.md").read_text(encoding="utf-8")
-    assert "| metric | baseline | register | register vs baseline |" in table  # safe_dump sorts the keys
+    assert "| baseline (1 seeds) | register (1 seeds) | register vs baseline |" in table  # safe_dump sorts keys
     assert "Plausibility rate (primary)" in table
+    gate = report["gate"]
+    assert table.startswith("**GATE FAILED") != gate["passed"]  # a tiny judge: whatever it is, said first
+    assert set(gate["judge_dice"]) == {"liver", "spleen", "kidney", "bone", "lung"}
+    for key in ("real_pass_rate", "flipped_pass_rate", "spliced_pass_rate", "reconstructed_pass_rate"):
+        assert 0.0 <= gate[key] <= 1.0, key
+    assert "early_checkpoint/register" not in gate["checks"] and "note" in gate
+    assert report["real_floor"]["fid"]["value"] >= 0 and report["pairs"][0]["name"] == "register vs baseline"
     rules = json.loads((out / "rules.json").read_text(encoding="utf-8"))
     assert rules["class_names"][0] == "background"
     for png in ("samples_register.png", "samples_register_head.png", "samples_baseline.png"):
@@ -64,6 +71,10 @@ def test_report_has_every_field(checkpoints: dict, tmp_path: Path) -> None:
     ({"baseline": "nope"}, "model.baseline 'nope' is not one of the generators"),
     ({"segmenter": "/nonexistent.ckpt"}, "model.segmenter: checkpoint /nonexistent.ckpt not found"),
     ({"num_samples": 0}, "model.num_samples must be at least 1"),
+    ({"rules": {"layout_neighbour": 3}}, "model.rules: "),
+    ({"claim": {"arm": "baseline"}}, "model.claim.arm 'baseline' must be a generator other than model.baseline"),
+    ({"generators": {"register": ["a.ckpt", "b.ckpt"], "baseline": "c.ckpt"}},
+     "arms compared with a baseline need one checkpoint per training seed each"),
 ])
 def test_bad_evaluation_settings(checkpoints: dict, tmp_path: Path, overrides: dict, message: str,
                                  capsys: pytest.CaptureFixture) -> None:
@@ -108,3 +119,35 @@ def test_bad_edit_settings_fail_before_sampling(checkpoints: dict, tmp_path: Pat
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2 and err[-1].startswith("anatldm: error: ") and message in err[-1], err[-1]
     assert not out.exists()
+
+
+def test_seed_pairs_early_checkpoints_gate_and_claim(checkpoints: dict, tmp_path: Path) -> None:
+    """Two 'training seeds' per arm (the same files twice: a pair with no difference), an early
+    checkpoint control, judge-calibrated layout rules and the claim's verdict."""
+    out = tmp_path / "claim"
+    register, baseline = str(checkpoints["register"]), str(checkpoints["baseline"])
+    main(["test", "--config", str(_eval_config(
+        checkpoints, out, generators={"register": [register, register], "baseline": [baseline, baseline]},
+        training_seeds=[3, 4], calibration_subjects=3, early_checkpoints={"register": [baseline]},
+        rules={"range_rules": ["components", "holes"], "min_component_pixels": 2, "layout": True,
+               "layout_neighbours": 1},
+        claim={"arm": "register"}))])
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert set(report["results"]) == {"register/seed3", "register/seed4", "baseline/seed3", "baseline/seed4",
+                                      "register/seed3@early"}
+    assert report["arms"]["register"]["seeds"] == [3, 4]
+    first, second = (report["results"][f"register/seed{s}"]["plausibility_rate"]["value"] for s in (3, 4))
+    assert first == second  # the same checkpoint and the same sampling seeds: the same samples
+    pooled = report["arms"]["register"]["pooled"]["fid"]
+    assert pooled["value"] == pytest.approx(report["results"]["register/seed3"]["fid"]["value"])
+    assert len(report["pairs"]) == 2 and report["pairs"][1]["seed"] == 4
+    assert "layout" in report["results"]["register/seed3"]["violation_rates"]
+    assert "judge predictions" in report["rules_source"]
+    early = report["gate"]["early_checkpoint"]["register"]
+    assert early["low"] <= early["value"] <= early["high"] and not early["relative"]
+    claim = report["claim"]
+    assert claim["verdict"].startswith(("claim", "not assessable")) and set(claim["checks"]) == {
+        "primary_gain", "primary_interval_excludes_0", "same_sign_every_pair", "kid_ratio"}
+    assert (out / "samples_register_seed3.png").is_file()
+    table = (out / "report.md").read_text(encoding="utf-8")
+    assert "Verdict:" in table and "final - early checkpoint" in table
