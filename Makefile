@@ -6,8 +6,9 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 FORCE ?=
+HALF ?= 1
 
-.PHONY: install test quickstart bench lint previews clean
+.PHONY: install test quickstart claim bench lint previews clean
 
 install: $(STAMP)
 
@@ -23,6 +24,9 @@ test: $(STAMP)
 
 quickstart: $(STAMP)
 	FORCE=$(FORCE) PATH="$(abspath $(BIN)):$$PATH" bash scripts/quickstart.sh
+
+claim: $(STAMP)
+	FORCE=$(FORCE) HALF=$(HALF) PATH="$(abspath $(BIN)):$$PATH" bash scripts/claim.sh
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py

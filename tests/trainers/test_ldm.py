@@ -160,3 +160,26 @@ def test_ddp_two_processes_fit_to_the_end(bundle: Path, tmp_path: Path) -> None:
     result = subprocess.run([ANATLDM, "fit", "--config", str(config)], capture_output=True, encoding="utf-8", errors="replace", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "max_epochs=1` reached" in result.stderr + result.stdout
+
+
+def test_fraction_checkpoints_hold_the_ema_weights_at_their_step(bundle: Path, tmp_path: Path) -> None:
+    config = tmp_path / "fractions.yaml"
+    config.write_text(yaml.safe_dump({
+        "seed_everything": 0,
+        "trainer": {"accelerator": "cpu", "devices": 1, "logger": False, "max_steps": 4, "limit_val_batches": 0,
+                    "default_root_dir": str(tmp_path / "run"),
+                    "callbacks": [{"class_path": "lightning.pytorch.callbacks.EMAWeightAveraging",
+                                   "init_args": {"decay": 0.5}},
+                                  {"class_path": "anatldm.checkpointing.FractionCheckpoint",
+                                   "init_args": {"fractions": [0.25, 0.5], "dirpath": str(tmp_path / "fractions")}}]},
+        "model": {"class_path": "AnatomicalLDMTask", "init_args": {"autoencoder": str(bundle), **TINY_DENOISER,
+                                                                    "preview_every_n_epochs": 0}},
+        "data": {"class_path": "AnatomyDataModule", "init_args": {**TINY_DATA, "cache_dir": str(tmp_path / "cache")}},
+    }))
+    main(["fit", "--config", str(config)])
+    early = torch.load(tmp_path / "fractions" / "fraction-0.25.ckpt", weights_only=True)
+    half = torch.load(tmp_path / "fractions" / "fraction-0.50.ckpt", weights_only=True)
+    assert (early["global_step"], half["global_step"]) == (1, 2)
+    assert "current_model_state" in half  # the EMA weights went into state_dict, the live ones beside them
+    key = next(k for k in half["state_dict"] if k.startswith("denoiser.") and half["state_dict"][k].is_floating_point())
+    assert not torch.equal(early["state_dict"][key], half["state_dict"][key])

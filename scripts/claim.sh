@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# The pre-registered claim experiment (configs/claim/README.md), on CPU, through the real `anatldm`
+# commands: data -> autoencoder -> 3 training seeds x (register LDM, baseline LDM) -> judge ->
+# evaluation (gate, pooled arms, seed pairs, verdict) -> the same at 50 % of training.
+#   make claim            # skips stages whose outputs exist
+#   make claim FORCE=1    # redoes every stage
+#   make claim HALF=0     # without the 50 %-of-training evaluation
+set -euo pipefail
+cd "$(dirname "$0")/.."
+FORCE="${FORCE:-}"
+HALF="${HALF:-1}"
+SEEDS=(0 1 2)
+RUNS=runs/claim
+if [[ -n "$FORCE" ]]; then rm -rf "$RUNS"; fi
+mkdir -p "$RUNS/configs"
+TIMES="$RUNS/stage_times.txt"
+[[ -f "$TIMES" ]] || : > "$TIMES"
+START=$SECONDS
+
+stage() {  # stage NAME OUTPUT COMMAND...
+  local name="$1" output="$2"; shift 2
+  if [[ -e "$output" ]]; then
+    echo "==> [$name] skipped: $output exists (FORCE=1 redoes everything)"
+    return
+  fi
+  echo "==> [$name] $*"
+  local start=$SECONDS
+  if ! "$@"; then
+    echo "==> [$name] FAILED (the error is above)" >&2
+    exit 1
+  fi
+  printf '%-22s %5d s\n' "$name" $((SECONDS - start)) | tee -a "$TIMES"
+}
+
+seed_config() {  # seed_config TEMPLATE SEED -> path of the template's copy for that training seed
+  local out="$RUNS/configs/$(basename "$1" .yaml)_seed$2.yaml"
+  sed -e "s/_seed0/_seed$2/g" -e "s/^seed_everything: 0$/seed_everything: $2/" "$1" > "$out"
+  echo "$out"
+}
+
+stage data        "$RUNS/data_preview.png" anatldm inspect --config configs/claim/eval.yaml --out "$RUNS/data_preview.png"
+stage autoencoder "$RUNS/vae/export/autoencoder.json" anatldm fit --config configs/claim/vae.yaml
+for s in "${SEEDS[@]}"; do
+  stage "ldm_seed$s" "$RUNS/ldm_seed$s/checkpoints/last.ckpt" \
+    anatldm fit --config "$(seed_config configs/claim/ldm.yaml "$s")"
+  stage "ldm_baseline_seed$s" "$RUNS/ldm_baseline_seed$s/checkpoints/last.ckpt" \
+    anatldm fit --config "$(seed_config configs/claim/ldm_baseline.yaml "$s")"
+done
+stage judge       "$RUNS/judge/checkpoints/last.ckpt" anatldm fit --config configs/claim/judge.yaml
+stage evaluation  "$RUNS/report.md" anatldm test --config configs/claim/eval.yaml
+if [[ "$HALF" != 0 ]]; then
+  stage evaluation_half "$RUNS/half/report.md" anatldm test --config configs/claim/eval_half.yaml
+fi
+TOTAL=$((SECONDS - START))
+printf '%-22s %5d s\n' "total (this call)" "$TOTAL" | tee -a "$TIMES"
+python - "$RUNS" <<'PY'
+import json, sys
+from pathlib import Path
+from anatldm.atomic import write_text_atomic
+runs = Path(sys.argv[1])
+stages = {}
+for line in (runs / "stage_times.txt").read_text().splitlines():
+    name = line[:22].strip()
+    if not name.startswith("total"):
+        stages[name] = int(line[22:].split()[0])
+report = json.loads((runs / "report.json").read_text())
+report["stage_times_s"] = stages
+report["wall_time_s"] = sum(stages.values())
+write_text_atomic(runs / "report.json", json.dumps(report, indent=1))
+print(f"wall time of all stages: {report['wall_time_s']} s")
+PY
+echo
+echo "== Report ($RUNS/report.md) =="
+cat "$RUNS/report.md"
+echo "== Stage wall times =="
+cat "$TIMES"
+echo "Sample grids: $(ls "$RUNS"/samples_*.png | head -4 | tr '\n' ' ')..."
