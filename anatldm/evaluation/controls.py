@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["flip_left_right", "splice_levels"]
+__all__ = ["anatomy_breaking_augmentation", "flip_left_right", "splice_levels"]
 
 
 def flip_left_right(images: Tensor) -> Tensor:
@@ -53,3 +53,36 @@ def splice_levels(images: Tensor, subjects: np.ndarray, positions: np.ndarray, m
     half = images.shape[-2] // 2
     spliced[..., half:, :] = images[torch.as_tensor(partners)][..., half:, :]
     return spliced
+
+
+def anatomy_breaking_augmentation(images: Tensor, masks: Tensor, flip_probability: float,
+                                  splice_probability: float) -> tuple[Tensor, Tensor]:
+    """A training batch with the controls' transformations applied at random, image and mask alike.
+
+    A judge trained only on correct anatomy learns where organs *should* be and labels a flipped
+    slice's liver, now on the image-right, as spleen: its labels then report its expectations, not
+    the image, and every anatomical error of a generator is corrected away before the rules see
+    it. Training it also on left-right flips (probability ``flip_probability`` per slice) and on
+    slices whose rows from a random seam in ``[H / 4, 3H / 4)`` down come from another slice of
+    the batch (``splice_probability``) takes that prior away: the judge must segment what it sees.
+    Randomness from torch's global RNG (reseeded per step by ``StepSeeding``).
+
+    Args:
+        images: ``(B, 1, H, W)``.
+        masks: ``(B, H, W)``.
+        flip_probability: per-slice probability of a left-right flip.
+        splice_probability: per-slice probability of a splice with another slice of the batch.
+    """
+    images, masks = images.clone(), masks.clone()
+    batch, height = images.shape[0], images.shape[-2]
+    flip = torch.rand(batch) < flip_probability
+    images[flip], masks[flip] = images[flip].flip(-1), masks[flip].flip(-1)
+    if batch > 1 and splice_probability > 0:
+        partners = torch.randperm(batch)
+        seams = torch.randint(height // 4, max(height // 4 + 1, 3 * height // 4), (batch,))
+        rows = torch.arange(height)
+        for i in torch.nonzero(torch.rand(batch) < splice_probability).flatten().tolist():
+            below = rows >= seams[i]
+            images[i, :, below] = images[partners[i], :, below]
+            masks[i, below] = masks[partners[i], below]
+    return images, masks

@@ -13,13 +13,16 @@ whose subjects barely vary from turning a one-pixel shift into a rejection: posi
 sqrt-area are floored at ``floor_pixels / min(H, W)``, presence at 0.5. The score of a map is the
 Euclidean distance from its vector to its ``k``-th nearest calibration vector.
 
-The threshold is a split-conformal quantile (Vovk et al., "Algorithmic Learning in a Random World",
+The threshold is (at least) a split-conformal quantile (Vovk et al., "Algorithmic Learning in a Random World",
 2005; Angelopoulos and Bates, "A Gentle Introduction to Conformal Prediction", 2021): every
 calibration vector is scored against the calibration vectors of *other* subjects (leave one subject
 out, since slices of one subject are not independent), and the threshold is the ``quantile`` of
 those scores. A real slice of an unseen subject is then scored like a calibration slice was, so it
 passes with probability about ``quantile``: the rule is tolerant of real variation by construction,
-and its power comes from how far wrong anatomy lies from every real layout.
+and its power comes from how far wrong anatomy lies from every real layout. Where subjects barely
+vary the quantile tends to 0; the threshold is then never below the distance of a layout whose
+every feature is off by ``floor_pixels`` (median over calibration slices), so a slice a pixel off
+every calibration subject stays plausible.
 """
 
 from __future__ import annotations
@@ -130,7 +133,14 @@ class LayoutRule:
             distances, _ = cKDTree(others).query(reference[own], k=min(k, len(others)))
             scores[own] = distances.reshape(int(own.sum()), -1)[:, -1]
         threshold = float(np.quantile(scores, quantile, method="higher"))
-        return cls(reference, scale, threshold, k=k, quantile=quantile)
+        # The floor of the threshold: the distance of a layout whose every feature of its present
+        # classes is off by floor_pixels (median over the calibration slices). It binds only where
+        # the subjects barely vary, and keeps a slice a pixel off every training subject plausible.
+        step = np.tile(floor, num_classes - 1) / scale  # (D,)
+        step[len(_PER_CLASS) * np.arange(num_classes - 1) + _PER_CLASS.index("present")] = 0.0
+        active = vectors != 0
+        minimum = float(np.median(np.sqrt((active * step ** 2).sum(axis=1))))
+        return cls(reference, scale, max(threshold, minimum), k=k, quantile=quantile)
 
     def distances(self, masks: np.ndarray, num_classes: int) -> np.ndarray:
         """Distance ``(N,)`` of every label map to its ``k``-th nearest reference layout."""

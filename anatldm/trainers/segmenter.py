@@ -12,6 +12,7 @@ from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.segmentation import DiceScore
 
 from anatldm.errors import ConfigError
+from anatldm.evaluation.controls import anatomy_breaking_augmentation
 from anatldm.losses import AnatomyLoss
 from anatldm.trainers.base import AnatomyTask
 
@@ -52,6 +53,12 @@ class SegmenterTask(AnatomyTask):
         dice_batch: Dice term over the whole batch (``DiceCELoss(batch=True)``): classes absent
             from a slice (lung below the diaphragm, spleen at low levels) no longer pull every
             slice's Dice towards a constant.
+        flip_probability: per-slice probability of a left-right flip (image and mask) in training.
+        splice_probability: per-slice probability of a splice with another training slice (rows
+            below a random seam). Both take away the judge's anatomical prior, so that it labels
+            what an image shows, wrong anatomy included (see
+            :func:`anatldm.evaluation.controls.anatomy_breaking_augmentation`); a judge of
+            anatomical plausibility needs them, a segmenter for deployment does not.
         max_nonfinite_steps: training stops with an error after this many steps in a row with a
             non-finite loss (each one is skipped: no update, BatchNorm statistics restored, a
             warning, ``train/nonfinite_steps``).
@@ -69,6 +76,8 @@ class SegmenterTask(AnatomyTask):
         weight_decay: float = 1e-5,
         lr_schedule: Literal["constant", "cosine"] = "cosine",
         dice_batch: bool = True,
+        flip_probability: float = 0.0,
+        splice_probability: float = 0.0,
         max_nonfinite_steps: int = 10,
     ) -> None:
         if num_classes < 2:
@@ -81,6 +90,9 @@ class SegmenterTask(AnatomyTask):
         if len(strides) != len(channels) - 1:
             raise ConfigError(f"model.strides needs {len(channels) - 1} entries for {len(channels)} channels, "
                               f"got {len(strides)}")
+        if not (0 <= flip_probability <= 1 and 0 <= splice_probability <= 1):
+            raise ConfigError(f"model.flip_probability and model.splice_probability must lie in [0, 1], got "
+                              f"{flip_probability}, {splice_probability}")
         if max_nonfinite_steps < 1:
             raise ConfigError(f"model.max_nonfinite_steps must be at least 1, got {max_nonfinite_steps}")
         super().__init__()
@@ -133,7 +145,11 @@ class SegmenterTask(AnatomyTask):
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor | None:
         buffers = self.buffer_snapshot()
-        loss = self.loss(self(batch["image"]), batch["mask"])
+        images, masks = batch["image"], batch["mask"]
+        if self.hparams.flip_probability > 0 or self.hparams.splice_probability > 0:
+            images, masks = anatomy_breaking_augmentation(images, masks, self.hparams.flip_probability,
+                                                          self.hparams.splice_probability)
+        loss = self.loss(self(images), masks)
         if self.skip_nonfinite_loss(loss, buffers):
             return None  # no backward, no optimizer update
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["image"].shape[0])
