@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The pre-registered claim experiment (configs/claim/README.md), on CPU, through the real `anatldm`
-# commands: data -> autoencoder -> 3 training seeds x (register LDM, baseline LDM) -> judge ->
+# commands: data -> autoencoder -> judge -> 3 training seeds x (register LDM, baseline LDM) ->
 # evaluation (gate, pooled arms, seed pairs, verdict) -> the same at 50 % of training.
 #   make claim            # skips stages whose outputs exist
 #   make claim FORCE=1    # redoes every stage
@@ -40,13 +40,13 @@ seed_config() {  # seed_config TEMPLATE SEED -> path of the template's copy for 
 
 stage data        "$RUNS/data_preview.png" anatldm inspect --config configs/claim/eval.yaml --out "$RUNS/data_preview.png"
 stage autoencoder "$RUNS/vae/export/autoencoder.json" anatldm fit --config configs/claim/vae.yaml
+stage judge       "$RUNS/judge/checkpoints/last.ckpt" anatldm fit --config configs/claim/judge.yaml
 for s in "${SEEDS[@]}"; do
   stage "ldm_seed$s" "$RUNS/ldm_seed$s/checkpoints/last.ckpt" \
     anatldm fit --config "$(seed_config configs/claim/ldm.yaml "$s")"
   stage "ldm_baseline_seed$s" "$RUNS/ldm_baseline_seed$s/checkpoints/last.ckpt" \
     anatldm fit --config "$(seed_config configs/claim/ldm_baseline.yaml "$s")"
 done
-stage judge       "$RUNS/judge/checkpoints/last.ckpt" anatldm fit --config configs/claim/judge.yaml
 stage evaluation  "$RUNS/report.md" anatldm test --config configs/claim/eval.yaml
 if [[ "$HALF" != 0 ]]; then
   stage evaluation_half "$RUNS/half/report.md" anatldm test --config configs/claim/eval_half.yaml
