@@ -3,9 +3,12 @@
 A judge that passes these as often as real slices does not measure anatomy (DESIGN section 4):
 
 - :func:`flip_left_right` mirrors a slice: liver and spleen change sides, a layout that never
-  occurs in a real axial slice (situs inversus aside).
+  occurs in a real axial slice (situs inversus aside). Only slices that hold a lateralised class
+  (one whose centroid lies on one side of the midline, :meth:`AnatomyRules.lateralised_classes`)
+  make the control: a mirrored slice of symmetric anatomy (kidneys and spine alone) is still
+  correct anatomy, and no judge should fail it.
 - :func:`splice_levels` joins the upper half of one slice to the lower half of a slice of the
-  same subject from a distant level: every organ is real, their combination is not.
+  same subject at least half its slice range away: every organ is real, their combination is not.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ def flip_left_right(images: Tensor) -> Tensor:
     return torch.flip(images, dims=(-1,))
 
 
-def splice_levels(images: Tensor, subjects: np.ndarray, positions: np.ndarray, min_gap_fraction: float = 0.25,
+def splice_levels(images: Tensor, subjects: np.ndarray, positions: np.ndarray, min_gap_fraction: float = 0.5,
                   seed: int = 0) -> Tensor:
     """Slices whose lower half comes from another level of the same subject.
 

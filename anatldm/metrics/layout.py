@@ -5,7 +5,8 @@ whose organs come from different levels (an anatomy that never occurs) passes th
 slice mirrored left-right passes wherever the ranges of the two sides overlap. The layout rule
 looks at all classes jointly. Each label map becomes one vector of, per foreground class,
 
-    sqrt(area), centroid row, centroid column, presence, bounding box (top, bottom, left, right)
+    sqrt(area), centroid row, centroid column, presence, bounding box (top, bottom, left, right),
+    extent (area / bounding-box area, which a cut or a fragment changes)
 
 (positions in [0, 1] of the slice; all 0 where the class is absent), each feature divided by a
 scale ``s_f = max(std_f, floor_f)`` measured on the calibration vectors. The floors keep a data set
@@ -38,14 +39,14 @@ __all__ = ["LayoutRule", "layout_features"]
 
 logger = logging.getLogger(__name__)
 
-_PER_CLASS = ("sqrt_area", "centroid_row", "centroid_col", "present", "top", "bottom", "left", "right")
+_PER_CLASS = ("sqrt_area", "centroid_row", "centroid_col", "present", "top", "bottom", "left", "right", "extent")
 
 
 def layout_features(masks: np.ndarray, num_classes: int) -> np.ndarray:
-    """Layout vectors ``(N, 8 * (C - 1))`` of label maps ``(N, H, W)`` (see the module docstring).
+    """Layout vectors ``(N, 9 * (C - 1))`` of label maps ``(N, H, W)`` (see the module docstring).
 
-    Column ``8 * (c - 1) + j`` is feature ``j`` of ``("sqrt_area", "centroid_row", "centroid_col",
-    "present", "top", "bottom", "left", "right")`` for class ``c``.
+    Column ``9 * (c - 1) + j`` is feature ``j`` of ``("sqrt_area", "centroid_row", "centroid_col",
+    "present", "top", "bottom", "left", "right", "extent")`` for class ``c``.
     """
     num, height, width = masks.shape
     rows = (np.arange(height) + 0.5) / height
@@ -63,8 +64,10 @@ def layout_features(masks: np.ndarray, num_classes: int) -> np.ndarray:
         bottom = (height - np.argmax(row_hits[:, ::-1], axis=1)) / height
         left = np.argmax(col_hits, axis=1) / width
         right = (width - np.argmax(col_hits[:, ::-1], axis=1)) / width
+        box = np.maximum((bottom - top) * (right - left) * height * width, 1)  # bounding-box pixels
         features = np.stack([np.sqrt(count / (height * width)), binary.sum(axis=2) @ rows / safe,
-                             binary.sum(axis=1) @ cols / safe, np.ones(num), top, bottom, left, right], axis=1)
+                             binary.sum(axis=1) @ cols / safe, np.ones(num), top, bottom, left, right,
+                             count / box], axis=1)
         out[:, c - 1] = features * present[:, None]
     return out.reshape(num, -1)
 
@@ -95,7 +98,7 @@ class LayoutRule:
 
     @classmethod
     def fit(cls, masks: np.ndarray, num_classes: int, subjects: Sequence[int] | np.ndarray | None = None,
-            k: int = 3, quantile: float = 0.975, floor_pixels: float = 2.0) -> LayoutRule:
+            k: int = 3, quantile: float = 0.975, floor_pixels: float = 1.0) -> LayoutRule:
         """Fit on calibration label maps ``(N, H, W)``.
 
         Args:

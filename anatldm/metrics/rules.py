@@ -227,7 +227,7 @@ class AnatomyRules:
     def fit(cls, masks: np.ndarray | Tensor, class_names: Sequence[str], low: float = 0.5, high: float = 99.5,
             tolerance: float = 1e-6, range_rules: Sequence[str] = tuple(_RULE_FEATURES),
             min_component_pixels: int = 0, layout: bool = False, subjects: np.ndarray | None = None,
-            layout_neighbours: int = 3, layout_quantile: float = 0.975, layout_floor_pixels: float = 2.0,
+            layout_neighbours: int = 3, layout_quantile: float = 0.975, layout_floor_pixels: float = 1.0,
             source: str = "") -> AnatomyRules:
         """Learn the rules from real calibration label maps ``(N, H, W)`` (see the module docstring).
 
@@ -349,6 +349,18 @@ class AnatomyRules:
             raise ValueError(f"check takes one mask of shape (H, W), got {mask.shape}; use check_batch")
         _, violations = self.check_batch(mask[None])
         return {rule: not bool(broken[0]) for rule, broken in violations.items()}
+
+    def lateralised_classes(self, masks: np.ndarray | Tensor, share: float = 0.95) -> list[int]:
+        """Classes on one side of the midline (centroid column) in at least ``share`` of the maps
+        ``(N, H, W)`` where they are present: those a left-right flip moves to the wrong side (the
+        liver, the spleen; not a class that holds both kidneys or both lungs)."""
+        features = anatomy_features(_as_label_array(masks, self.num_classes), self.num_classes)
+        out = []
+        for k in range(self.num_classes - 1):
+            columns = features.centroid_col[features.present[:, k], k]
+            if columns.size and max((columns < 0.5).mean(), (columns > 0.5).mean()) >= share:
+                out.append(k + 1)
+        return out
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(classes={self.class_names}, percentiles=[{self.low}, {self.high}], "

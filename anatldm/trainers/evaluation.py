@@ -76,8 +76,8 @@ logger = logging.getLogger(__name__)
 #: slice-level controls: name -> (label, negative)
 CONTROLS = {
     "reconstructed": ("autoencoder reconstructions (positive control)", False),
-    "flipped": ("left-right-flipped real slices (negative)", True),
-    "spliced": ("slices spliced from two levels (negative)", True),
+    "flipped": ("left-right-flipped real slices holding a lateralised class (negative)", True),
+    "spliced": ("real slices, lower half from a level >= half the range away (negative)", True),
 }
 
 
@@ -336,6 +336,9 @@ class EvaluationTask(AnatomyTask):
         labels = masks if hp.calibration == "ground_truth" else self._segment_all(images)
         source = f"{'ground truth' if hp.calibration == 'ground_truth' else 'judge predictions'} of {what}"
         self.rules = AnatomyRules.fit(labels, self.class_names, subjects=subjects, source=source, **(hp.rules or {}))
+        self.lateralised = self.rules.lateralised_classes(labels)
+        logger.info("rules: %s; lateralised classes (the flip control): %s", source,
+                    [self.class_names[c] for c in self.lateralised] or "none")
         train = np.sort(datamodule.datasets["train"].indices)
         spaced = np.linspace(0, len(train) - 1, num=min(len(train), hp.max_training_slices)).astype(int)
         self.training_images = torch.from_numpy(np.asarray(datamodule.cache.images[train[spaced]]))[:, None]
@@ -361,7 +364,11 @@ class EvaluationTask(AnatomyTask):
         self.overlap["subject"].update(torch.tensor([float(self.subject_index[s]) for s in batch["subject"]],
                                                     device=masks.device))
         self.real_plausibility.update(masks)
-        self.controls["flipped"].update(self.segment(flip_left_right(images)))
+        lateral = torch.zeros(len(images), dtype=torch.bool, device=images.device)
+        for c in self.lateralised:
+            lateral |= (batch["mask"] == c).flatten(1).any(dim=1)
+        if lateral.any():
+            self.controls["flipped"].update(self.segment(flip_left_right(images[lateral])))
         generator = next(iter(self.generators.values()))  # every generator shares the autoencoder
         latents = generator.autoencoder.encode(images)[0] * generator.scale_factor  # posterior mean
         self.controls["reconstructed"].update(self.segment(generator.decode(latents)))
@@ -409,7 +416,8 @@ class EvaluationTask(AnatomyTask):
                         hp.num_inference_steps)
             records[name], kept[name] = self._sample_model(self.model(name), num_samples)
             records[name].checkpoint = path
-        control_rates = {name: metric.per_sample().cpu().numpy() for name, metric in self.controls.items()}
+        control_rates = {name: metric.per_sample().cpu().numpy() for name, metric in self.controls.items()
+                         if metric.gathered("passed").numel() > 0}
         real_passed = self.real_plausibility.per_sample().cpu().numpy()
         edits, edit_samples = self._evaluate_edits() if self.edits else ({}, {})
         if not self.trainer.is_global_zero:
@@ -546,7 +554,11 @@ class EvaluationTask(AnatomyTask):
             early[arm] = {**change, "checkpoints": [records[n].checkpoint for n in early_names],
                           "early_pass_rate": float(np.mean([records[n].passed.mean() for n in early_names]))}
         controls = {name: {**stats.rate(control_rates[name]), "label": CONTROLS[name][0],
-                           "negative": CONTROLS[name][1]} for name in CONTROLS}
+                           "negative": CONTROLS[name][1]} for name in CONTROLS if name in control_rates}
+        for name in CONTROLS:
+            if name not in control_rates:  # e.g. no lateralised class: a flip changes no anatomy
+                controls[name] = {"value": float("nan"), "low": float("nan"), "high": float("nan"), "n": 0,
+                                  "label": CONTROLS[name][0], "negative": False, "note": "not applicable"}
         gate = gate_verdict(_as(GateThresholds, hp.gate), judge_dice, stats.rate(real_passed), controls, early)
         report = {
             "anatldm_version": __version__,
