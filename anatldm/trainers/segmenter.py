@@ -105,6 +105,9 @@ class SegmenterTask(AnatomyTask):
 
     def configure_losses(self) -> None:
         self.loss = AnatomyLoss(batch=self.hparams.dice_batch)
+        # validation and test: per-slice Dice, so the logged loss does not depend on the batch size
+        # or the number of processes (a batch Dice does)
+        self.eval_loss = AnatomyLoss(batch=False)
 
     def configure_metrics(self) -> None:
         dice = MetricCollection({"dice": DiceScore(num_classes=self.hparams.num_classes, include_background=False,
@@ -170,7 +173,7 @@ class SegmenterTask(AnatomyTask):
     def _evaluate(self, batch: dict, metrics: MetricCollection, stage: str) -> None:
         logits = self(batch["image"])  # (B, C, H, W)
         batch_size = batch["image"].shape[0]
-        self.losses[stage].update(self.loss(logits, batch["mask"]).detach(), weight=batch_size)
+        self.losses[stage].update(self.eval_loss(logits, batch["mask"]).detach(), weight=batch_size)
         self.log(f"{stage}/loss", self.losses[stage], batch_size=batch_size)
         metrics.update(logits.argmax(1), batch["mask"])
 
