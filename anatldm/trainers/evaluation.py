@@ -17,6 +17,7 @@ import dataclasses
 import json
 import logging
 import pickle
+import re
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -551,7 +552,9 @@ class EvaluationTask(AnatomyTask):
             finals = [records[n] for n in self.arms[arm][:len(early_names)]]
             change = stats.changes(METRICS["plausibility_rate"], finals, [records[n] for n in early_names], real,
                                    relative=False)
+            fraction = re.search(r"fraction-([0-9.]+)\.ckpt$", records[early_names[0]].checkpoint)
             early[arm] = {**change, "checkpoints": [records[n].checkpoint for n in early_names],
+                          "fraction": f"{float(fraction.group(1)):.0%}" if fraction else "early",
                           "early_pass_rate": float(np.mean([records[n].passed.mean() for n in early_names]))}
         controls = {name: {**stats.rate(control_rates[name]), "label": CONTROLS[name][0],
                            "negative": CONTROLS[name][1]} for name in CONTROLS if name in control_rates}
@@ -560,13 +563,16 @@ class EvaluationTask(AnatomyTask):
                 controls[name] = {"value": float("nan"), "low": float("nan"), "high": float("nan"), "n": 0,
                                   "label": CONTROLS[name][0], "negative": False, "note": "not applicable"}
         gate = gate_verdict(_as(GateThresholds, hp.gate), judge_dice, stats.rate(real_passed), controls, early)
+        layout = self.rules.layout
+        layout_text = f"; layout (k = {layout.k}, quantile {layout.quantile:.3g})" if layout else ""
         report = {
             "anatldm_version": __version__,
             "gate": gate,
             "protocol": "DESIGN section 4: judge trained on real slices only; plausibility rules calibrated on "
                         f"{self.rules.source}; paired bootstrap over sampling seeds, hierarchical over training seeds",
-            "rules_source": f"{self.rules.source}; rules {self.rules.rule_names[:3]}... "
-                            f"({len(self.rules.rule_names)} in all, min component {self.rules.min_component_pixels} px)",
+            "rules_source": f"{self.rules.source}; per class {', '.join(self.rules.range_rules)}; co-occurrence"
+                            f"{layout_text}"
+                            f"; components below {self.rules.min_component_pixels} px ignored",
             "feature_source": "inception_v3" if hp.inception_weights else "judge bottleneck (domain encoder)",
             "sampler": hp.sampler, "num_inference_steps": hp.num_inference_steps, "seed": hp.seed,
             "num_samples": num_samples, "num_samples_per_model": num_samples,
