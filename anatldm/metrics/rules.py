@@ -1,4 +1,8 @@
-"""Anatomy rules learned once from real training masks: what a plausible label map looks like.
+"""Anatomy rules learned once from real calibration masks: what a plausible label map looks like.
+
+For a judge of generated anatomy the calibration masks are the judge's own labels of held-out
+real slices (so real and generated slices face the same judge noise), and the joint organ layout
+is checked by :class:`~anatldm.metrics.layout.LayoutRule`; see ``EvaluationTask``.
 
 The rules are the reference of the primary anatomical-accuracy metric, the plausibility rate
 (DESIGN section 4): for every foreground class, over the real slices where it is present, the
