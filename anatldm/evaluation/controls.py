@@ -62,7 +62,7 @@ def anatomy_breaking_augmentation(images: Tensor, masks: Tensor, flip_probabilit
                                   splice_probability: float) -> tuple[Tensor, Tensor]:
     """A training batch with the controls' transformations applied at random, image and mask alike.
 
-    A judge trained only on correct anatomy learns where organs *should* be and labels a flipped
+    A judge trained only on correct anatomy learns where organs *should* be and can label a flipped
     slice's liver, now on the image-right, as spleen: its labels then report its expectations, not
     the image, and every anatomical error of a generator is corrected away before the rules see
     it. Training it also on left-right flips (probability ``flip_probability`` per slice) and on
