@@ -83,9 +83,9 @@ def anatomy_breaking_augmentation(images: Tensor, masks: Tensor, flip_probabilit
     if batch > 1 and splice_probability > 0:
         partners = torch.randperm(batch)
         seams = torch.randint(height // 4, max(height // 4 + 1, 3 * height // 4), (batch,))
-        rows = torch.arange(height)
-        for i in torch.nonzero(torch.rand(batch) < splice_probability).flatten().tolist():
-            below = rows >= seams[i]
-            images[i, :, below] = images[partners[i], :, below]
-            masks[i, below] = masks[partners[i], below]
+        chosen = torch.rand(batch) < splice_probability
+        below = (torch.arange(height)[None] >= seams[:, None]) & chosen[:, None]  # (B, H) rows taken from the partner
+        below = below.to(images.device)
+        images = torch.where(below[:, None, :, None], images[partners], images)
+        masks = torch.where(below[:, :, None], masks[partners], masks)
     return images, masks
