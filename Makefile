@@ -7,8 +7,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 FORCE ?=
 HALF ?= 1
+VARIANTS ?= fixes timestep read_write attention
+SEEDS ?= 0 1
+SAMPLES ?= 500
+TAG ?=
+COMBINED ?=
 
-.PHONY: install test quickstart claim bench lint previews clean
+.PHONY: install test quickstart claim ablation bench lint previews clean
 
 install: $(STAMP)
 
@@ -27,6 +32,10 @@ quickstart: $(STAMP)
 
 claim: $(STAMP)
 	FORCE=$(FORCE) HALF=$(HALF) PATH="$(abspath $(BIN)):$$PATH" bash scripts/claim.sh
+
+ablation: $(STAMP)
+	VARIANTS="$(VARIANTS)" SEEDS="$(SEEDS)" SAMPLES="$(SAMPLES)" TAG="$(TAG)" COMBINED="$(COMBINED)" \
+	  PATH="$(abspath $(BIN)):$$PATH" bash scripts/ablation.sh
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py

@@ -1,23 +1,29 @@
-"""The reverse-diffusion loop: mask-free sampling with the head's mask read at the last step."""
+"""The reverse-diffusion loop: mask-free sampling, the head's mask read from the clean latents."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from anatldm.models.denoiser import AnatomicalDenoiser
 
-__all__ = ["SampleOutput", "initial_noise", "sample_latents"]
+__all__ = ["SampleOutput", "initial_noise", "sample_latents", "step_generators"]
+
+#: mixed with a sample's seed to seed its step noise, a stream distinct from its initial noise (the
+#: same seed would repeat the initial noise as the first step's noise; torch's CPU generator reads
+#: only the low 32 bits of a seed, so an offset such as 2**40 would not change the stream)
+STEP_SEED_KEY = 0x5EED
 
 
 @dataclass
 class SampleOutput:
-    """``latents (B, C, *S)`` at t = 0; ``anatomy_logits (B, classes, *mask_size)`` of the last
-    denoiser call, or ``None`` for a model without a head; per-level register ``attention``
-    maps averaged over the recorded steps, when asked for."""
+    """``latents (B, C, *S)`` at t = 0; ``anatomy_logits (B, classes, *mask_size)`` of one extra
+    head call on those clean latents at t = 0, or ``None`` for a model without a head; per-level
+    register ``attention`` maps averaged over the recorded steps, when asked for."""
 
     latents: torch.Tensor
     anatomy_logits: torch.Tensor | None
@@ -30,6 +36,17 @@ def initial_noise(seeds: Sequence[int], shape: Sequence[int], device: torch.devi
     return torch.stack(noise).to(device)
 
 
+def step_generators(seeds: Sequence[int]) -> list[torch.Generator]:
+    """One CPU generator per sample for the step noise of stochastic samplers (DDPM, SDE solvers).
+
+    diffusers draws sample ``i``'s noise from ``generators[i]`` (``randn_tensor`` with a list), so
+    a sample does not depend on its batch; seeded from ``(seed, STEP_SEED_KEY)`` by NumPy's ``SeedSequence``, a stream
+    distinct from the sample's initial noise. CPU generators give the same numbers on every device.
+    """
+    states = [np.random.SeedSequence((int(seed), STEP_SEED_KEY)).generate_state(1)[0] for seed in seeds]
+    return [torch.Generator().manual_seed(int(state)) for state in states]
+
+
 @torch.no_grad()
 def sample_latents(
     denoiser: AnatomicalDenoiser,
@@ -39,10 +56,14 @@ def sample_latents(
     mask_size: Sequence[int] | None = None,
     registers: torch.Tensor | None = None,
     attention_steps: int = 0,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> SampleOutput:
     """Run the sampler from ``noise`` to clean latents; no mask or condition is needed.
+
+    The head's mask comes from one more denoiser call on the final (clean) latents at t = 0, not
+    from the last step's input (still noisy at t = 19 for DDIM-50): the mask describes the
+    image that is decoded. The extra call costs one step.
 
     Args:
         denoiser: the trained denoiser (EMA weights in practice), in eval mode.
@@ -52,7 +73,8 @@ def sample_latents(
         mask_size: spatial size of the head's mask (the image size).
         registers: edited ``(K, D)`` register tokens, or ``None`` for the learned bank.
         attention_steps: record register attention over the last this many steps (0: none).
-        generator: randomness of stochastic samplers (DDPM).
+        generator: randomness of stochastic samplers (DDPM): one generator, or one per sample
+            (:func:`step_generators`, batch-independent samples).
         progress: called with ``(step, total)`` after each step.
     """
     if num_inference_steps < 1:
@@ -73,4 +95,8 @@ def sample_latents(
         latents = scheduler.step(output.sample, t, latents, generator=generator).prev_sample
         if progress is not None:
             progress(index + 1, len(timesteps))
-    return SampleOutput(latents, output.anatomy_logits, attention or None)
+    logits = None
+    if output is not None and output.anatomy_logits is not None:
+        clean = torch.zeros(latents.shape[0], dtype=torch.long, device=latents.device)  # t = 0
+        logits = denoiser(latents, clean, mask_size=mask_size, registers=registers).anatomy_logits
+    return SampleOutput(latents, logits, attention or None)

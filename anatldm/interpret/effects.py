@@ -13,7 +13,7 @@ import numpy as np
 
 from anatldm.metrics import bootstrap_ci
 
-__all__ = ["edit_effect", "edit_effects_markdown"]
+__all__ = ["edit_effect", "edit_effects_markdown", "edit_specificity"]
 
 
 def _ci(statistic, pairs: np.ndarray, num_bootstrap: int, confidence: float, seed: int) -> dict[str, float]:
@@ -24,6 +24,40 @@ def _ci(statistic, pairs: np.ndarray, num_bootstrap: int, confidence: float, see
 def _relative(pairs: np.ndarray) -> float:
     base = pairs[:, 0].mean()
     return float(pairs[:, 1].mean() / base - 1) if base > 0 else float("nan")
+
+
+def edit_specificity(unedited_areas: np.ndarray, edited_areas: np.ndarray, class_names: Sequence[str],
+                     targets: Sequence[str], num_bootstrap: int = 1000, confidence: float = 0.95,
+                     seed: int = 0) -> dict[str, float]:
+    """How specific an edit of ``targets`` is: off-target over target absolute area change.
+
+    With ``r_c = mean(edited area_c) / mean(unedited area_c) - 1`` per foreground class (classes
+    absent from the unedited samples left out)::
+
+        specificity = mean_{c not in targets} |r_c| / mean_{c in targets} |r_c|
+
+    0 is a perfectly specific edit, 1 moves every class as much as the target; lower is better.
+    The interval is a paired bootstrap over samples (edited and unedited of the same seed
+    resampled together).
+    """
+    unedited_areas, edited_areas = np.asarray(unedited_areas, float), np.asarray(edited_areas, float)
+    foreground = list(class_names[1:])
+    unknown = [name for name in targets if name not in foreground]
+    if unknown or not targets:
+        raise ValueError(f"edit targets {list(targets)} must be foreground classes of {foreground}")
+    target = np.array([name in targets for name in foreground])
+    count = unedited_areas.shape[1]
+
+    def statistic(pairs: np.ndarray) -> float:
+        base, edited = pairs[:, :count].mean(0), pairs[:, count:].mean(0)
+        present = base > 0
+        change = np.abs(np.where(present, edited / np.where(present, base, 1.0) - 1, np.nan))
+        on, off = change[target & present], change[~target & present]
+        if not len(on) or not len(off) or not np.nanmean(on) > 0:
+            return float("nan")
+        return float(np.mean(off) / np.mean(on))
+
+    return _ci(statistic, np.concatenate([unedited_areas, edited_areas], axis=1), num_bootstrap, confidence, seed)
 
 
 def edit_effect(unedited_areas: np.ndarray, edited_areas: np.ndarray, unedited_plausible: np.ndarray,
@@ -74,7 +108,8 @@ def _percent(values: dict) -> str:
 def edit_effects_markdown(edits: dict, class_names: Sequence[str], confidence: float) -> str:
     """A table: one row per edit; plausibility change and relative area change per class."""
     conf = int(round(confidence * 100))
-    header = ["edit", "registers", "plausibility (unedited → edited, Δ)", *[f"{n} area Δ" for n in class_names[1:]]]
+    header = ["edit", "registers", "plausibility (unedited → edited, Δ)", *[f"{n} area Δ" for n in class_names[1:]],
+              "specificity (off / target)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, edit in edits.items():
         if "skipped" in edit:
@@ -86,7 +121,10 @@ def edit_effects_markdown(edits: dict, class_names: Sequence[str], confidence: f
                f"{plaus['unedited']:.3f} → {plaus['edited']:.3f} ({delta['value']:+.3f} [{delta['low']:+.3f}, "
                f"{delta['high']:+.3f}])",
                *[_percent(edit["effect"]["area"][n]["relative_change"]) for n in class_names[1:]]]
+        spec = edit.get("specificity")
+        row.append(f"{spec['value']:.2f} [{spec['low']:.2f}, {spec['high']:.2f}]" if spec else "–")
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join([f"Register edits of `{next(iter(edits.values()))['generator']}`: same seeds edited vs "
                       f"unedited, segmenter masks; relative area change per class and plausibility change, "
-                      f"[{conf} % paired bootstrap interval].", "", *lines, ""])
+                      f"[{conf} % paired bootstrap interval]; specificity: mean off-target |area change| / "
+                      f"mean target |area change| (0: only the target moves; lower is better).", "", *lines, ""])

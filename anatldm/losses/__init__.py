@@ -1,5 +1,8 @@
-"""Losses: the anatomy loss and its progressive weight schedule."""
+"""Losses: the anatomy loss, its progressive weight schedule and timestep weighting, and the
+register-attention supervision."""
 
-from anatldm.losses.anatomy import AnatomyLoss, AnatomyWeightSchedule
+from anatldm.losses.anatomy import AnatomyLoss, AnatomyWeightSchedule, TimestepWeighting
+from anatldm.losses.registers import RegisterAttentionLoss, class_register_groups
 
-__all__ = ["AnatomyLoss", "AnatomyWeightSchedule"]
+__all__ = ["AnatomyLoss", "AnatomyWeightSchedule", "RegisterAttentionLoss", "TimestepWeighting",
+           "class_register_groups"]

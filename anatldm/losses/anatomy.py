@@ -6,16 +6,28 @@ import math
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from monai.losses import DiceCELoss
 from torch import nn
 
-__all__ = ["AnatomyLoss", "AnatomyWeightSchedule"]
+__all__ = ["AnatomyLoss", "AnatomyWeightSchedule", "TimestepWeighting"]
 
 
 class AnatomyLoss(nn.Module):
     """MONAI ``DiceCELoss`` on the head's logits ``(B, C, *S)`` against a label map ``(B, *S)``.
 
-    Computed in float32 whatever the autocast precision.
+    Computed in float32 whatever the autocast precision. With per-sample ``weights`` (the
+    timestep weighting of :class:`TimestepWeighting`) the same loss is a weighted average over
+    the batch, written out because MONAI's losses take no sample weights: with ``p`` the softmax,
+    ``g`` the one-hot mask, ``w_b`` the weights and ``s = 1e-5`` (MONAI's smoothing)::
+
+        Dice_c = 1 - (2 sum_b w_b sum_x p g + s) / (sum_b w_b sum_x (p + g) + s)   (batch=True)
+        Dice_c = sum_b w_b [1 - (2 sum_x p g + s) / (sum_x (p + g) + s)] / sum_b w_b   (batch=False)
+        CE     = sum_b w_b mean_x(-log p_y) / sum_b w_b
+        L      = lambda_dice * mean_c Dice_c + lambda_ce * CE
+
+    Equal weights give MONAI's ``DiceCELoss`` (tested); all-zero weights give 0 (with a gradient
+    graph).
 
     Args:
         lambda_dice: weight of the Dice term.
@@ -25,13 +37,75 @@ class AnatomyLoss(nn.Module):
             per-slice Dice term (MONAI ``DiceCELoss(batch=True)``).
     """
 
+    smooth = 1e-5  # MONAI DiceLoss's smooth_nr and smooth_dr
+
     def __init__(self, lambda_dice: float = 1.0, lambda_ce: float = 1.0, batch: bool = False) -> None:
         super().__init__()
+        self.lambda_dice, self.lambda_ce, self.batch = lambda_dice, lambda_ce, batch
         self.loss = DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=lambda_dice, lambda_ce=lambda_ce,
                                batch=batch)
 
-    def forward(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.loss(logits.float(), mask.unsqueeze(1))  # mask (B, 1, *S)
+    def forward(self, logits: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """``logits (B, C, *S)``, ``mask (B, *S)`` integer, optional ``weights (B,) >= 0``."""
+        if weights is None:
+            return self.loss(logits.float(), mask.unsqueeze(1))  # mask (B, 1, *S)
+        logits, weights = logits.float(), weights.float().to(logits.device)
+        total = weights.sum()
+        if not total > 0:
+            return logits.sum() * 0.0
+        dims = tuple(range(2, logits.ndim))
+        log_p = torch.log_softmax(logits, dim=1)  # (B, C, *S)
+        p = log_p.exp()
+        g = F.one_hot(mask.long(), logits.shape[1]).movedim(-1, 1).to(p)  # (B, C, *S)
+        intersection, cardinality = (p * g).sum(dims), (p + g).sum(dims)  # (B, C)
+        if self.batch:
+            dice = 1 - (2 * (weights[:, None] * intersection).sum(0) + self.smooth) / (
+                (weights[:, None] * cardinality).sum(0) + self.smooth)  # (C,)
+        else:
+            per_sample = 1 - (2 * intersection + self.smooth) / (cardinality + self.smooth)  # (B, C)
+            dice = (weights[:, None] * per_sample).sum(0) / total  # (C,)
+        ce = -(log_p * g).sum(1).flatten(1).mean(1)  # (B,)
+        return self.lambda_dice * dice.mean() + self.lambda_ce * (weights * ce).sum() / total
+
+
+class TimestepWeighting:
+    """Per-sample weight of the anatomy supervision at diffusion timestep ``t``.
+
+    With ``alpha_bar_t`` the training schedule's cumulative signal fraction and
+    ``SNR(t) = alpha_bar_t / (1 - alpha_bar_t)``:
+
+    - ``none``: ``w(t) = 1`` (the method's literal form: every timestep supervised alike);
+    - ``alpha_bar``: ``w(t) = alpha_bar_t = SNR / (1 + SNR)``, the share of signal in the noisy
+      latent: full weight at low noise, about 0 where the head cannot see the anatomy;
+    - ``snr_cutoff``: ``w(t) = 1[SNR(t) >= snr_cutoff]``: supervision only where the latent still
+      holds some signal (``snr_cutoff = 0.05`` drops ``t > ~600`` of the default schedule).
+
+    The weighted loss is a weighted *average* over the batch (:class:`AnatomyLoss`), so the
+    weighting changes which timesteps the head learns from, not the loss scale.
+
+    Args:
+        mode: ``"none"``, ``"alpha_bar"`` or ``"snr_cutoff"``.
+        alphas_cumprod: ``alpha_bar_t`` of the training schedule, ``(T,)``.
+        snr_cutoff: the threshold of ``snr_cutoff``, > 0.
+    """
+
+    def __init__(self, mode: Literal["none", "alpha_bar", "snr_cutoff"], alphas_cumprod: torch.Tensor,
+                 snr_cutoff: float = 0.05) -> None:
+        if mode not in ("none", "alpha_bar", "snr_cutoff"):
+            raise ValueError(f"timestep weighting must be 'none', 'alpha_bar' or 'snr_cutoff', got '{mode}'")
+        if not snr_cutoff > 0:
+            raise ValueError(f"snr_cutoff must be positive, got {snr_cutoff}")
+        self.mode, self.snr_cutoff = mode, float(snr_cutoff)
+        self.alphas_cumprod = alphas_cumprod.double()
+
+    def __call__(self, timesteps: torch.Tensor) -> torch.Tensor | None:
+        """Weights ``(B,)`` of ``timesteps (B,)``, or ``None`` for ``none`` (plain MONAI loss)."""
+        if self.mode == "none":
+            return None
+        alpha = self.alphas_cumprod.to(timesteps.device)[timesteps]  # (B,)
+        if self.mode == "alpha_bar":
+            return alpha.float()
+        return (alpha / (1 - alpha) >= self.snr_cutoff).float()
 
 
 class AnatomyWeightSchedule:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +21,10 @@ from torch import nn
 from anatldm.models.anatomy_head import AnatomicalSegmentationHead
 from anatldm.models.registers import AnatomicalRegisterBank
 
-__all__ = ["AnatomicalDenoiser", "DenoiserOutput", "RegisterCrossAttention"]
+__all__ = ["AnatomicalDenoiser", "DenoiserOutput", "RegisterCrossAttention", "RegisterMode", "RegisterWrite"]
+
+
+RegisterMode = Literal["read", "read_write"]
 
 
 @dataclass
@@ -41,7 +45,7 @@ class RegisterCrossAttention(nn.Module):
     zero-initialised output projection (so training starts from the plain UNet). Unlike MONAI's
     ``SpatialTransformer`` there is no self-attention and no feed-forward: the cost is two
     ``C x C`` projections per position plus ``K`` attention logits. Keys and values are
-    computed once per call from the ``(K, D)`` bank, not per sample.
+    computed once per call from the ``(K, D)`` bank (per sample after a :class:`RegisterWrite`).
 
     Args:
         channels: channels ``C`` of the feature map.
@@ -65,13 +69,15 @@ class RegisterCrossAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, registers: torch.Tensor,
                 return_attention: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``x (B, C, *S)``, ``registers (K, D)`` -> ``(x + attention output, maps or None)``."""
+        """``x (B, C, *S)``, ``registers (K, D)`` (the bank) or ``(B, K, D)`` (per sample, after a
+        write) -> ``(x + attention output, maps (B, K, *S) or None)``."""
         batch, channels, *spatial = x.shape
         heads, head_dim = self.num_heads, channels // self.num_heads
         h = self.norm(x).flatten(2).transpose(1, 2)  # (B, N, C)
         q = self.to_q(h).view(batch, -1, heads, head_dim).transpose(1, 2)  # (B, h, N, c)
-        k = self.to_k(registers).view(1, -1, heads, head_dim).transpose(1, 2)  # (1, h, K, c)
-        v = self.to_v(registers).view(1, -1, heads, head_dim).transpose(1, 2)  # (1, h, K, c)
+        tokens = registers if registers.ndim == 3 else registers.unsqueeze(0)  # (B or 1, K, D)
+        k = self.to_k(tokens).view(tokens.shape[0], -1, heads, head_dim).transpose(1, 2)  # (B or 1, h, K, c)
+        v = self.to_v(tokens).view(tokens.shape[0], -1, heads, head_dim).transpose(1, 2)  # (B or 1, h, K, c)
         k, v = k.expand(batch, -1, -1, -1).to(q.dtype), v.expand(batch, -1, -1, -1).to(q.dtype)
         out = F.scaled_dot_product_attention(q, k, v)  # (B, h, N, c)
         out = self.to_out(out.transpose(1, 2).reshape(batch, -1, channels))  # (B, N, C)
@@ -80,6 +86,48 @@ class RegisterCrossAttention(nn.Module):
             weights = torch.softmax(q @ k.transpose(-1, -2) * head_dim**-0.5, dim=-1)  # (B, h, N, K)
             maps = weights.mean(1).transpose(1, 2).reshape(batch, -1, *spatial)  # (B, K, *S)
         return x + out.transpose(1, 2).reshape(x.shape), maps  # (B, C, *S)
+
+
+class RegisterWrite(nn.Module):
+    """The registers read the image: a per-sample update of the tokens from a feature map.
+
+    ``tokens <- tokens + W_o Attention(q = W_q LN(tokens), k = W_k GN(x), v = W_v GN(x))``, the
+    ``K`` tokens attending to the ``N`` feature positions, as register tokens are updated in a
+    ViT (Darcet et al., 2024). ``W_o`` starts at zero, so a new model starts as the read-only
+    form. Cost: two ``C x C`` projections per position plus ``K x N`` attention logits.
+
+    Args:
+        channels: channels ``C`` of the feature map.
+        register_dim: width ``D`` of the register tokens.
+        num_heads: attention heads (must divide ``channels``).
+        norm_num_groups: groups of the feature GroupNorm.
+    """
+
+    def __init__(self, channels: int, register_dim: int, num_heads: int = 4, norm_num_groups: int = 32) -> None:
+        super().__init__()
+        if channels % num_heads:
+            raise ValueError(f"num_heads ({num_heads}) must divide channels ({channels})")
+        self.num_heads = num_heads
+        self.norm_tokens = nn.LayerNorm(register_dim)
+        self.norm = nn.GroupNorm(norm_num_groups, channels, eps=1e-6)
+        self.to_q = nn.Linear(register_dim, channels, bias=False)
+        self.to_k = nn.Linear(channels, channels, bias=False)
+        self.to_v = nn.Linear(channels, channels, bias=False)
+        self.to_out = nn.Linear(channels, register_dim)
+        nn.init.zeros_(self.to_out.weight)
+        nn.init.zeros_(self.to_out.bias)
+
+    def forward(self, x: torch.Tensor, registers: torch.Tensor) -> torch.Tensor:
+        """``x (B, C, *S)``, ``registers (K, D)`` or ``(B, K, D)`` -> updated tokens ``(B, K, D)``."""
+        batch, channels = x.shape[:2]
+        heads, head_dim = self.num_heads, channels // self.num_heads
+        tokens = (registers if registers.ndim == 3 else registers.unsqueeze(0)).expand(batch, -1, -1)  # (B, K, D)
+        h = self.norm(x).flatten(2).transpose(1, 2)  # (B, N, C)
+        q = self.to_q(self.norm_tokens(tokens)).view(batch, -1, heads, head_dim).transpose(1, 2)  # (B, h, K, c)
+        k = self.to_k(h).view(batch, -1, heads, head_dim).transpose(1, 2)  # (B, h, N, c)
+        v = self.to_v(h).view(batch, -1, heads, head_dim).transpose(1, 2)  # (B, h, N, c)
+        out = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype))  # (B, h, K, c)
+        return tokens + self.to_out(out.transpose(1, 2).reshape(batch, -1, channels)).to(tokens.dtype)
 
 
 class AnatomicalDenoiser(nn.Module):
@@ -104,6 +152,10 @@ class AnatomicalDenoiser(nn.Module):
         register_levels: levels whose decoder blocks cross-attend to the registers.
         register_heads: heads of the register cross-attention.
         register_encoder: the encoder blocks of ``register_levels`` cross-attend too.
+        register_mode: ``"read"``: the features read the same bank for every sample (the
+            method's literal form, a persistent memory); ``"read_write"``: at each register
+            level the tokens first read the feature map (:class:`RegisterWrite`), then the
+            features read the updated tokens; the update carries on to the next level.
         num_classes: classes of the anatomy head (background included); 0 builds no head.
         head_levels: decoder levels fused by the head (2-3 recommended).
         head_channels: width of the head's fusion block.
@@ -124,6 +176,7 @@ class AnatomicalDenoiser(nn.Module):
         register_levels: Sequence[int] = (1, 2),
         register_heads: int = 4,
         register_encoder: bool = False,
+        register_mode: RegisterMode = "read",
         num_classes: int = 0,
         head_levels: Sequence[int] = (0, 1, 2),
         head_channels: int = 32,
@@ -136,6 +189,8 @@ class AnatomicalDenoiser(nn.Module):
             bad = [level for level in levels if not 0 <= level < num_levels]
             if bad:
                 raise ValueError(f"{name} {bad} out of range for {num_levels} levels")
+        if register_mode not in ("read", "read_write"):
+            raise ValueError(f"register_mode must be 'read' or 'read_write', got '{register_mode}'")
         if num_registers < 0 or num_classes < 0:
             raise ValueError(f"num_registers and num_classes must be >= 0, got {num_registers}, {num_classes}")
         self.unet = DiffusionModelUNet(
@@ -152,6 +207,13 @@ class AnatomicalDenoiser(nn.Module):
             for side in sides:
                 self.register_attention[f"{side}{level}"] = RegisterCrossAttention(
                     channels[level], register_dim, register_heads, norm_num_groups)
+        self.register_mode = register_mode
+        self.register_write = nn.ModuleDict()  # read_write: the tokens read each register level first
+        if register_mode == "read_write":
+            for level in self.register_levels:
+                for side in sides:
+                    self.register_write[f"{side}{level}"] = RegisterWrite(
+                        channels[level], register_dim, register_heads, norm_num_groups)
         self.head_levels = tuple(sorted(head_levels)) if num_classes else ()
         self.head = (AnatomicalSegmentationHead(spatial_dims, [channels[lv] for lv in self.head_levels],
                                                 num_classes, head_channels, min(norm_num_groups, head_channels))
@@ -174,6 +236,8 @@ class AnatomicalDenoiser(nn.Module):
         def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
             if not self._state:  # the UNet called on its own, outside forward()
                 return output
+            if name in self.register_write:  # the tokens read this level first (read_write)
+                self._state["tokens"] = self.register_write[name](output, self._state["tokens"])
             if name in self.register_attention:
                 output, maps = self.register_attention[name](output, self._state["tokens"],
                                                              self._state["return_attention"])

@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -313,10 +314,12 @@ class AutoencoderTask(AnatomyTask):
     # -- scale factor and export -------------------------------------------------------------
     @torch.no_grad()
     def compute_scale_factor(self) -> float:
-        """``1 / std(z_mu)`` over the first ``scale_factor_batches * batch_size`` training slices.
+        """``1 / std(z_mu)`` over ``N = scale_factor_batches * batch_size`` training slices.
 
-        The slices are fixed: the first ``N`` of the training split in index order, without
-        augmentation. Rank ``r`` of ``W`` encodes slices ``r, r + W, r + 2W, ...`` — unlike a
+        The slices are fixed and spread evenly over the training split (indices
+        ``round(linspace(0, len - 1, N))``, without augmentation), so every training subject is
+        represented; the first ``N`` in index order would be the first few subjects only.
+        Rank ``r`` of ``W`` encodes the chosen slices ``r, r + W, r + 2W, ...`` — unlike a
         ``DistributedSampler``, which pads the last shard with repeated slices, the union of
         these shards is exactly the ``N`` slices, each once. Per-rank sums of ``z``, ``z**2``
         and the element count (float64) are all-reduced, so 1 and W processes agree to
@@ -326,7 +329,8 @@ class AutoencoderTask(AnatomyTask):
         dataset = _unaugmented_train_split(datamodule)
         batch_size = datamodule.hparams.batch_size
         count = min(len(dataset), self.hparams.scale_factor_batches * batch_size)
-        shard = Subset(dataset, range(self.global_rank, count, self.trainer.world_size))
+        chosen = np.unique(np.linspace(0, len(dataset) - 1, count).round().astype(int))  # spread over subjects
+        shard = Subset(dataset, chosen[self.global_rank::self.trainer.world_size].tolist())
         loader = DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=datamodule.hparams.num_workers)
         totals = torch.zeros(3, dtype=torch.float64, device=self.device)  # sum z, sum z^2, count
         was_training = self.autoencoder.training

@@ -53,7 +53,7 @@ from anatldm.evaluation.statistics import (
     violation_rates,
 )
 from anatldm.interpret import NoRegisterForClassError, save_association
-from anatldm.interpret.effects import edit_effect, edit_effects_markdown
+from anatldm.interpret.effects import edit_effect, edit_effects_markdown, edit_specificity
 from anatldm.metrics import (
     AnatomyRules,
     Memorisation,
@@ -654,13 +654,18 @@ class EvaluationTask(AnatomyTask):
             results[name] = {"generator": self.edit_generator,
                              "edits": [dataclasses.asdict(edit) for edit in edits],
                              "resolved": list(generator.applied_edits), "effect": effect}
+            targets = list(dict.fromkeys(c for edit in edits for c in edit.classes or []))
+            if targets:  # off-target / target |area change| (lower is more specific)
+                results[name]["specificity"] = edit_specificity(base_areas.numpy(), areas.numpy(), self.class_names,
+                                                                targets, hp.num_bootstrap, hp.confidence, hp.seed)
         return results, kept
 
     def _write_edits(self, edits: dict, kept: dict) -> None:
         out = Path(self.hparams.output_dir)
         write_text_atomic(out / "edits.md", edit_effects_markdown(edits, self.class_names, self.hparams.confidence))
         generator = self.model(self.arms[self.edit_generator][0])
-        if any(edit.classes for edits in self.edits.values() for edit in edits):  # the table they were chosen from
+        if generator.register_groups is None and any(  # the table they were chosen from (not bound ones)
+                edit.classes for edits in self.edits.values() for edit in edits):
             save_association(generator.register_association(), self.class_names, out, source="anatomy head",
                              num_samples=generator.association_samples, stem=f"association_{self.edit_generator}")
         columns = min(6, len(kept["unedited"][0]))

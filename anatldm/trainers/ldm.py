@@ -15,7 +15,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.segmentation import DiceScore
 
 from anatldm.diffusion import make_sampler, make_train_scheduler, min_snr_weights, sample_latents
-from anatldm.diffusion.sampling import initial_noise
+from anatldm.diffusion.sampling import initial_noise, step_generators
 from anatldm.diffusion.schedulers import SamplerName
 from anatldm.errors import ConfigError
 from anatldm.interpret import (
@@ -25,9 +25,15 @@ from anatldm.interpret import (
     load_association,
     registers_for_class,
 )
-from anatldm.losses import AnatomyLoss, AnatomyWeightSchedule
+from anatldm.losses import (
+    AnatomyLoss,
+    AnatomyWeightSchedule,
+    RegisterAttentionLoss,
+    TimestepWeighting,
+    class_register_groups,
+)
 from anatldm.models.autoencoder_bundle import load_autoencoder_bundle
-from anatldm.models.denoiser import AnatomicalDenoiser
+from anatldm.models.denoiser import AnatomicalDenoiser, RegisterMode
 from anatldm.models.registers import RegisterEdit, apply_register_edits
 from anatldm.trainers.base import AnatomyTask
 from anatldm.visualize import render_overlay_grid
@@ -57,9 +63,12 @@ class AnatomicalLDMTask(AnatomyTask):
     cross-attending to a learnable register bank, and its anatomy head predicts the clean
     slice's label map from the noisy latent. Loss::
 
-        L = L_diffusion + anatomy_weight(step) * DiceCE(head logits, mask)
+        L = L_diffusion + anatomy_weight(step) * DiceCE_w(head logits, mask)
+            [+ register_supervision_weight * L_attention(register attention, mask)]
 
-    with the progressive :class:`AnatomyWeightSchedule`. ``num_registers: 0`` and
+    with the progressive :class:`AnatomyWeightSchedule`, ``w`` the per-sample timestep weights
+    of :class:`~anatldm.losses.TimestepWeighting` and ``L_attention`` the optional
+    :class:`~anatldm.losses.RegisterAttentionLoss` (docs/method.md). ``num_registers: 0`` and
     ``anatomy_weight: 0`` give the standard LDM baseline, without a single register or head
     parameter. EMA weights come from Lightning's ``EMAWeightAveraging`` callback (see the
     configs): they are swapped in for validation and written to checkpoints.
@@ -80,12 +89,28 @@ class AnatomicalLDMTask(AnatomyTask):
         register_levels: decoder levels (0 = latent resolution) that cross-attend to registers.
         register_heads: heads of the register cross-attention.
         register_encoder: encoder blocks of ``register_levels`` cross-attend too.
+        register_mode: ``"read"`` (the same bank for every sample, the method's literal form) or
+            ``"read_write"`` (the tokens first read each register level's features, then the
+            features read the updated tokens; :class:`~anatldm.models.denoiser.RegisterWrite`).
+        register_supervision: ``"none"``, or ``"attention"``: class ``c`` owns
+            ``supervised_registers_per_class`` registers (the rest are free) and
+            :class:`~anatldm.losses.RegisterAttentionLoss` aligns their attention with the class's
+            mask; edits by class then use these registers (no association calibration).
+        register_supervision_weight: weight of that loss.
+        supervised_registers_per_class: registers owned by each foreground class.
         head_levels: decoder levels fused by the anatomy head.
         head_channels: width of the head.
         anatomy_weight: ``lambda_max`` of the anatomy loss; 0 builds no head (baseline).
         anatomy_weight_min: ``lambda_min`` reached at the end of training.
         anatomy_warmup_fraction: fraction of training steps held at ``lambda_max``.
         anatomy_decay: ``"cosine"``, ``"linear"`` or ``"constant"``.
+        anatomy_timestep_weighting: per-sample weight of the anatomy (and register-attention)
+            loss by timestep: ``"none"`` (``w = 1``), ``"alpha_bar"`` (``w = alpha_bar_t``) or
+            ``"snr_cutoff"`` (``w = 1[SNR(t) >= anatomy_snr_cutoff]``); see
+            :class:`~anatldm.losses.TimestepWeighting`.
+        anatomy_snr_cutoff: the SNR threshold of ``"snr_cutoff"``.
+        anatomy_dice_batch: Dice over the whole batch (MONAI ``DiceCELoss(batch=True)``): a class
+            absent from a slice adds no near-constant per-slice term.
         num_train_timesteps: diffusion steps of the forward process.
         beta_schedule: diffusers beta schedule.
         beta_start: first beta.
@@ -96,6 +121,10 @@ class AnatomicalLDMTask(AnatomyTask):
         weight_decay: AdamW weight decay.
         preview_every_n_epochs: log a fixed-seed sample grid with head masks every N epochs (0: never).
         num_preview_samples: samples in that grid.
+        grad_norm_every_n_steps: every N steps, log the gradient norm of each loss term (one
+            extra backward pass per term on those steps; single-process runs only) as
+            ``train/grad_norm_<loss>``; the total norm and the share of steps whose gradient
+            was clipped (``train/grad_norm``, ``train/clipped``) are logged every step. 0: off.
         max_nonfinite_steps: training stops with an error after this many steps in a row with a
             non-finite loss (each one is skipped: no update, a warning, ``train/nonfinite_steps``).
         sampler: ``"ddpm"``, ``"ddim"`` or ``"dpm_solver++"`` for previews and ``predict``.
@@ -106,7 +135,8 @@ class AnatomicalLDMTask(AnatomyTask):
             ``registers_per_class`` registers most associated with the class are scaled by the
             factor (0 ablates them), e.g. ``{liver: 1.5, kidney: 0}``; applied after
             ``register_edits``.
-        registers_per_class: registers edited per named class.
+        registers_per_class: registers edited per named class (with ``register_supervision:
+            attention``, a class's own ``supervised_registers_per_class`` registers instead).
         association: ``association.json`` (written by ``anatldm predict`` with ``SampleWriter``)
             giving the register-class association; ``None`` computes it on first use from
             ``association_samples`` unedited samples (seeds from 1,000,000) and the head's masks.
@@ -138,12 +168,19 @@ class AnatomicalLDMTask(AnatomyTask):
         register_levels: tuple[int, ...] = (1, 2),
         register_heads: int = 4,
         register_encoder: bool = False,
+        register_mode: RegisterMode = "read",
+        register_supervision: Literal["none", "attention"] = "none",
+        register_supervision_weight: float = 0.5,
+        supervised_registers_per_class: int = 2,
         head_levels: tuple[int, ...] = (0, 1, 2),
         head_channels: int = 64,
         anatomy_weight: float = 2.0,
         anatomy_weight_min: float = 0.5,
         anatomy_warmup_fraction: float = 0.2,
         anatomy_decay: Literal["cosine", "linear", "constant"] = "cosine",
+        anatomy_timestep_weighting: Literal["none", "alpha_bar", "snr_cutoff"] = "none",
+        anatomy_snr_cutoff: float = 0.05,
+        anatomy_dice_batch: bool = True,
         num_train_timesteps: int = 1000,
         beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "scaled_linear",
         beta_start: float = 0.0015,
@@ -154,6 +191,7 @@ class AnatomicalLDMTask(AnatomyTask):
         weight_decay: float = 0.0,
         preview_every_n_epochs: int = 1,
         num_preview_samples: int = 8,
+        grad_norm_every_n_steps: int = 50,
         max_nonfinite_steps: int = 10,
         sampler: SamplerName = "ddim",
         num_inference_steps: int = 50,
@@ -187,6 +225,15 @@ class AnatomicalLDMTask(AnatomyTask):
                               f"{anatomy_weight}, {anatomy_weight_min}")
         if not 0 <= anatomy_warmup_fraction <= 1:
             raise ConfigError(f"model.anatomy_warmup_fraction must lie in [0, 1], got {anatomy_warmup_fraction}")
+        if not anatomy_snr_cutoff > 0:
+            raise ConfigError(f"model.anatomy_snr_cutoff must be positive, got {anatomy_snr_cutoff}")
+        if register_supervision != "none" and not (num_registers and anatomy_weight > 0):
+            raise ConfigError("model.register_supervision needs a register bank and the anatomy head's classes "
+                              f"(num_registers {num_registers}, anatomy_weight {anatomy_weight})")
+        if register_supervision_weight < 0:
+            raise ConfigError(f"model.register_supervision_weight must be >= 0, got {register_supervision_weight}")
+        if grad_norm_every_n_steps < 0:
+            raise ConfigError(f"model.grad_norm_every_n_steps must be >= 0, got {grad_norm_every_n_steps}")
         if num_train_timesteps < 1:
             raise ConfigError(f"model.num_train_timesteps must be at least 1, got {num_train_timesteps}")
         self.sampler_name = sampler
@@ -223,21 +270,34 @@ class AnatomicalLDMTask(AnatomyTask):
                 num_registers=hp.num_registers, register_dim=hp.register_dim,
                 register_init_std=hp.register_init_std, register_levels=hp.register_levels,
                 register_heads=hp.register_heads, register_encoder=hp.register_encoder,
-                num_classes=len(self.class_names) if hp.anatomy_weight > 0 else 0,
+                register_mode=hp.register_mode, num_classes=len(self.class_names) if hp.anatomy_weight > 0 else 0,
                 head_levels=hp.head_levels, head_channels=hp.head_channels,
             )
         except ValueError as err:
             raise ConfigError(f"model: {err}") from None
         self.train_scheduler = make_train_scheduler(hp.num_train_timesteps, hp.beta_schedule, hp.beta_start,
                                                     hp.beta_end, hp.prediction_type)
+        self.register_groups: list[list[int]] | None = None
+        if hp.register_supervision == "attention":
+            try:
+                self.register_groups = class_register_groups(self.denoiser.registers.num_registers,
+                                                             len(self.class_names), hp.supervised_registers_per_class)
+            except ValueError as err:
+                raise ConfigError(f"model.supervised_registers_per_class: {err}") from None
         if self.register_edits:  # fail on a bad edit now, not after a long sampling run
             self.check_edits()
 
     def configure_losses(self) -> None:
-        self.anatomy_loss = AnatomyLoss() if self.denoiser.head is not None else None
+        hp = self.hparams
+        self.anatomy_loss = AnatomyLoss(batch=hp.anatomy_dice_batch) if self.denoiser.head is not None else None
+        self.timestep_weighting = TimestepWeighting(hp.anatomy_timestep_weighting,
+                                                    self.train_scheduler.alphas_cumprod, hp.anatomy_snr_cutoff)
+        self.register_loss = (RegisterAttentionLoss(self.register_groups, self.denoiser.registers.num_registers)
+                              if self.register_groups is not None else None)
 
     def configure_metrics(self) -> None:
-        names = ["diffusion_loss"] + (["anatomy_loss"] if self.denoiser.head is not None else [])
+        names = ["diffusion_loss"] + (["anatomy_loss"] if self.denoiser.head is not None else []) + \
+            (["register_loss"] if self.register_groups is not None else [])
         self.val_losses = torch.nn.ModuleDict({name: MeanMetric() for name in names})
         self.val_dice = (DiceScore(num_classes=len(self.class_names), include_background=False,
                                    average="macro", input_format="index")
@@ -309,32 +369,63 @@ class AnatomicalLDMTask(AnatomyTask):
             noise = torch.randn_like(latents)
             timesteps = torch.randint(0, high, (batch_size,), device=latents.device)
         noisy = self.train_scheduler.add_noise(latents, noise, timesteps)  # (B, C_z, h, w)
-        output = self.denoiser(noisy, timesteps, mask_size=masks.shape[1:])
+        output = self.denoiser(noisy, timesteps, mask_size=masks.shape[1:],
+                               return_attention=self.register_loss is not None)
         target = noise if self.hparams.prediction_type == "epsilon" else \
             self.train_scheduler.get_velocity(latents, noise, timesteps)
         per_sample = F.mse_loss(output.sample.float(), target.float(), reduction="none").flatten(1).mean(1)  # (B,)
         if self.hparams.min_snr_gamma is not None:
             per_sample = per_sample * min_snr_weights(self.train_scheduler, timesteps, self.hparams.min_snr_gamma)
         losses = {"diffusion_loss": per_sample.mean()}
+        weights = self.timestep_weighting(timesteps)  # (B,) or None
         if self.anatomy_loss is not None:
-            losses["anatomy_loss"] = self.anatomy_loss(output.anatomy_logits, masks)
+            losses["anatomy_loss"] = self.anatomy_loss(output.anatomy_logits, masks, weights)
+        if self.register_loss is not None:
+            losses["register_loss"] = self.register_loss(output.attention, masks, weights)
         return losses, output.anatomy_logits
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor | None:
         buffers = self.buffer_snapshot()
         losses, _ = self._losses(batch)
-        loss = losses["diffusion_loss"]
         batch_size = batch["image"].shape[0]
+        terms = {"diffusion_loss": losses["diffusion_loss"]}  # each as it enters the total
         if self.anatomy_loss is not None:
             weight = self.anatomy_schedule(self.global_step)
-            loss = loss + weight * losses["anatomy_loss"]
+            terms["anatomy_loss"] = weight * losses["anatomy_loss"]
+        if self.register_loss is not None:
+            terms["register_loss"] = self.hparams.register_supervision_weight * losses["register_loss"]
+        loss = torch.stack(list(terms.values())).sum()
         if self.skip_nonfinite_loss(loss, buffers):
             return None  # no backward, no optimizer update; the EMA keeps averaging finite weights
+        every = self.hparams.grad_norm_every_n_steps
+        if every and self.global_step % every == 0 and self.trainer.world_size == 1:
+            self._log_gradient_norms(terms, batch_size)
         if self.anatomy_loss is not None:
             self.log("train/anatomy_weight", weight, batch_size=batch_size)
         self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, batch_size=batch_size)
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=batch_size)
         return loss
+
+    def _log_gradient_norms(self, terms: dict[str, Tensor], batch_size: int) -> None:
+        """``train/grad_norm_<loss>``: the L2 norm of each weighted loss term's gradient over the
+        denoiser's parameters (the balance of the terms before they are summed and clipped)."""
+        params = [p for p in self.denoiser.parameters() if p.requires_grad]
+        for name, term in terms.items():
+            grads = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
+            norm = torch.linalg.vector_norm(torch.stack([g.float().norm() for g in grads if g is not None]))
+            self.log(f"train/grad_norm_{name}", norm, batch_size=batch_size)
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """The total gradient norm before clipping, and whether ``gradient_clip_val`` clipped it
+        (``train/clipped``, averaged per epoch: the share of clipped steps)."""
+        grads = [p.grad for p in self.denoiser.parameters() if p.grad is not None]
+        if not grads:
+            return
+        norm = torch.linalg.vector_norm(torch.stack([g.detach().float().norm() for g in grads]))
+        self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
+        clip = self.trainer.gradient_clip_val
+        if clip:
+            self.log("train/clipped", (norm > clip).float(), on_step=False, on_epoch=True)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         """Fixed-noise diffusion loss over all timesteps; head Dice at low noise (t < 200).
@@ -394,9 +485,17 @@ class AnatomicalLDMTask(AnatomyTask):
         self.applied_edits = []
 
         def resolve(names: Sequence[str]) -> list[int]:
-            table = self.register_association()
-            chosen = list(dict.fromkeys(k for name in names for k in
-                                        registers_for_class(table, self.class_names, name, self.registers_per_class)))
+            if self.register_groups is not None:  # registers bound to classes in training
+                if self.class_names[0] in names:
+                    raise ConfigError(f"model.register_edits: '{self.class_names[0]}' owns no registers under "
+                                      "register_supervision; edit the foreground classes")
+                chosen = list(dict.fromkeys(k for name in names
+                                            for k in self.register_groups[self.class_names.index(name) - 1]))
+            else:
+                table = self.register_association()
+                chosen = list(dict.fromkeys(k for name in names for k in
+                                            registers_for_class(table, self.class_names, name,
+                                                                self.registers_per_class)))
             self.applied_edits.append({"classes": list(names), "registers": chosen})
             logger.info("edit of %s: registers %s", ", ".join(names), chosen)
             return chosen
@@ -455,7 +554,7 @@ class AnatomicalLDMTask(AnatomyTask):
         seeds = [int(s) for s in seeds]
         noise = initial_noise(seeds, self.latent_shape, self.device)
         scheduler = make_sampler(sampler or self.sampler_name, self.train_scheduler)
-        generator = torch.Generator(self.device).manual_seed(seeds[0]) if seeds else None
+        generator = step_generators(seeds)  # per sample: a sample does not depend on its batch
         was_training = self.denoiser.training
         self.denoiser.eval()
         try:

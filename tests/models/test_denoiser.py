@@ -119,3 +119,34 @@ def test_head_learns_to_segment_from_features() -> None:
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_read_write_starts_as_read_and_then_reads_the_image() -> None:
+    torch.manual_seed(0)
+    read = AnatomicalDenoiser(num_registers=4, num_classes=3, **TINY)
+    torch.manual_seed(0)
+    read_write = AnatomicalDenoiser(num_registers=4, num_classes=3, register_mode="read_write", **TINY)
+    missing, _ = read_write.load_state_dict(read.state_dict(), strict=False)
+    assert missing and all(name.startswith("register_write.") for name in missing)
+    for module in (*read.register_attention.values(), *read_write.register_attention.values()):
+        torch.nn.init.normal_(module.to_out.weight, std=0.1)  # the registers matter
+    read_write.register_attention.load_state_dict(read.register_attention.state_dict())
+    x, t = torch.randn(3, 4, 8, 8), torch.tensor([10, 500, 900])
+    with torch.no_grad():
+        # MONAI's UNet starts with a zero output conv: compare the head, which reads the features
+        torch.testing.assert_close(read_write(x, t).anatomy_logits, read(x, t).anatomy_logits)  # zero-init write
+        for module in read_write.register_write.values():
+            torch.nn.init.normal_(module.to_out.weight, std=0.5)
+        both = read_write(x, t, return_attention=True)
+        alone = read_write(x[1:2], t[1:2], return_attention=True)
+        reference = read(x, t).anatomy_logits
+    assert not torch.allclose(both.anatomy_logits, reference, atol=1e-4)
+    torch.testing.assert_close(alone.anatomy_logits, both.anatomy_logits[1:2], rtol=1e-4, atol=1e-5)  # batch-free
+    # what a sample reads now depends on its own features: two inputs, different token updates
+    tokens = read_write.register_write["up1"](torch.randn(2, 16, 4, 4), read_write.registers.tokens)
+    assert tokens.shape == (2, 4, 8) and not torch.allclose(tokens[0], tokens[1])
+
+
+def test_register_mode_is_checked() -> None:
+    with pytest.raises(ValueError, match="register_mode"):
+        AnatomicalDenoiser(num_registers=4, register_mode="write", **TINY)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -124,12 +125,14 @@ def test_export_import_latents_and_scale_factor(tmp_path: Path, cache_dir: str) 
     assert task.optimizers()[1].param_groups[0]["lr"] == pytest.approx(5e-4 * 0.5 * (1 + math.cos(math.pi * 5 / 6)))
     loaded, metadata = load_autoencoder_bundle(tmp_path / "export" / BUNDLE_CONFIG)
     train = datamodule.datasets["train"]
-    images = torch.stack([torch.from_numpy(train.cache.images[i].copy())[None] for i in train.indices[:9]])
+    spread = np.unique(np.linspace(0, len(train) - 1, 9).round().astype(int))  # all subjects, not the first
+    assert spread[0] == 0 and spread[-1] == len(train) - 1  # from the first subject to the last
+    images = torch.stack([torch.from_numpy(train.cache.images[train.indices[i]].copy())[None] for i in spread])
     task.autoencoder.eval()
     with torch.no_grad():
         z_task, z_loaded = task.autoencoder.encode(images)[0], loaded.encode(images)[0]
     assert torch.equal(z_task, z_loaded)
-    # the scale factor is 1/std over exactly the first scale_factor_batches * batch_size slices
+    # the scale factor is 1/std over exactly scale_factor_batches * batch_size slices spread over the split
     assert metadata["scale_factor"] == pytest.approx(1 / z_loaded.double().std(unbiased=False).item(), rel=1e-6)
 
 

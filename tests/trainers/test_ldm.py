@@ -140,6 +140,11 @@ def test_head_learns_on_phantom_slices(bundle: Path, tmp_path: Path) -> None:
     ({"num_registers": 0, "register_edits": [RegisterEdit("ablate")]}, "needs a register bank"),
     ({"register_edits": [RegisterEdit("scale", registers=[9])]}, "register index 9 out of range"),
     ({"register_levels": [3]}, "register_levels \\[3\\] out of range"),
+    ({"register_supervision": "attention", "num_registers": 0}, "register_supervision needs a register bank"),
+    ({"register_supervision": "attention", "supervised_registers_per_class": 2},
+     "model.supervised_registers_per_class: 5 classes x 2 registers"),
+    ({"anatomy_snr_cutoff": 0.0}, "model.anatomy_snr_cutoff must be positive"),
+    ({"register_mode": "write"}, "model: register_mode must be 'read' or 'read_write'"),
 ])
 def test_bad_settings(bundle: Path, overrides: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
@@ -183,3 +188,34 @@ def test_fraction_checkpoints_hold_the_ema_weights_at_their_step(bundle: Path, t
     assert "current_model_state" in half  # the EMA weights went into state_dict, the live ones beside them
     key = next(k for k in half["state_dict"] if k.startswith("denoiser.") and half["state_dict"][k].is_floating_point())
     assert not torch.equal(early["state_dict"][key], half["state_dict"][key])
+
+
+def test_recipe_options_train_and_log_gradient_balance(bundle: Path, tmp_path: Path) -> None:
+    """read_write registers bound to classes, snr-cutoff supervision: a fit logs each loss term's
+    gradient norm, the clipped share and the register loss."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    model = {"num_registers": 12, "register_mode": "read_write", "register_supervision": "attention",
+             "supervised_registers_per_class": 2, "anatomy_timestep_weighting": "snr_cutoff",
+             "grad_norm_every_n_steps": 1}
+    config = write_config(tmp_path / "ldm.yaml", bundle, tmp_path, model, max_epochs=1, limit_train_batches=3,
+                          limit_val_batches=1, log_every_n_steps=1, gradient_clip_val=1e-3)
+    main(["fit", "--config", str(config)])
+    events = EventAccumulator(str(next((tmp_path / "tb").rglob("events.out.tfevents*"))))
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert {"train/grad_norm_diffusion_loss", "train/grad_norm_anatomy_loss", "train/grad_norm_register_loss",
+            "train/grad_norm", "train/clipped", "val/register_loss", "train/register_loss"} <= scalars
+    assert [e.value for e in events.Scalars("train/clipped")] == [1.0]  # every step clipped at 1e-3
+    assert all(e.value > 0 for e in events.Scalars("train/grad_norm_register_loss"))
+
+
+def test_edits_by_class_use_the_bound_registers(bundle: Path) -> None:
+    model = task(bundle, num_registers=12, register_supervision="attention", supervised_registers_per_class=2)
+    assert model.register_groups == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]
+    spleen = CT_ABDOMEN_CLASSES.index("spleen")
+    model.edited_registers([RegisterEdit("scale", classes=["spleen"], factor=2.0)])
+    assert model.applied_edits == [{"classes": ["spleen"], "registers": [2 * spleen - 2, 2 * spleen - 1]}]
+    assert model._association is None  # no calibration sampling was needed
+    with pytest.raises(ConfigError, match="owns no registers"):
+        model.edited_registers([RegisterEdit("ablate", classes=["background"])])

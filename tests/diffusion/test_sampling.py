@@ -1,0 +1,73 @@
+"""The sampling loop: the head's mask at t = 0, batch independence, a known one-step case."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from anatldm.diffusion import make_sampler, make_train_scheduler, sample_latents
+from anatldm.diffusion.sampling import initial_noise, step_generators
+from anatldm.models.denoiser import AnatomicalDenoiser
+
+TINY = {"in_channels": 4, "channels": (8, 16), "attention_levels": (False, False), "norm_num_groups": 4,
+        "num_head_channels": 4, "num_registers": 4, "register_dim": 8, "register_levels": (1,),
+        "register_heads": 2, "head_levels": (0, 1), "head_channels": 8, "num_classes": 3}
+
+
+def _denoiser() -> AnatomicalDenoiser:
+    torch.manual_seed(0)
+    model = AnatomicalDenoiser(**TINY).eval()
+    for module in model.register_attention.values():  # non-zero output: the registers matter
+        torch.nn.init.normal_(module.to_out.weight, std=0.1)
+    return model
+
+
+def test_head_mask_is_read_from_the_clean_latents_at_t0() -> None:
+    model = _denoiser()
+    noise = initial_noise([0, 1], (4, 8, 8))
+    out = sample_latents(model, make_sampler("ddim", make_train_scheduler()), noise, 5, mask_size=(16, 16))
+    with torch.no_grad():
+        expected = model(out.latents, torch.zeros(2, dtype=torch.long), mask_size=(16, 16)).anatomy_logits
+    torch.testing.assert_close(out.anatomy_logits, expected)
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_a_sample_does_not_depend_on_its_batch(sampler: str) -> None:
+    model, train = _denoiser(), make_train_scheduler()
+
+    def run(seeds: list[int]) -> torch.Tensor:
+        out = sample_latents(model, make_sampler(sampler, train), initial_noise(seeds, (4, 8, 8)), 4,
+                             generator=step_generators(seeds))
+        return out.latents
+
+    alone, first, second = run([7]), run([7, 3]), run([5, 7])
+    torch.testing.assert_close(first[0], alone[0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(second[1], alone[0], rtol=1e-4, atol=1e-5)
+
+
+def test_step_noise_differs_from_the_initial_noise() -> None:
+    draw = torch.randn((4, 8, 8), generator=step_generators([3])[0])
+    assert not torch.allclose(draw, initial_noise([3], (4, 8, 8))[0])
+
+
+def test_one_ddim_step_is_the_closed_form() -> None:
+    """One DDIM step (eta 0) from the last training timestep T to the end of the chain, whose
+    ``alpha_bar`` is ``alphas_cumprod[0]`` (``set_alpha_to_one=False``)::
+
+        x0 = (x - sqrt(1 - a_T) eps) / sqrt(a_T);  out = sqrt(a_0) x0 + sqrt(1 - a_0) eps
+    """
+    model, train = _denoiser(), make_train_scheduler()
+    noise = initial_noise([0], (4, 8, 8))
+    out = sample_latents(model, make_sampler("ddim", train), noise, 1)
+    t = torch.tensor([train.config.num_train_timesteps - 1])
+    with torch.no_grad():
+        eps = model(noise, t).sample
+    alpha, final = train.alphas_cumprod[t], train.alphas_cumprod[0]
+    x0 = (noise - (1 - alpha).sqrt() * eps) / alpha.sqrt()
+    expected = final.sqrt() * x0 + (1 - final).sqrt() * eps
+    torch.testing.assert_close(out.latents, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_zero_steps_is_an_error() -> None:
+    with pytest.raises(ValueError, match="num_inference_steps"):
+        sample_latents(_denoiser(), make_sampler("ddim", make_train_scheduler()), initial_noise([0], (4, 8, 8)), 0)
