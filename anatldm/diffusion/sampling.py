@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -84,6 +85,8 @@ def sample_latents(
     output = None
     attention: dict[str, torch.Tensor] = {}
     timesteps = scheduler.timesteps
+    # deterministic samplers (UniPC) take no generator
+    step_kwargs = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
     for index, t in enumerate(timesteps):
         record = index >= len(timesteps) - attention_steps
         model_input = scheduler.scale_model_input(latents, t)
@@ -92,7 +95,7 @@ def sample_latents(
         if record:
             for name, maps in output.attention.items():
                 attention[name] = attention.get(name, 0) + maps / attention_steps
-        latents = scheduler.step(output.sample, t, latents, generator=generator).prev_sample
+        latents = scheduler.step(output.sample, t, latents, **step_kwargs).prev_sample
         if progress is not None:
             progress(index + 1, len(timesteps))
     logits = None

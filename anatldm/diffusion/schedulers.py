@@ -1,17 +1,17 @@
-"""diffusers noise schedulers: one training schedule, three samplers built from its config."""
+"""diffusers noise schedulers: one training schedule, five samplers built from its config."""
 
 from __future__ import annotations
 
 from typing import Literal
 
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 __all__ = ["SAMPLERS", "SamplerName", "make_sampler", "make_train_scheduler", "min_snr_weights"]
 
-SamplerName = Literal["ddpm", "ddim", "dpm_solver++"]
-SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpm_solver++")
+SamplerName = Literal["ddpm", "ddim", "dpm_solver++", "dpm_solver++_sde", "unipc"]
+SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "dpm_solver++", "dpm_solver++_sde", "unipc")
 PredictionType = Literal["epsilon", "v_prediction"]
 
 
@@ -35,8 +35,11 @@ def make_sampler(name: SamplerName, train_scheduler: DDPMScheduler) -> Scheduler
     """A fresh sampler sharing the training schedule's betas and prediction type.
 
     ``ddpm``: ancestral sampling (Ho et al., 2020); ``ddim``: deterministic DDIM, eta 0 (Song et
-    al., 2021); ``dpm_solver++``: second-order multistep DPM-Solver++ (Lu et al., 2022).
-    Samplers keep state between steps, so build one per sampling run.
+    al., 2021); ``dpm_solver++``: second-order multistep DPM-Solver++ (Lu et al., 2022), and
+    ``dpm_solver++_sde`` its stochastic variant (SDE-DPM-Solver++(2M), noise per step);
+    ``unipc``: UniPC, second-order predictor-corrector (Zhao et al., 2023). All use trailing
+    timestep spacing (the last step starts at t = T - 1). Samplers keep state between steps,
+    so build one per sampling run.
     """
     config = train_scheduler.config
     if name == "ddpm":
@@ -47,6 +50,11 @@ def make_sampler(name: SamplerName, train_scheduler: DDPMScheduler) -> Scheduler
     if name == "dpm_solver++":
         return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=2,
                                                        timestep_spacing="trailing")
+    if name == "dpm_solver++_sde":
+        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="sde-dpmsolver++", solver_order=2,
+                                                       timestep_spacing="trailing")
+    if name == "unipc":
+        return UniPCMultistepScheduler.from_config(config, solver_order=2, timestep_spacing="trailing")
     raise ValueError(f"unknown sampler '{name}'; expected one of {SAMPLERS}")
 
 

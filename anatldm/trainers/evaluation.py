@@ -122,7 +122,7 @@ class EvaluationTask(AnatomyTask):
         early_checkpoints: arm -> early checkpoint(s) of its first models (the generator negative
             control: the final checkpoint must score higher on the primary metric).
         num_samples: samples per model; ``None`` = the number of real test slices.
-        sampler: ``"ddpm"``, ``"ddim"`` or ``"dpm_solver++"``.
+        sampler: ``"ddpm"``, ``"ddim"``, ``"dpm_solver++"``, ``"dpm_solver++_sde"`` or ``"unipc"``.
         num_inference_steps: denoiser calls per sample.
         seed: sample ``i`` of every model uses seed ``seed + i``.
         sample_batch_size: samples generated at once.

@@ -127,7 +127,7 @@ class AnatomicalLDMTask(AnatomyTask):
             was clipped (``train/grad_norm``, ``train/clipped``) are logged every step. 0: off.
         max_nonfinite_steps: training stops with an error after this many steps in a row with a
             non-finite loss (each one is skipped: no update, a warning, ``train/nonfinite_steps``).
-        sampler: ``"ddpm"``, ``"ddim"`` or ``"dpm_solver++"`` for previews and ``predict``.
+        sampler: ``"ddpm"``, ``"ddim"``, ``"dpm_solver++"``, ``"dpm_solver++_sde"`` or ``"unipc"`` for previews and ``predict``.
         num_inference_steps: denoiser calls per sample.
         register_edits: edits of the register bank applied when sampling (controllable
             generation), by register index or by class (``classes: [liver]``).

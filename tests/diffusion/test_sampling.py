@@ -31,7 +31,7 @@ def test_head_mask_is_read_from_the_clean_latents_at_t0() -> None:
     torch.testing.assert_close(out.anatomy_logits, expected)
 
 
-@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm_solver++_sde", "unipc"])
 def test_a_sample_does_not_depend_on_its_batch(sampler: str) -> None:
     model, train = _denoiser(), make_train_scheduler()
 
