@@ -5,7 +5,7 @@
 Writes the quickstart phantoms (24 subjects of 64x64x48) into a temporary folder, times the
 first slice-cache build (decoding, validating and normalising every volume) and a rebuild that
 finds the cache, then measures how many augmented training samples per second the training
-loader delivers with 0 and 2 workers. The DESIGN target is >= 5x what a training step consumes:
+loader delivers with 0 and 2 workers. The target (docs/method.md, 'Cost targets') is >= 5x what a training step consumes:
 compare with ``ldm/train_step_register`` of ``bench_ldm.py`` (16 samples per step).
 """
 

@@ -1,6 +1,6 @@
 """Slice-level controls of the judge: real slices made anatomically wrong on purpose.
 
-A judge that passes these as often as real slices does not measure anatomy (DESIGN section 4):
+A judge that passes these as often as real slices does not measure anatomy (docs/method.md, 'Controls'):
 
 - :func:`flip_left_right` mirrors a slice: liver and spleen change sides, a layout that never
   occurs in a real axial slice (situs inversus aside). Only slices that hold a lateralised class

@@ -1,6 +1,6 @@
 """The gate, the claim's verdict and ``report.md``: what an evaluation concludes, written plainly.
 
-The gate is pre-registered (DESIGN section 4): before any generator number means anything, the
+The gate is pre-registered (docs/method.md, 'The gate'): before any generator number means anything, the
 judge must segment real test slices well (Dice per class), pass real test slices, fail
 anatomically wrong slices (negative controls) and rank an early checkpoint of a generator below
 its final one. ``report.md`` opens with its verdict; a failed gate is written in bold above every

@@ -1,4 +1,4 @@
-"""Evaluation metrics (DESIGN section 4), each a ``torchmetrics.Metric`` that syncs across DDP ranks.
+"""Evaluation metrics (docs/method.md, 'Metric definitions'), each a ``torchmetrics.Metric`` that syncs across DDP ranks.
 
 - Anatomical accuracy (primary): :class:`PlausibilityRate` against :class:`AnatomyRules` fitted
   once on real training masks.

@@ -11,7 +11,7 @@ torchmetrics' ``FrechetInceptionDistance`` and ``KernelInceptionDistance`` accep
 - expects ``(N, num_features)`` features: FID casts them to float64, KID keeps them as they are.
 
 The default feature extractor is the downstream segmenter's encoder, globally average-pooled
-(DESIGN section 4). InceptionV3 (Szegedy et al., CVPR 2016) FID as in Heusel et al., NeurIPS 2017
+(docs/method.md, 'Metric definitions'). InceptionV3 (Szegedy et al., CVPR 2016) FID as in Heusel et al., NeurIPS 2017
 needs the ``torch-fidelity`` package and a local weights file, since nothing is downloaded here.
 """
 

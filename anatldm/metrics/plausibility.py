@@ -1,4 +1,4 @@
-"""The plausibility rate: the primary anatomical-accuracy metric (DESIGN section 4)."""
+"""The plausibility rate: the primary anatomical-accuracy metric (docs/method.md, 'Metric definitions')."""
 
 from __future__ import annotations
 

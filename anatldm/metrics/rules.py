@@ -5,7 +5,7 @@ real slices (so real and generated slices face the same judge noise), and the jo
 is checked by :class:`~anatldm.metrics.layout.LayoutRule`; see ``EvaluationTask``.
 
 The rules are the reference of the primary anatomical-accuracy metric, the plausibility rate
-(DESIGN section 4): for every foreground class, over the real slices where it is present, the
+(docs/method.md, 'Plausibility rules'): for every foreground class, over the real slices where it is present, the
 range between the ``low`` and ``high`` percentiles of
 
 - its number of connected components (8-connectivity),

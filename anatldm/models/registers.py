@@ -26,7 +26,7 @@ class AnatomicalRegisterBank(nn.Module):
     The same bank is the cross-attention context of every sample (no mask, no condition at
     inference); what each sample reads from it depends on its own features. Registers in the
     spirit of Darcet et al., "Vision Transformers Need Registers" (ICLR 2024), used here as a
-    memory the UNet attends to, as in the Anatomical LDM method (DESIGN section 1).
+    memory the UNet attends to, as in the Anatomical LDM method (docs/method.md, section 5).
 
     Args:
         num_registers: number of tokens ``K`` (at least 1).

@@ -1,6 +1,6 @@
 """``EvaluationTask``: ``anatldm test`` — the judge's gate, then realism and anatomical accuracy.
 
-The protocol is fixed in advance (DESIGN section 4). A segmenter trained on real slices only (the
+The protocol is fixed in advance (docs/method.md, 'Evaluation protocol'). A segmenter trained on real slices only (the
 judge) labels every slice. The plausibility rules are calibrated on the judge's predictions of
 held-out real calibration slices, so real and generated slices face the same judge noise. Before
 any generator number, the judge must pass its gate: Dice per class on real test slices, real test
@@ -568,7 +568,7 @@ class EvaluationTask(AnatomyTask):
         report = {
             "anatldm_version": __version__,
             "gate": gate,
-            "protocol": "DESIGN section 4: judge trained on real slices only; plausibility rules calibrated on "
+            "protocol": "docs/method.md, 'Evaluation protocol': judge trained on real slices only; plausibility rules calibrated on "
                         f"{self.rules.source}; paired bootstrap over sampling seeds, hierarchical over training seeds",
             "rules_source": f"{self.rules.source}; per class {', '.join(self.rules.range_rules)}; co-occurrence"
                             f"{layout_text}"

@@ -56,7 +56,7 @@ def load_register_bank(checkpoint_path: str) -> Tensor:
 
 
 class AnatomicalLDMTask(AnatomyTask):
-    """Anatomical latent diffusion model (DESIGN section 1).
+    """Anatomical latent diffusion model (docs/method.md, 'Model' and 'Training objective').
 
     A frozen KL autoencoder (an export bundle of :class:`AutoencoderTask`) maps slices to
     latents scaled by its ``scale_factor``. :class:`AnatomicalDenoiser` predicts the noise while

@@ -36,7 +36,7 @@ class SegmenterTask(AnatomyTask):
 
     Its Dice on real test slices is the ceiling of every anatomical-accuracy number, and its
     globally pooled bottleneck features are the domain encoder of the FID/KID in the
-    evaluation (see DESIGN section 4). UNet of Ronneberger et al. (MICCAI 2015) with residual
+    evaluation (see docs/method.md, 'The judge'). UNet of Ronneberger et al. (MICCAI 2015) with residual
     units (Kerfoot et al., 2018), as implemented in MONAI.
 
     Args:
