@@ -85,6 +85,7 @@ def sample_latents(
     output = None
     attention: dict[str, torch.Tensor] = {}
     timesteps = scheduler.timesteps
+    recorded = min(attention_steps, len(timesteps))  # maps are averaged over the steps recorded
     # deterministic samplers (UniPC) take no generator
     step_kwargs = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
     for index, t in enumerate(timesteps):
@@ -94,7 +95,7 @@ def sample_latents(
                           return_attention=record)
         if record:
             for name, maps in output.attention.items():
-                attention[name] = attention.get(name, 0) + maps / attention_steps
+                attention[name] = attention.get(name, 0) + maps / recorded
         latents = scheduler.step(output.sample, t, latents, **step_kwargs).prev_sample
         if progress is not None:
             progress(index + 1, len(timesteps))

@@ -1,7 +1,7 @@
 """Evaluation metrics (docs/method.md, 'Metric definitions'), each a ``torchmetrics.Metric`` that syncs across DDP ranks.
 
 - Anatomical accuracy (primary): :class:`PlausibilityRate` against :class:`AnatomyRules` fitted
-  once on real training masks.
+  once on the judge's labels of real calibration slices (or on ground-truth masks).
 - Segmentation statistics: :class:`FrechetSegmentationDistance`, :class:`AreaWasserstein`,
   :class:`SelfConsistencyDice`.
 - Realism: FID / KID on a domain encoder (:func:`make_fid_kid`, :class:`PooledEncoderFeatures`).

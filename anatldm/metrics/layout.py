@@ -10,8 +10,9 @@ looks at all classes jointly. Each label map becomes one vector of, per foregrou
 
 (positions in [0, 1] of the slice; all 0 where the class is absent), each feature divided by a
 scale ``s_f = max(std_f, floor_f)`` measured on the calibration vectors. The floors keep a data set
-whose subjects barely vary from turning a one-pixel shift into a rejection: positions and
-sqrt-area are floored at ``floor_pixels / min(H, W)``, presence at 0.5. The score of a map is the
+whose subjects barely vary from turning a one-pixel shift into a rejection: every feature but
+presence (positions, sqrt-area, bounding box, extent) is floored at ``floor_pixels / min(H, W)``,
+presence at 0.5. The score of a map is the
 Euclidean distance from its vector to its ``k``-th nearest calibration vector.
 
 The threshold is (at least) a split-conformal quantile (Vovk et al., "Algorithmic Learning in a Random World",
@@ -108,7 +109,7 @@ class LayoutRule:
                 its own subject (leave one out).
             k: neighbours of the score.
             quantile: conformal level of the threshold, in (0, 1].
-            floor_pixels: smallest feature scale of positions and sqrt-area, in pixels.
+            floor_pixels: smallest scale of every feature but presence, in pixels.
         """
         if not 0.0 < quantile <= 1.0:
             raise ValueError(f"quantile must lie in (0, 1], got {quantile}")

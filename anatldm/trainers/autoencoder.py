@@ -69,9 +69,9 @@ class AutoencoderTask(AnatomyTask):
     adversarial warm-up is over, one discriminator step per batch. Losses are computed in
     float32, so ``bf16-mixed`` is safe. Nothing is 2D-only: ``spatial_dims: 3`` trains on volumes.
 
-    At the end of fit, ``scale_factor = 1 / std(z_mu)`` is measured on the first
-    ``scale_factor_batches`` training batches (no shuffle, no augmentation; sums all-reduced
-    across ranks) and the bundle is written to ``export_dir``.
+    At the end of fit, ``scale_factor = 1 / std(z_mu)`` is measured on
+    ``scale_factor_batches`` batches' worth of training slices spread evenly over the split (no
+    augmentation; sums all-reduced across ranks) and the bundle is written to ``export_dir``.
 
     With the discriminator on, ``trainer.max_steps`` counts the steps of both optimisers
     (Lightning's rule for manual optimisation); ``max_epochs`` is the simpler stop criterion.

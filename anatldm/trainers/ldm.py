@@ -74,7 +74,7 @@ class AnatomicalLDMTask(AnatomyTask):
     configs): they are swapped in for validation and written to checkpoints.
 
     Sampling needs no mask: every sample comes out as an (image, mask) pair, the mask read from
-    the head at the last denoising step.
+    one more head call on the final (clean) latents at t = 0.
 
     Args:
         autoencoder: path of the autoencoder export bundle (folder or ``autoencoder.json``).

@@ -71,3 +71,9 @@ def test_one_ddim_step_is_the_closed_form() -> None:
 def test_zero_steps_is_an_error() -> None:
     with pytest.raises(ValueError, match="num_inference_steps"):
         sample_latents(_denoiser(), make_sampler("ddim", make_train_scheduler()), initial_noise([0], (4, 8, 8)), 0)
+
+
+def test_attention_is_a_mean_over_the_recorded_steps() -> None:
+    out = sample_latents(_denoiser(), make_sampler("ddim", make_train_scheduler()), initial_noise([0], (4, 8, 8)), 2,
+                         attention_steps=5)  # more than the 2 steps: averaged over 2
+    torch.testing.assert_close(out.attention["up1"].sum(1), torch.ones(1, 4, 4))
