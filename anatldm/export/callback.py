@@ -290,8 +290,8 @@ class DatasetWriter(BasePredictionWriter):
                                    self._training_images[[int(nearest[i]) for i in flagged]],
                                    [(f"{self._case_ids[i]}: RMSE {distances[i]:.3f}",
                                      f"training {self._training_names[int(nearest[i])]}") for i in flagged],
-                                   f"flagged: closer to a training slice than {100 * (1 - self.memorisation_quantile):g} "
-                                   f"% of held-out real slices (threshold {self._reference.threshold:.3f})")
+                                   f"flagged (RMSE < {self._reference.threshold:.3f}, the held-out\n"
+                                   f"{100 * self.memorisation_quantile:g} % quantile): sample | nearest training slice")
                 if self.drop_memorised:
                     for entry in audit["flagged"]:
                         builder.remove_case(entry["case"])

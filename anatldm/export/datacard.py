@@ -127,7 +127,7 @@ def render_datacard(card: dict) -> str:
         low, high = audit["flagged_fraction_interval"]
         lines += [f"Distance: {audit['distance']}. Reference: {audit['num_held_out_slices']} real slices of subjects "
                   f"the model never saw (validation and test split) against {audit['num_training_slices']} training "
-                  f"slices; threshold = their {100 * audit['quantile']:g}th percentile, {audit['threshold']:.4f} "
+                  f"slices; threshold = their {100 * audit['quantile']:g} % quantile, {audit['threshold']:.4f} "
                   f"(held-out median {audit['held_out_distance']['median']:.4f}; samples' median "
                   f"{audit['sample_distance']['median']:.4f}).", "",
                   f"**Flagged: {audit['num_flagged']} of {audit['num_samples']} samples = "
@@ -137,7 +137,8 @@ def render_datacard(card: dict) -> str:
         if audit["flagged"]:
             lines += [("The flagged samples were **dropped** from this export." if card["dropped_flagged"] else
                        "The flagged samples are **in** this export (`drop_memorised: true` drops them)."),
-                      "Side by side: `memorisation_flagged.png`.", "",
+                      "Side by side: `memorisation_flagged.png`. Pixel RMSE also rates smooth, low-contrast "
+                      "samples as close to everything: look at the pairs before calling a sample a copy.", "",
                       "| case | seed | RMSE | nearest training slice |", "|---|---|---|---|"]
             lines += [f"| {f['case']} | {f['seed']} | {f['distance']:.4f} | {f['nearest_training_slice']} |"
                       for f in audit["flagged"]]
