@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 FORCE ?=
 HALF ?= 1
 
-.PHONY: install test quickstart claim bench lint previews clean
+.PHONY: install test quickstart claim bench augment-bench lint previews clean
 
 install: $(STAMP)
 
@@ -30,6 +30,10 @@ claim: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
+
+# does synthetic data help a segmenter? needs the quickstart models (make quickstart); ~20 min on 2 CPU cores
+augment-bench: $(STAMP)
+	$(BIN)/python benchmarks/augment_bench.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check anatldm tests benchmarks scripts
