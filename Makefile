@@ -31,7 +31,7 @@ claim: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
 
-# does synthetic data help a segmenter? needs the quickstart models (make quickstart); ~20 min on 2 CPU cores
+# does synthetic data help a segmenter? needs the quickstart models (make quickstart); about 11 min on 2 CPU cores
 augment-bench: $(STAMP)
 	$(BIN)/python benchmarks/augment_bench.py
 
