@@ -13,7 +13,7 @@ SAMPLES ?= 500
 TAG ?=
 COMBINED ?=
 
-.PHONY: install test quickstart claim ablation bench lint previews clean
+.PHONY: install test quickstart claim ablation bench augment-bench lint previews clean
 
 install: $(STAMP)
 
@@ -39,6 +39,10 @@ ablation: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
+
+# does synthetic data help a segmenter? needs the quickstart models (make quickstart); about 11 min on 2 CPU cores
+augment-bench: $(STAMP)
+	$(BIN)/python benchmarks/augment_bench.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check anatldm tests benchmarks scripts

@@ -17,6 +17,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from anatldm.atomic import write_text_atomic
 from anatldm.data.orientation import display_to_ras
 from anatldm.errors import ConfigError, check_output_folder
+from anatldm.export.geometry import to_raw_intensity
 from anatldm.interpret import (
     RegisterAssociation,
     attention_at_image_size,
@@ -28,15 +29,6 @@ from anatldm.visualize import save_overlay_grid
 __all__ = ["SampleWriter", "to_raw_intensity"]
 
 logger = logging.getLogger(__name__)
-
-
-def to_raw_intensity(images: np.ndarray, normalization: dict) -> np.ndarray:
-    """Undo the ``ct`` preset (back to HU); other presets stay in [-1, 1]."""
-    if normalization.get("preset") == "ct" and normalization.get("ct_window"):
-        width, level = normalization["ct_window"]
-        low = level - width / 2
-        return ((images + 1) / 2 * width + low).astype(np.float32)
-    return images.astype(np.float32)
 
 
 def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:

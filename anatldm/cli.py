@@ -24,6 +24,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 import anatldm.callbacks  # noqa: F401  (short class paths for callbacks, data modules and tasks)
 import anatldm.data  # noqa: F401
+import anatldm.export.callback  # noqa: F401  (DatasetWriter)
 import anatldm.trainers  # noqa: F401
 from anatldm import __version__
 from anatldm.checkpointing import AtomicCheckpointing
@@ -162,10 +163,15 @@ class AnatLDMCLI(LightningCLI):
             _check_checkpoint(config.ckpt_path, model.get("class_path") if model is not None else None)
 
     def _check_inputs(self) -> None:
-        """Checks that need the model and the data together (``AnatomyTask.check_inputs``)."""
+        """Checks that need the model and the data together (``AnatomyTask.check_inputs``), and
+        callbacks' checks of the model (e.g. ``DatasetWriter``), before anything is written."""
         check = getattr(self.model, "check_inputs", None)
         if callable(check):
             check(self.datamodule)
+        for callback in self.trainer.callbacks:
+            check = getattr(callback, "check_inputs", None)
+            if callable(check):
+                check(self.model, self.datamodule, self.config[self.subcommand].get("ckpt_path"))
 
     before_fit = before_validate = before_test = before_predict = _check_inputs
 

@@ -37,7 +37,7 @@ from tests.trainers.test_ldm import TINY_DATA, TINY_DENOISER
 
 ANATLDM = str(Path(sys.executable).parent / "anatldm")
 COMMANDS = {"vae": "fit", "ldm": "fit", "segmenter": "fit", "eval": "test", "predict": "predict",
-            "inspect": "inspect"}
+            "synthesize": "predict", "inspect": "inspect"}
 TRAINER = {"accelerator": "cpu", "devices": 1, "max_steps": 1, "limit_val_batches": 1, "num_sanity_val_steps": 0,
            "enable_progress_bar": False, "enable_model_summary": False}
 
@@ -143,6 +143,14 @@ def base_config(stage: str, root: Path, artefacts: dict[str, Path]) -> dict:
     if stage == "predict":
         return {"trainer": {**trainer, "logger": False, "callbacks": [
                     {"class_path": "SampleWriter", "init_args": {"output_dir": str(root / "out" / "samples")}}]},
+                "model": {"class_path": "AnatomicalLDMTask", "init_args": {
+                    "autoencoder": str(artefacts["bundle"]), "sampler": "ddim", "num_inference_steps": 1}},
+                "data": {"class_path": "SampleSeeds", "init_args": {"num_samples": 2, "batch_size": 2}},
+                "ckpt_path": str(artefacts["register"])}
+    if stage == "synthesize":  # predict with the nnU-Net / MONAI DatasetWriter
+        return {"trainer": {**trainer, "logger": False, "callbacks": [
+                    {"class_path": "DatasetWriter", "init_args": {"output_dir": str(root / "out" / "export"),
+                                                                  "dataset_id": 501, "dataset_name": "Synth"}}]},
                 "model": {"class_path": "AnatomicalLDMTask", "init_args": {
                     "autoencoder": str(artefacts["bundle"]), "sampler": "ddim", "num_inference_steps": 1}},
                 "data": {"class_path": "SampleSeeds", "init_args": {"num_samples": 2, "batch_size": 2}},
@@ -464,6 +472,45 @@ CASES: list[tuple[str, str, Breaks, str]] = [
     ("predict-output-dir-not-writable", "predict", lambda s: (
         not_a_folder("writer", "samples")(s),
         s.config["trainer"]["callbacks"][0]["init_args"].update(output_dir=s.config.pop("writer"))), "output_dir"),
+    # -- anatldm predict with DatasetWriter (the nnU-Net / MONAI export)
+    ("synthesize-non-empty-folder", "synthesize", lambda s: (
+        (s.out / "export" / "Dataset501_Synth").mkdir(parents=True),
+        (s.out / "export" / "Dataset501_Synth" / "dataset.json").write_text("{}")), "not empty; set overwrite"),
+    ("synthesize-dataset-id-zero", "synthesize", setting("trainer.callbacks", [
+        {"class_path": "DatasetWriter", "init_args": {"output_dir": "{inputs}/export", "dataset_id": 0}}]),
+     "DatasetWriter.dataset_id"),
+    ("synthesize-dataset-id-above-999", "synthesize", setting("trainer.callbacks", [
+        {"class_path": "DatasetWriter", "init_args": {"output_dir": "{inputs}/export", "dataset_id": 1000}}]),
+     "DatasetWriter.dataset_id"),
+    ("synthesize-dataset-name-with-space", "synthesize", setting("trainer.callbacks", [
+        {"class_path": "DatasetWriter", "init_args": {"output_dir": "{inputs}/export", "dataset_name": "liver data"}}]),
+     "DatasetWriter.dataset_name"),
+    ("synthesize-dataset-name-with-dot", "synthesize", setting("trainer.callbacks", [
+        {"class_path": "DatasetWriter", "init_args": {"output_dir": "{inputs}/export", "dataset_name": "Liver.v2"}}]),
+     "DatasetWriter.dataset_name"),
+    ("synthesize-id-taken-by-another-dataset", "synthesize", lambda s: (
+        (s.out / "export" / "Dataset501_Other").mkdir(parents=True)), "Dataset501_Other"),
+    ("synthesize-pairs-from-a-model-without-head", "synthesize", setting("ckpt_path", "{baseline}"),
+     "DatasetWriter.labels"),
+    ("synthesize-pseudo-labels-without-segmenter", "synthesize", setting("trainer.callbacks", [
+        {"class_path": "DatasetWriter", "init_args": {"output_dir": "{inputs}/export", "labels": "segmenter"}}]),
+     "DatasetWriter.segmenter"),
+    ("synthesize-segmenter-of-other-classes", "synthesize", all_of(
+        segmenter_checkpoint_with_classes(3), lambda s: s.set("trainer.callbacks", [
+            {"class_path": "DatasetWriter", "init_args": {"output_dir": "{inputs}/export", "labels": "segmenter",
+                                                          "segmenter": s.config["model"]["init_args"].pop("segmenter")}}])),
+     "DatasetWriter.segmenter"),
+    ("synthesize-unknown-training-data-key", "synthesize", setting("trainer.callbacks", [
+        {"class_path": "DatasetWriter", "init_args": {"output_dir": "{inputs}/export",
+                                                      "training_data": {"imag_size": 32}}}]),
+     "DatasetWriter.training_data.imag_size"),
+    ("synthesize-memorisation-quantile-one", "synthesize", setting("trainer.callbacks", [
+        {"class_path": "DatasetWriter", "init_args": {"output_dir": "{inputs}/export", "memorisation_quantile": 1.0}}]),
+     "DatasetWriter.memorisation_quantile"),
+    ("synthesize-output-dir-not-writable", "synthesize", lambda s: (
+        not_a_folder("writer", "export")(s),
+        s.config["trainer"]["callbacks"][0]["init_args"].update(output_dir=s.config.pop("writer"))),
+     "DatasetWriter.output_dir"),
     # -- anatldm inspect
     ("inspect-config-missing", "inspect", lambda s: setattr(s, "config_path", s.inputs / "nope.yaml"), "nope.yaml"),
     ("inspect-yaml-syntax-error", "inspect", raw_config("data: [unclosed\n"), "config.yaml"),

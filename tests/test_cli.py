@@ -107,7 +107,7 @@ CONFIGS = sorted(str(p) for p in Path(__file__).parents[1].glob("configs/**/*.ya
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: c.split("configs/")[1])
 def test_shipped_configs_parse(config: str, capsys: pytest.CaptureFixture) -> None:
-    subcommand = "predict" if "sample" in config else "test" if "eval" in config else "fit"
+    subcommand = "predict" if "sample" in config or "synthesize" in config else "test" if "eval" in config else "fit"
     with pytest.raises(SystemExit) as exit_info:
         main([subcommand, "--config", config, "--print_config"])
     assert exit_info.value.code == 0

@@ -1,0 +1,393 @@
+"""``DatasetWriter``: ``anatldm predict`` writes an nnU-Net v2 / MONAI data set with a data card.
+
+The thin Lightning part of :mod:`anatldm.export`: it draws the samples' label maps (the model's
+anatomy head, or a segmenter's pseudo-labels), scores each sample against the training slices
+as it is generated, and hands files to :class:`~anatldm.export.nnunet.NNUNetDatasetBuilder`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import inspect
+import json
+import logging
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+
+from anatldm import __version__
+from anatldm.errors import ConfigError, check_checkpoint_file, check_output_folder
+from anatldm.export.datacard import (
+    evaluation_section,
+    file_sha256,
+    licence_note,
+    render_datacard,
+    training_data_description,
+)
+from anatldm.export.geometry import (
+    NNUNET_2D_SPACING_FACTOR,
+    in_plane_spacing,
+    intensity_description,
+    slice_affine,
+    slice_to_volume,
+    to_raw_intensity,
+)
+from anatldm.export.memorisation import (
+    MemorisationReference,
+    audit_summary,
+    memorisation_reference,
+    save_flagged_pairs,
+)
+from anatldm.export.nnunet import (
+    NNUNetDatasetBuilder,
+    check_dataset_id,
+    check_dataset_name,
+    check_export_target,
+    label_dtype,
+)
+from anatldm.visualize import save_overlay_grid
+
+__all__ = ["DatasetWriter"]
+
+logger = logging.getLogger(__name__)
+
+_HPARAMS_NOT_ARGUMENTS = ("_class_path", "_instantiator")
+
+
+class DatasetWriter(BasePredictionWriter):
+    """Write the generated pairs as an nnU-Net v2 raw dataset + MONAI datalist + data card.
+
+    ``anatldm predict --config configs/synthesize.yaml`` writes
+    ``<output_dir>/Dataset<ID>_<name>/``: ``imagesTr/synth_<seed>_0000.nii.gz``,
+    ``labelsTr/synth_<seed>.nii.gz``, ``dataset.json``, ``datalist.json``, ``datacard.json``,
+    ``DATACARD.md``, ``preview.png`` and, when samples are flagged, ``memorisation_flagged.png``.
+    Everything is written into a hidden sibling folder, checked with
+    :func:`anatldm.export.check_dataset` and renamed into place at the end: a failed or
+    interrupted export leaves nothing half-written. Geometry and intensity: see
+    :mod:`anatldm.export.geometry` (single-slice RAS+ volumes, nnU-Net's 2D spacing convention, CT
+    in HU, MRI in the normalised training scale).
+
+    The memorisation audit (:mod:`anatldm.export.memorisation`) compares every sample with the
+    model's training slices and with held-out real slices (validation + test split). That data
+    is the one the checkpoint was trained on (Lightning stores the data module's settings in it);
+    ``training_data`` overrides single settings, e.g. ``{cache_dir: runs/cache}``.
+
+    Args:
+        output_dir: folder that receives ``Dataset<ID>_<name>/``.
+        dataset_id: nnU-Net dataset id, 1-999 (nnU-Net suggests 500+ for your own data sets).
+        dataset_name: ASCII letters, digits, ``_`` and ``-``.
+        labels: ``"head"``: the model's anatomy head (needs a model with a head);
+            ``"segmenter"``: pseudo-labels of ``segmenter`` (any model, baseline included).
+        segmenter: ``SegmenterTask`` checkpoint for ``labels: segmenter``.
+        channel_name: nnU-Net channel name; ``None``: ``"CT"`` for the CT preset (nnU-Net's CT
+            normalisation), ``"MRI"`` for the MRI preset, else ``"image"``.
+        include_real: also export every real training slice (case ids ``real_*``, marked
+            ``"source": "real"`` in the datalist and the card).
+        memorisation_audit: run the memorisation audit (it needs the training data).
+        memorisation_quantile: flag samples closer than this quantile of the held-out slices'
+            nearest-training distances.
+        drop_memorised: leave flagged samples out of the export (they stay listed in the card).
+        training_data: ``AnatomyDataModule`` settings overriding those stored in the checkpoint.
+        report: ``report.json`` of ``anatldm test`` whose results for this model go in the card.
+        report_model: the model's name in ``report`` (default: the one with this checkpoint).
+        overwrite: replace an existing dataset folder of the same name.
+        preview_size: samples in ``preview.png``.
+    """
+
+    def __init__(self, output_dir: str = "synthetic", dataset_id: int = 501, dataset_name: str = "AnatLDMSynthetic",
+                 labels: Literal["head", "segmenter"] = "head", segmenter: str | None = None,
+                 channel_name: str | None = None, include_real: bool = False, memorisation_audit: bool = True,
+                 memorisation_quantile: float = 0.01, drop_memorised: bool = False,
+                 training_data: dict[str, Any] | None = None, report: str | None = None,
+                 report_model: str | None = None, overwrite: bool = False, preview_size: int = 16) -> None:
+        super().__init__(write_interval="batch")
+        check_dataset_id(dataset_id, "DatasetWriter.dataset_id")
+        check_dataset_name(dataset_name, "DatasetWriter.dataset_name")
+        check_output_folder(output_dir, "DatasetWriter.output_dir")
+        check_export_target(output_dir, dataset_id, dataset_name, overwrite, "DatasetWriter.output_dir")
+        if labels == "segmenter" and segmenter is None:
+            raise ConfigError("DatasetWriter.segmenter: labels: segmenter needs a SegmenterTask checkpoint")
+        if labels == "head" and segmenter is not None:
+            raise ConfigError("DatasetWriter.segmenter is only used with labels: segmenter")
+        if segmenter is not None:
+            check_checkpoint_file(segmenter, "DatasetWriter.segmenter")
+        if not 0 < memorisation_quantile < 1:
+            raise ConfigError(f"DatasetWriter.memorisation_quantile must lie in (0, 1), got {memorisation_quantile}")
+        if drop_memorised and not memorisation_audit:
+            raise ConfigError("DatasetWriter.drop_memorised needs memorisation_audit: true")
+        if channel_name is not None and not channel_name.strip():
+            raise ConfigError("DatasetWriter.channel_name must not be empty")
+        if report is not None and not Path(report).is_file():
+            raise ConfigError(f"DatasetWriter.report: {report} not found")
+        if preview_size < 0:
+            raise ConfigError(f"DatasetWriter.preview_size must be >= 0, got {preview_size}")
+        self.output_dir = Path(output_dir)
+        self.dataset_id, self.dataset_name = dataset_id, dataset_name
+        self.labels, self.segmenter_path = labels, segmenter
+        self.channel_name = channel_name
+        self.include_real = include_real
+        self.memorisation_audit, self.memorisation_quantile = memorisation_audit, memorisation_quantile
+        self.drop_memorised = drop_memorised
+        self.training_overrides = dict(training_data or {})
+        self.report_path, self.report_model = report, report_model
+        self.overwrite = overwrite
+        self.preview_size = preview_size
+        self._checked_for: int | None = None
+        self._builder: NNUNetDatasetBuilder | None = None
+
+    # -- checks before anything is written (the CLI calls this before ``trainer.predict``) ---
+    def check_inputs(self, model, datamodule=None, ckpt_path: str | None = None) -> None:
+        """Every setting that needs the model: its head, the segmenter, the training data, the report."""
+        if self._checked_for == id(model):
+            return
+        if not hasattr(model, "generate") or not hasattr(model, "bundle"):
+            raise ConfigError(f"DatasetWriter: the model must be an AnatomicalLDMTask, got {type(model).__name__}")
+        head = getattr(model.denoiser, "head", None)
+        if self.labels == "head" and head is None:
+            raise ConfigError("DatasetWriter.labels: this model has no anatomy head (a baseline LDM, anatomy_weight 0), "
+                              "so its samples come without label maps; set labels: segmenter and name a segmenter "
+                              "checkpoint to export pseudo-labelled pairs")
+        self.class_names = list(model.class_names)
+        self._segmenter = None
+        if self.labels == "segmenter":
+            from anatldm.trainers.evaluation import load_task  # trainer modules: imported when used
+            from anatldm.trainers.segmenter import SegmenterTask
+
+            self._segmenter = load_task(SegmenterTask, self.segmenter_path, "DatasetWriter.segmenter")
+            if self._segmenter.hparams.num_classes != len(self.class_names):
+                raise ConfigError(f"DatasetWriter.segmenter: {self.segmenter_path} has "
+                                  f"{self._segmenter.hparams.num_classes} classes, the model {len(self.class_names)}")
+            self._segmenter.eval().requires_grad_(False)
+        self.ckpt_path = str(ckpt_path) if ckpt_path else None
+        self._training_hparams = self._resolve_training_data() if (self.memorisation_audit or self.include_real) else None
+        self._evaluation = (evaluation_section(self.report_path, self.report_model, self.ckpt_path, "DatasetWriter.report")
+                            if self.report_path else None)
+        self._checked_for = id(model)
+
+    def _resolve_training_data(self) -> dict:
+        from anatldm.data import AnatomyDataModule
+
+        stored: dict = {}
+        if self.ckpt_path:
+            checkpoint = torch.load(self.ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+            stored = dict(checkpoint.get("datamodule_hyper_parameters") or {})
+        accepted = set(inspect.signature(AnatomyDataModule.__init__).parameters) - {"self"}
+        for key in self.training_overrides:
+            if key not in accepted:
+                raise ConfigError(f"DatasetWriter.training_data.{key}: not a setting of AnatomyDataModule")
+        if not stored and not self.training_overrides:
+            raise ConfigError("DatasetWriter.training_data: the checkpoint holds no data module settings; name the "
+                              "model's training data (AnatomyDataModule settings) for the memorisation audit, or set "
+                              "memorisation_audit: false and include_real: false")
+        hparams = {k: v for k, v in stored.items() if k not in _HPARAMS_NOT_ARGUMENTS and k in accepted}
+        hparams.update(self.training_overrides)
+        hparams.update(augment=False, num_workers=0)
+        return hparams
+
+    # -- Lightning hooks ---------------------------------------------------------------------
+    def on_predict_start(self, trainer, pl_module) -> None:
+        if trainer.world_size > 1:
+            raise ConfigError("DatasetWriter writes one data set from one process: set trainer.devices: 1")
+        self.check_inputs(pl_module, trainer.datamodule, trainer.ckpt_path)
+        if self._segmenter is not None:
+            self._segmenter.to(pl_module.device)
+        self.normalization = dict(pl_module.bundle.get("normalization", {}))
+        self.affine = slice_affine(self.normalization)
+        preset = self.normalization.get("preset")
+        self.resolved_channel = self.channel_name or {"ct": "CT", "mri": "MRI"}.get(preset, "image")
+        self._reference: MemorisationReference | None = None
+        self._training_images = self._training_masks = None
+        self._data_info: dict = {}
+        if self._training_hparams is not None:
+            self._load_training_data()
+        self._seeds: list[int] = []
+        self._case_ids: list[str] = []
+        self._distances: list[np.ndarray] = []
+        self._nearest: list[np.ndarray] = []
+        self._close: dict[int, np.ndarray] = {}  # sample index -> image, for the flagged PNG
+        self._counts: dict[str, np.ndarray] = {}  # case id -> pixels per class
+        self._dropped: list[str] = []
+        self._preview: list[tuple[np.ndarray, np.ndarray, int]] = []
+        self._builder = NNUNetDatasetBuilder(self.output_dir, self.dataset_id, self.dataset_name, self.class_names,
+                                             self.resolved_channel, self.overwrite, "DatasetWriter.output_dir")
+        self._builder.start()
+
+    def _load_training_data(self) -> None:
+        from anatldm.data import AnatomyDataModule
+
+        try:
+            data = AnatomyDataModule(**self._training_hparams)
+        except TypeError as err:
+            raise ConfigError(f"DatasetWriter.training_data: {err}") from None
+        if list(data.class_names) != self.class_names:
+            raise ConfigError(f"DatasetWriter.training_data: classes {data.class_names} differ from the model's "
+                              f"{self.class_names}")
+        data.setup()
+        cache = data.cache
+        train = data.datasets["train"].indices
+        held_out = np.concatenate([data.datasets[split].indices for split in ("val", "test")])
+        self._training_images = np.asarray(cache.images[train], dtype=np.float32)  # (M, H, W)
+        self._training_masks = np.asarray(cache.masks[train])
+        names = [f"{cache.subject_names[int(cache.subjects[i])]}:{int(cache.positions[i])}" for i in train]
+        self._training_names = names
+        self._data_info = {"content_hash": data.content_hash, "num_training_slices": len(train),
+                           "num_held_out_slices": len(held_out),
+                           "subjects": {split: len(set(cache.subjects[data.datasets[split].indices].tolist()))
+                                        for split in ("train", "val", "test")}}
+        if self.memorisation_audit:
+            if len(held_out) == 0:
+                raise ConfigError("DatasetWriter.training_data: the memorisation audit needs held-out subjects, but "
+                                  f"the validation and test splits are empty (split_fractions "
+                                  f"{list(data.hparams.split_fractions)})")
+            self._reference = memorisation_reference(self._training_images,
+                                                     np.asarray(cache.images[held_out], dtype=np.float32),
+                                                     self.memorisation_quantile, names)
+            logger.info("memorisation audit: %d training slices, %d held-out slices, threshold RMSE %.4f",
+                        len(train), len(held_out), self._reference.threshold)
+
+    def write_on_batch_end(self, trainer, pl_module, prediction: dict[str, Any], batch_indices, batch,
+                           batch_idx: int, dataloader_idx: int = 0) -> None:
+        images = prediction["image"][:, 0].float().cpu().numpy()  # (B, H, W) in [-1, 1]
+        if self._segmenter is not None:
+            with torch.no_grad():
+                masks = self._segmenter(prediction["image"].float().to(pl_module.device)).argmax(1)
+        else:
+            masks = prediction["mask"]
+        masks = masks.cpu().numpy().astype(label_dtype(len(self.class_names)))  # (B, H, W)
+        raw = to_raw_intensity(images, self.normalization)
+        seeds = [int(seed) for seed in prediction["seed"].tolist()]
+        if self._reference is not None:
+            distance, nearest = self._reference.nearest(images)
+            for offset in np.flatnonzero(distance < self._reference.threshold):
+                self._close[len(self._seeds) + int(offset)] = images[offset]
+            self._distances.append(distance)
+            self._nearest.append(nearest)
+        for index, seed in enumerate(seeds):
+            case_id = f"synth_{seed:06d}"
+            self._builder.add_case(case_id, slice_to_volume(raw[index], self.normalization),
+                                   slice_to_volume(masks[index], self.normalization), self.affine,
+                                   source="synthetic", seed=seed)
+            self._counts[case_id] = np.bincount(masks[index].ravel(), minlength=len(self.class_names))
+            self._seeds.append(seed)
+            self._case_ids.append(case_id)
+            if len(self._preview) < self.preview_size:
+                self._preview.append((images[index], masks[index], seed))
+
+    def on_predict_end(self, trainer, pl_module) -> None:
+        builder = self._builder
+        audit = None
+        if self._reference is not None:
+            distances, nearest = np.concatenate(self._distances), np.concatenate(self._nearest)
+            audit = audit_summary(self._reference, distances, nearest, self._case_ids, self._seeds)
+            if audit["flagged"]:
+                flagged = [self._case_ids.index(f["case"]) for f in audit["flagged"]]
+                save_flagged_pairs(builder.staging / "memorisation_flagged.png",
+                                   np.stack([self._close[i] for i in flagged]),
+                                   self._training_images[[int(nearest[i]) for i in flagged]],
+                                   [(f"{self._case_ids[i]}: RMSE {distances[i]:.3f}",
+                                     f"training {self._training_names[int(nearest[i])]}") for i in flagged],
+                                   f"flagged (RMSE < {self._reference.threshold:.3f}, the held-out\n"
+                                   f"{100 * self.memorisation_quantile:g} % quantile): sample | nearest training slice")
+                if self.drop_memorised:
+                    for entry in audit["flagged"]:
+                        builder.remove_case(entry["case"])
+                        self._dropped.append(entry["case"])
+        num_synthetic = len(builder.cases)
+        if self.include_real:
+            raw = to_raw_intensity(self._training_images, self.normalization)
+            for index, name in enumerate(self._training_names):
+                mask = self._training_masks[index].astype(label_dtype(len(self.class_names)))
+                builder.add_case(f"real_{index:05d}", slice_to_volume(raw[index], self.normalization),
+                                 slice_to_volume(mask, self.normalization), self.affine, source="real",
+                                 training_slice=name)
+                self._counts[f"real_{index:05d}"] = np.bincount(mask.ravel(), minlength=len(self.class_names))
+        if self._preview:
+            save_overlay_grid(np.stack([p[0] for p in self._preview]), np.stack([p[1] for p in self._preview]),
+                              self.class_names, builder.staging / "preview.png",
+                              titles=[f"seed {p[2]}" for p in self._preview])
+        card = self._card(pl_module, audit, num_synthetic, len(builder.cases) - num_synthetic)
+        builder.write_file("datacard.json", json.dumps(card, indent=2))
+        builder.write_file("DATACARD.md", render_datacard(card))
+        folder = builder.finish(description=card["dataset"]["description"],
+                                extra={"anatldm_intensity": card["dataset"]["intensity"],
+                                       "anatldm_normalization": self.normalization,
+                                       "licence": card["licence"]})
+        self._builder = None
+        message = f"wrote {folder} ({card['dataset']['num_cases']} cases)"
+        if audit is not None:
+            low, high = audit["flagged_fraction_interval"]
+            message += (f"; memorisation: {audit['num_flagged']}/{audit['num_samples']} flagged "
+                        f"({100 * audit['flagged_fraction']:.1f} % [{100 * low:.1f}, {100 * high:.1f}] %)")
+        logger.info(message)
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if self._builder is not None:
+            self._builder.abort()
+            self._builder = None
+
+    # -- the data card -----------------------------------------------------------------------
+    def _card(self, pl_module, audit: dict | None, num_synthetic: int, num_real: int) -> dict:
+        hp = pl_module.hparams
+        rows, columns = in_plane_spacing(self.normalization)
+        height, width = pl_module.image_size
+        shape = tuple(slice_to_volume(np.zeros((height, width)), self.normalization).shape)
+        spacing_note = "" if self.normalization.get("spacing") else \
+            " (nominal 1 mm: the training data kept its native spacing, data.spacing null)"
+        has_head = pl_module.denoiser.head is not None
+        registers = getattr(pl_module.denoiser, "registers", None)
+        description = training_data_description(self._training_hparams or {}) if self._training_hparams else \
+            "the model's training data (not resolved: memorisation_audit and include_real are off)"
+        seeds = self._seeds
+        exported = [self._counts[case] for case in self._builder.cases]
+        counts = np.stack(exported) if exported else np.zeros((0, len(self.class_names)), dtype=np.int64)
+        return {
+            "anatldm_version": __version__,
+            "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "dataset": {
+                "folder": self._builder.folder.name, "dataset_id": self.dataset_id, "name": self.dataset_name,
+                "description": f"{num_synthetic} synthetic (image, label) slices from anatldm "
+                               f"{'with its anatomy head' if self.labels == 'head' else 'pseudo-labelled by a segmenter'}"
+                               + (f" and {num_real} real training slices" if num_real else ""),
+                "num_cases": num_synthetic + num_real, "num_synthetic": num_synthetic, "num_real": num_real,
+                "channel_name": self.resolved_channel, "intensity": intensity_description(self.normalization),
+                "normalization": self.normalization,
+                "label_dtype": np.dtype(label_dtype(len(self.class_names))).name,
+                "geometry": (f"single-slice RAS+ NIfTI volumes of shape {shape}; affine diag "
+                             f"{[float(v) for v in np.diag(self.affine)[:3]]} mm: the training slices' in-plane "
+                             f"spacing {rows:g} x {columns:g} mm (rows x columns){spacing_note}; out-of-plane "
+                             f"{NNUNET_2D_SPACING_FACTOR:g} x the largest in-plane spacing, nnU-Net v2's own "
+                             f"representation of 2D images (2D plans, no resampling across slices); image and label "
+                             f"share the affine"),
+                "dropped_memorised_cases": list(self._dropped),
+            },
+            "model": {
+                "checkpoint": self.ckpt_path,
+                "sha256": file_sha256(self.ckpt_path) if self.ckpt_path else None,
+                "task": type(pl_module).__name__,
+                "description": (f"{type(pl_module).__name__} with {registers.num_registers if registers is not None else 0} "
+                                f"anatomical registers and {'an' if has_head else 'no'} anatomy head"),
+                "autoencoder": str(hp.get("autoencoder")),
+                "hyperparameters": {k: v for k, v in dict(hp).items() if k not in _HPARAMS_NOT_ARGUMENTS},
+            },
+            "training_data": {"description": description, "settings": self._training_hparams, **self._data_info},
+            "generation": {
+                "seeds": {"first": min(seeds) if seeds else None, "last": max(seeds) if seeds else None,
+                          "count": len(seeds), "all": seeds},
+                "sampler": pl_module.sampler_name, "num_inference_steps": pl_module.num_inference_steps,
+                "labels": ("the model's anatomy head (argmax of its logits at the end of sampling)" if self.labels == "head"
+                           else f"pseudo-labels of the segmenter {self.segmenter_path} (sha256 "
+                                f"{file_sha256(self.segmenter_path)})"),
+                "register_edits": [dataclasses.asdict(edit) for edit in pl_module.register_edits],
+                "register_edits_resolved": pl_module.applied_edits,
+            },
+            "classes": [{"value": index, "name": name, "cases": int((counts[:, index] > 0).sum()),
+                         "pixels": int(counts[:, index].sum())} for index, name in enumerate(self.class_names)],
+            "evaluation": self._evaluation,
+            "memorisation": audit,
+            "dropped_flagged": bool(self.drop_memorised and audit and audit["flagged"]),
+            "licence": licence_note(description),
+        }
