@@ -22,7 +22,8 @@ options() {  # the variant's options, as CLI overrides of configs/claim/ldm.yaml
     timestep)   echo "--model.init_args.anatomy_timestep_weighting snr_cutoff --model.init_args.anatomy_snr_cutoff 0.05" ;;
     read_write) echo "--model.init_args.register_mode read_write" ;;
     attention)  echo "--model.init_args.register_supervision attention --model.init_args.supervised_registers_per_class 2" ;;
-    combined)   echo "${COMBINED:?COMBINED=\"<options>\" names the adopted components' options}" ;;
+    combined)   [[ -n "${COMBINED:-}" ]] || { echo "ablation: COMBINED must hold the adopted options" >&2; exit 2; }
+                echo "$COMBINED" ;;
     *) echo "unknown variant '$1' (fixes, timestep, read_write, attention, combined)" >&2; exit 2 ;;
   esac
 }

@@ -5,7 +5,12 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    UniPCMultistepScheduler,
+)
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 __all__ = ["SAMPLERS", "SamplerName", "make_sampler", "make_train_scheduler", "min_snr_weights"]
