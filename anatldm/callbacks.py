@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from anatldm.atomic import write_text_atomic
+from anatldm.atomic import write_atomic, write_text_atomic
 from anatldm.data.orientation import display_to_ras
 from anatldm.errors import ConfigError, check_output_folder
 from anatldm.export.geometry import to_raw_intensity
@@ -32,9 +31,7 @@ logger = logging.getLogger(__name__)
 
 
 def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
-    partial = path.with_name(f".{path.name}.partial.nii.gz")
-    nib.save(nib.Nifti1Image(array, affine), partial)
-    os.replace(partial, path)
+    write_atomic(path, lambda partial: nib.save(nib.Nifti1Image(array, affine), partial), suffix=".nii.gz")
 
 
 class SampleWriter(BasePredictionWriter):
@@ -92,7 +89,7 @@ class SampleWriter(BasePredictionWriter):
         if registers is None:
             raise ConfigError("SampleWriter.save_attention: this model has no register bank (num_registers is 0)")
         if self.segmenter_path is not None:
-            from anatldm.trainers.evaluation import load_task  # a trainer module: import when used
+            from anatldm.trainers.base import load_task  # a trainer module: import when used
             from anatldm.trainers.segmenter import SegmenterTask
 
             self._segmenter = load_task(SegmenterTask, self.segmenter_path, "SampleWriter.segmenter")

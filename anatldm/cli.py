@@ -3,6 +3,8 @@
 ``anatldm fit|validate|test|predict --config CONFIG.yaml`` runs a stage; YAML names classes by
 short name (``class_path: AutoencoderTask``). ``anatldm inspect --config CONFIG.yaml`` prepares
 the configured data set and prints per-class slice counts and writes a preview PNG.
+``anatldm export --ckpt_path LDM.ckpt --out FOLDER`` writes the self-contained
+:class:`~anatldm.pipelines.AnatomicalLDMPipeline` of an ``AnatomicalLDMTask`` checkpoint.
 """
 
 from __future__ import annotations
@@ -206,6 +208,35 @@ def _help_with_data_options(subcommand: str) -> None:
                 raise
 
 
+def export_main(args: list[str]) -> str:
+    """``anatldm export --ckpt_path LDM.ckpt --out FOLDER``: the checkpoint's weights (EMA, as
+    saved) as a pipeline folder that needs neither Lightning nor the autoencoder bundle."""
+    import argparse
+
+    from anatldm.diffusion.schedulers import SAMPLERS
+    from anatldm.trainers import AnatomicalLDMTask
+    from anatldm.trainers.base import load_task
+
+    parser = argparse.ArgumentParser(prog="anatldm export", description=export_main.__doc__)
+    parser.add_argument("--ckpt_path", required=True, help="an AnatomicalLDMTask checkpoint")
+    parser.add_argument("--out", required=True, help="the pipeline folder to write")
+    parser.add_argument("--sampler", choices=SAMPLERS, help="the pipeline's default sampler (inference "
+                        "settings are not in a checkpoint: default ddim)")
+    parser.add_argument("--num_inference_steps", type=int, help="its default denoiser calls per sample (default 50)")
+    options = parser.parse_args(args)
+    check_output_folder(options.out, "--out")
+    task = load_task(AnatomicalLDMTask, options.ckpt_path, "--ckpt_path")
+    if options.sampler:
+        task.sampler_name = options.sampler
+    if options.num_inference_steps is not None:
+        if options.num_inference_steps < 1:
+            raise ConfigError(f"--num_inference_steps must be at least 1, got {options.num_inference_steps}")
+        task.num_inference_steps = options.num_inference_steps
+    path = task.pipeline.save_pretrained(options.out, extra={"source": {
+        "checkpoint": str(options.ckpt_path), "autoencoder": str(task.hparams.autoencoder)}})
+    return f"wrote {path} (load it with AnatomicalLDMPipeline.from_pretrained)"
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``anatldm`` command."""
     args = list(sys.argv[1:] if args is None else args)
@@ -217,6 +248,9 @@ def main(args: list[str] | None = None) -> None:
             from anatldm.inspect import inspect_main
 
             print(inspect_main(args[1:]))
+            return
+        if args[:1] == ["export"]:
+            print(export_main(args[1:]))
             return
         if len(args) == 2 and args[0] in SUBCOMMANDS and args[1] in ("-h", "--help"):
             _help_with_data_options(args[0])

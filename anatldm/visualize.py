@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,6 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
+
+from anatldm.atomic import write_atomic  # noqa: E402
 
 __all__ = ["CLASS_COLORS", "class_color", "render_overlay_grid", "save_figure", "save_overlay_grid"]
 
@@ -88,8 +89,8 @@ def save_figure(fig: plt.Figure, path: str | Path, dpi: int = 80, facecolor: str
     """Write ``fig`` as a PNG under a temporary name, rename it to ``path`` and close it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    fig.savefig(partial, dpi=dpi, format="png", facecolor=facecolor)
-    plt.close(fig)
-    os.replace(partial, path)
+    try:
+        write_atomic(path, lambda partial: fig.savefig(partial, dpi=dpi, format="png", facecolor=facecolor))
+    finally:
+        plt.close(fig)
     return path

@@ -66,7 +66,7 @@ def _fit_tiny_stage(root: Path, name: str, model: dict) -> Path:
     import yaml
 
     from anatldm.cli import main
-    from tests.trainers.test_ldm import TINY_DATA
+    from tests.conf import TINY_DATA
 
     config = root / f"{name}.yaml"
     config.write_text(yaml.safe_dump({
@@ -88,7 +88,7 @@ def stage_checkpoints(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactor
     ``register`` (LDM with 4 registers and the head), ``baseline`` (no registers, no head),
     ``segmenter`` (6 CT-phantom classes); ``root`` holds their phantom data and slice cache.
     """
-    from tests.trainers.test_ldm import TINY_DENOISER
+    from tests.conf import TINY_DENOISER
 
     root = tmp_path_factory.mktemp("stages")
     ldm = {"autoencoder": str(tiny_bundle), **TINY_DENOISER, "preview_every_n_epochs": 0}

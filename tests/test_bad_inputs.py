@@ -30,10 +30,8 @@ import yaml
 
 from anatldm.cli import main
 from anatldm.models.autoencoder_bundle import BUNDLE_CONFIG, BUNDLE_WEIGHTS
+from tests.conf import TINY_DATA, TINY_DENOISER, VAE_DATA, VAE_MODEL
 from tests.conftest import labelled_volume, write_nifti
-from tests.trainers.test_autoencoder import TINY_DATA as VAE_DATA
-from tests.trainers.test_autoencoder import TINY_MODEL as VAE_MODEL
-from tests.trainers.test_ldm import TINY_DATA, TINY_DENOISER
 
 ANATLDM = str(Path(sys.executable).parent / "anatldm")
 COMMANDS = {"vae": "fit", "ldm": "fit", "segmenter": "fit", "eval": "test", "predict": "predict",

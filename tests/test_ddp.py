@@ -31,9 +31,7 @@ import yaml
 
 from anatldm.cli import main
 from anatldm.models.autoencoder_bundle import BUNDLE_CONFIG
-from tests.trainers.test_autoencoder import TINY_DATA as VAE_DATA
-from tests.trainers.test_autoencoder import TINY_MODEL as VAE_MODEL
-from tests.trainers.test_ldm import TINY_DATA, TINY_DENOISER
+from tests.conf import TINY_DATA, TINY_DENOISER, VAE_DATA, VAE_MODEL
 
 pytestmark = pytest.mark.ddp
 

@@ -154,7 +154,7 @@ class DatasetWriter(BasePredictionWriter):
         self.class_names = list(model.class_names)
         self._segmenter = None
         if self.labels == "segmenter":
-            from anatldm.trainers.evaluation import load_task  # trainer modules: imported when used
+            from anatldm.trainers.base import load_task  # trainer modules: imported when used
             from anatldm.trainers.segmenter import SegmenterTask
 
             self._segmenter = load_task(SegmenterTask, self.segmenter_path, "DatasetWriter.segmenter")

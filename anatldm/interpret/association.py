@@ -16,17 +16,16 @@ from torch import Tensor  # noqa: E402
 from torchmetrics import Metric  # noqa: E402
 
 from anatldm.atomic import write_text_atomic  # noqa: E402
-from anatldm.errors import ConfigError  # noqa: E402
+from anatldm.interpret.edits import (  # noqa: E402  (re-exported: the association is read here)
+    NoRegisterForClassError,
+    load_association,
+    registers_for_class,
+)
 from anatldm.metrics.base import check_masks  # noqa: E402
 from anatldm.visualize import save_figure  # noqa: E402
 
 __all__ = ["NoRegisterForClassError", "RegisterAssociation", "load_association", "registers_for_class",
            "save_association"]
-
-
-class NoRegisterForClassError(ConfigError):
-    """The trained model has no register that carries the class an edit names (a property of
-    the model, not a typo: ``anatldm test`` reports such an edit as skipped)."""
 
 
 class RegisterAssociation(Metric):
@@ -93,37 +92,6 @@ class RegisterAssociation(Metric):
                            torch.zeros_like(covariance)).float()
 
 
-def registers_for_class(table: Tensor | np.ndarray, class_names: Sequence[str], name: str,
-                        count: int) -> list[int]:
-    """The ``count`` registers that carry class ``name``, most correlated first.
-
-    A register carries a class when its correlation with it is positive and at least as large as
-    with any other class, background included: scaling a register that follows the liver more
-    than the kidney would move the liver when the kidney is asked for, and one that follows the
-    background more would mostly move the background.
-
-    Raises:
-        ConfigError: if ``name`` is not a class (the message lists the known ones) or no
-            register carries it.
-    """
-    names = list(class_names)
-    if name not in names:
-        raise ConfigError(f"unknown class '{name}' in a register edit; known classes: {', '.join(names)}")
-    table = np.asarray(table, dtype=np.float64)  # (K, C)
-    c = names.index(name)
-    others = [j for j in range(len(names)) if j != c]
-    column = table[:, c]
-    rivals = table[:, others].max(axis=1) if others else np.full_like(column, -np.inf)
-    order = [int(k) for k in np.argsort(-column, kind="stable") if column[k] > 0 and column[k] >= rivals[k]][:count]
-    if not order:
-        best = int(np.argmax(column))
-        rival = names[others[int(np.argmax(table[best, others]))]] if others else "-"
-        raise NoRegisterForClassError(f"no register carries '{name}': its largest correlation, {column[best]:.3f} (register "
-                          f"{best}), is below that register's with '{rival}' ({rivals[best]:.3f}) or not positive; "
-                          f"edit registers by index instead")
-    return order
-
-
 def save_association(table: Tensor | np.ndarray, class_names: Sequence[str], output_dir: str | Path,
                      source: str, num_samples: int, stem: str = "association") -> dict[str, Path]:
     """Write the ``(K, C)`` table as ``<stem>.json``, ``<stem>.csv`` and a heat map ``<stem>.png``.
@@ -163,20 +131,3 @@ def _heat_map(table: np.ndarray, names: list[str], path: Path, title: str) -> No
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     save_figure(fig, path, dpi=90, facecolor="white")
-
-
-def load_association(path: str | Path, class_names: Sequence[str], num_registers: int) -> Tensor:
-    """The ``(K, C)`` table of an ``association.json``, checked against the model's classes and bank."""
-    path = Path(path)
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-        table = torch.tensor(record["correlation"], dtype=torch.float32)
-        classes = list(record["classes"])
-    except FileNotFoundError:
-        raise ConfigError(f"model.association: {path} not found") from None
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ConfigError(f"model.association: {path} is not an association table ({err})") from None
-    if classes != list(class_names) or tuple(table.shape) != (num_registers, len(class_names)):
-        raise ConfigError(f"model.association: {path} is for classes {classes} and {table.shape[0]} registers; "
-                          f"the model has {list(class_names)} and {num_registers}")
-    return table

@@ -17,8 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from anatldm import __version__
+from anatldm.atomic import write_atomic
 from anatldm.errors import ConfigError
 from anatldm.models.weights import state_dict_mismatch
 
@@ -51,22 +51,12 @@ REQUIRED_FIELDS = ("format_version", "network", "config", "weights", "scale_fact
                    "class_names", "image_size", "anatldm_version")
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write ``path`` through ``write(temporary_path)`` and rename it into place."""
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        write(partial)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
-
-
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     """Tuples become lists, so the JSON reads back equal to what was written."""
     if isinstance(value, dict):
-        return {str(key): _jsonable(item) for key, item in value.items()}
+        return {str(key): jsonable(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(item) for item in value]
+        return [jsonable(item) for item in value]
     return value
 
 
@@ -103,18 +93,18 @@ def save_autoencoder_bundle(
     metadata = {
         "format_version": FORMAT_VERSION,
         "network": NETWORK_CLASS,
-        "config": _jsonable(config),
+        "config": jsonable(config),
         "weights": BUNDLE_WEIGHTS,
         "scale_factor": float(scale_factor),
-        "normalization": _jsonable(normalization),
+        "normalization": jsonable(normalization),
         "class_names": list(class_names),
         "image_size": [int(size) for size in image_size],
         "anatldm_version": __version__,
-        **_jsonable(extra),
+        **jsonable(extra),
     }
     # weights first: a JSON on disk always names complete weights
-    _atomic_write(folder / BUNDLE_WEIGHTS, lambda path: save_file(tensors, path, metadata={"format": "pt"}))
-    _atomic_write(folder / BUNDLE_CONFIG, lambda path: path.write_text(json.dumps(metadata, indent=1), encoding="utf-8"))
+    write_atomic(folder / BUNDLE_WEIGHTS, lambda path: save_file(tensors, path, metadata={"format": "pt"}))
+    write_atomic(folder / BUNDLE_CONFIG, lambda path: path.write_text(json.dumps(metadata, indent=1), encoding="utf-8"))
     logger.info("wrote autoencoder bundle %s (scale_factor %.6g)", folder, scale_factor)
     return folder / BUNDLE_CONFIG
 

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import logging
+import pickle
 from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule, LightningModule
-from torch import Tensor
+from torch import Tensor, nn
 
-from anatldm.errors import CheckpointMismatchError, TrainingDivergedError
+from anatldm.errors import (
+    CheckpointMismatchError,
+    ConfigError,
+    TrainingDivergedError,
+    check_checkpoint_file,
+)
 from anatldm.models.weights import state_dict_mismatch
 
-__all__ = ["AnatomyTask"]
+__all__ = ["AnatomyTask", "load_task"]
 
 logger = logging.getLogger(__name__)
 
@@ -113,3 +119,18 @@ class AnatomyTask(LightningModule):
                 path = getattr(self._trainer, "ckpt_path", None) or "the checkpoint"
                 raise CheckpointMismatchError(f"{path} does not fit the {type(self).__name__} built from the config "
                                               f"(another architecture or class count?): {problem}")
+
+
+def load_task(task_class, path: str, what: str) -> nn.Module:
+    """A task from its checkpoint (weights only); a missing or foreign file is one ``ConfigError``
+    naming the key ``what``."""
+    check_checkpoint_file(path, what)
+    try:
+        return task_class.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+    except (KeyError, RuntimeError, TypeError, ValueError, EOFError, OSError, pickle.UnpicklingError) as err:
+        if isinstance(err, ConfigError):
+            raise
+        if isinstance(err, CheckpointMismatchError):  # another architecture or class count
+            raise ConfigError(f"{what}: {path}: {err}") from None
+        raise ConfigError(f"{what}: {path} is not a {task_class.__name__} checkpoint "
+                          f"({str(err).splitlines()[0]})") from None

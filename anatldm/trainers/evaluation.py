@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import pickle
 import re
 import time
 from pathlib import Path
@@ -32,9 +31,7 @@ from anatldm import __version__
 from anatldm.atomic import write_text_atomic
 from anatldm.diffusion.schedulers import SamplerName
 from anatldm.errors import (
-    CheckpointMismatchError,
     ConfigError,
-    check_checkpoint_file,
     check_output_folder,
 )
 from anatldm.evaluation.controls import flip_left_right, splice_levels
@@ -65,7 +62,7 @@ from anatldm.metrics import (
     make_fid_kid,
 )
 from anatldm.models.registers import RegisterEdit
-from anatldm.trainers.base import AnatomyTask
+from anatldm.trainers.base import AnatomyTask, load_task
 from anatldm.trainers.ldm import AnatomicalLDMTask
 from anatldm.trainers.segmenter import SegmenterTask, bottleneck_module
 from anatldm.visualize import save_overlay_grid
@@ -80,21 +77,6 @@ CONTROLS = {
     "flipped": ("left-right-flipped real slices holding a lateralised class (negative)", True),
     "spliced": ("real slices, lower half from a level >= half the range away (negative)", True),
 }
-
-
-def load_task(task_class, path: str, what: str) -> nn.Module:
-    """A task from its checkpoint (weights only); a missing or foreign file is one ``ConfigError``
-    naming the key ``what``."""
-    check_checkpoint_file(path, what)
-    try:
-        return task_class.load_from_checkpoint(path, map_location="cpu", weights_only=True)
-    except (KeyError, RuntimeError, TypeError, ValueError, EOFError, OSError, pickle.UnpicklingError) as err:
-        if isinstance(err, ConfigError):
-            raise
-        if isinstance(err, CheckpointMismatchError):  # another architecture or class count
-            raise ConfigError(f"{what}: {path}: {err}") from None
-        raise ConfigError(f"{what}: {path} is not a {task_class.__name__} checkpoint "
-                          f"({str(err).splitlines()[0]})") from None
 
 
 def _as_list(value: str | list[str]) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import zlib
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -14,17 +15,10 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 from torchmetrics.segmentation import DiceScore
 
-from anatldm.diffusion import make_sampler, make_train_scheduler, min_snr_weights, sample_latents
-from anatldm.diffusion.sampling import initial_noise, step_generators
+from anatldm.diffusion import make_train_scheduler, min_snr_weights
 from anatldm.diffusion.schedulers import SamplerName
 from anatldm.errors import ConfigError
-from anatldm.interpret import (
-    NoRegisterForClassError,
-    RegisterAssociation,
-    attention_at_image_size,
-    load_association,
-    registers_for_class,
-)
+from anatldm.interpret.edits import load_register_bank
 from anatldm.losses import (
     AnatomyLoss,
     AnatomyWeightSchedule,
@@ -34,25 +28,14 @@ from anatldm.losses import (
 )
 from anatldm.models.autoencoder_bundle import load_autoencoder_bundle
 from anatldm.models.denoiser import AnatomicalDenoiser, RegisterMode
-from anatldm.models.registers import RegisterEdit, apply_register_edits
+from anatldm.models.registers import RegisterEdit
+from anatldm.pipelines import AnatomicalLDMPipeline
 from anatldm.trainers.base import AnatomyTask
 from anatldm.visualize import render_overlay_grid
 
 __all__ = ["AnatomicalLDMTask", "load_register_bank"]
 
 logger = logging.getLogger(__name__)
-
-
-def load_register_bank(checkpoint_path: str) -> Tensor:
-    """The learned ``(K, D)`` register tokens of an ``AnatomicalLDMTask`` checkpoint (weights only)."""
-    try:
-        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError) as err:
-        raise ConfigError(f"{checkpoint_path}: cannot read the checkpoint ({err})") from None
-    key = "denoiser.registers.tokens"
-    if key not in checkpoint.get("state_dict", {}):
-        raise ConfigError(f"{checkpoint_path}: holds no register bank ('{key}' missing); is it a baseline?")
-    return checkpoint["state_dict"][key]
 
 
 class AnatomicalLDMTask(AnatomyTask):
@@ -152,7 +135,7 @@ class AnatomicalLDMTask(AnatomyTask):
     ignore = ("sampler", "num_inference_steps", "register_edits", "anatomy_edits", "registers_per_class",
               "association", "association_samples", "attention_steps")
     #: first seed of the calibration samples of the register-class association
-    association_seed = 1_000_000
+    association_seed = AnatomicalLDMPipeline.association_seed
 
     def __init__(
         self,
@@ -245,7 +228,6 @@ class AnatomicalLDMTask(AnatomyTask):
         self.association_samples = association_samples
         self.attention_steps = attention_steps
         self.record_attention = False  # set by SampleWriter(save_attention=True) for predict
-        self._association: Tensor | None = None
         self._predict_registers: Tensor | None = None
         self.applied_edits: list[dict] = []
         super().__init__()
@@ -260,23 +242,24 @@ class AnatomicalLDMTask(AnatomyTask):
         self.class_names = list(self.bundle["class_names"])
         self.image_size = tuple(self.bundle["image_size"])
         config = self.bundle["config"]
-        downsampling = 2 ** (len(config["channels"]) - 1)
-        self.latent_shape = (config["latent_channels"], *(s // downsampling for s in self.image_size))
+        self.denoiser_config = {
+            "spatial_dims": config.get("spatial_dims", 2), "in_channels": config["latent_channels"],
+            "channels": list(hp.channels), "num_res_blocks": hp.num_res_blocks,
+            "attention_levels": list(hp.attention_levels), "norm_num_groups": hp.norm_num_groups,
+            "num_head_channels": hp.num_head_channels, "num_registers": hp.num_registers,
+            "register_dim": hp.register_dim, "register_init_std": hp.register_init_std,
+            "register_levels": list(hp.register_levels), "register_heads": hp.register_heads,
+            "register_encoder": hp.register_encoder, "register_mode": hp.register_mode,
+            "num_classes": len(self.class_names) if hp.anatomy_weight > 0 else 0,
+            "head_levels": list(hp.head_levels), "head_channels": hp.head_channels}
         try:
-            self.denoiser = AnatomicalDenoiser(
-                spatial_dims=config.get("spatial_dims", 2), in_channels=config["latent_channels"],
-                channels=hp.channels, num_res_blocks=hp.num_res_blocks, attention_levels=hp.attention_levels,
-                norm_num_groups=hp.norm_num_groups, num_head_channels=hp.num_head_channels,
-                num_registers=hp.num_registers, register_dim=hp.register_dim,
-                register_init_std=hp.register_init_std, register_levels=hp.register_levels,
-                register_heads=hp.register_heads, register_encoder=hp.register_encoder,
-                register_mode=hp.register_mode, num_classes=len(self.class_names) if hp.anatomy_weight > 0 else 0,
-                head_levels=hp.head_levels, head_channels=hp.head_channels,
-            )
+            self.denoiser = AnatomicalDenoiser(**self.denoiser_config)
         except ValueError as err:
             raise ConfigError(f"model: {err}") from None
-        self.train_scheduler = make_train_scheduler(hp.num_train_timesteps, hp.beta_schedule, hp.beta_start,
-                                                    hp.beta_end, hp.prediction_type)
+        self.scheduler_config = {"num_train_timesteps": hp.num_train_timesteps, "beta_schedule": hp.beta_schedule,
+                                 "beta_start": hp.beta_start, "beta_end": hp.beta_end,
+                                 "prediction_type": hp.prediction_type}
+        self.train_scheduler = make_train_scheduler(**self.scheduler_config)
         self.register_groups: list[list[int]] | None = None
         if hp.register_supervision == "attention":
             try:
@@ -284,6 +267,12 @@ class AnatomicalLDMTask(AnatomyTask):
                                                              len(self.class_names), hp.supervised_registers_per_class)
             except ValueError as err:
                 raise ConfigError(f"model.supervised_registers_per_class: {err}") from None
+        # the sampling half (not a submodule: the networks' weights stay under the task's keys)
+        object.__setattr__(self, "_pipeline", AnatomicalLDMPipeline(
+            self.autoencoder, self.denoiser, float(self.scale_factor), self.class_names, self.image_size,
+            self.bundle.get("normalization", {}), self.scheduler_config, config, self.denoiser_config,
+            register_groups=self.register_groups))
+        self.latent_shape = self._pipeline.latent_shape
         if self.register_edits:  # fail on a bad edit now, not after a long sampling run
             self.check_edits()
 
@@ -333,15 +322,22 @@ class AnatomicalLDMTask(AnatomyTask):
             warmup_fraction=hp.anatomy_warmup_fraction, decay=hp.anatomy_decay,
             total_steps=max(int(self.trainer.estimated_stepping_batches), 1))
 
-    @torch.no_grad()
+    def on_train_end(self) -> None:
+        """Export the pipeline (:meth:`AnatomicalLDMPipeline.save_pretrained`) to
+        ``<trainer.log_dir>/pipeline``, with the EMA weights (swapped in by the callback before this hook)."""
+        folder = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "pipeline"
+        if self.trainer.is_global_zero:
+            self.pipeline.save_pretrained(folder, extra={"source": {"autoencoder": str(self.hparams.autoencoder),
+                                                                    "global_step": int(self.global_step)}})
+        self.trainer.strategy.barrier("pipeline_export")
+
     def encode(self, images: Tensor) -> Tensor:
         """Scaled latents ``(B, C_z, *S/f)`` of images ``(B, 1, *S)`` in [-1, 1]."""
-        return self.autoencoder.encode_stage_2_inputs(images) * self.scale_factor
+        return self.pipeline.encode(images)
 
-    @torch.no_grad()
     def decode(self, latents: Tensor) -> Tensor:
         """Images ``(B, 1, *S)`` in [-1, 1] from scaled latents."""
-        return self.autoencoder.decode_stage_2_outputs(latents / self.scale_factor).clamp(-1, 1)
+        return self.pipeline.decode(latents)
 
     def _losses(self, batch: dict, generator: torch.Generator | None = None,
                 max_timestep: int | None = None,
@@ -458,114 +454,62 @@ class AnatomicalLDMTask(AnatomyTask):
                                    self.class_names, columns=4)
         self.logger.experiment.add_image("samples", grid, self.global_step, dataformats="HWC")
 
-    # -- sampling ----------------------------------------------------------------------------
+    # -- sampling: delegated to the pipeline -----------------------------------------------------
+    @property
+    def pipeline(self) -> AnatomicalLDMPipeline:
+        """The networks as an :class:`~anatldm.pipelines.AnatomicalLDMPipeline`, with this task's
+        sampling settings (it shares the task's modules: no weight is copied)."""
+        pipeline = self._pipeline
+        pipeline.scale_factor = float(self.scale_factor)
+        pipeline.sampler, pipeline.num_inference_steps = self.sampler_name, self.num_inference_steps
+        pipeline.registers_per_class, pipeline.association_path = self.registers_per_class, self.association_path
+        pipeline.association_samples, pipeline.attention_steps = self.association_samples, self.attention_steps
+        return pipeline
+
+    @property
+    def _association(self) -> Tensor | None:
+        """The cached register-class table (the pipeline's)."""
+        return self._pipeline.association
+
     def check_edits(self, edits: Sequence[RegisterEdit] | None = None, key: str = "model.register_edits") -> None:
         """Class names, indices and sources of ``edits`` (default ``register_edits``), checked
         before any sampling; errors name the config ``key``."""
-        edits = self.register_edits if edits is None else list(edits)
-        for edit in edits:
-            for name in edit.classes or []:
-                if name not in self.class_names:
-                    raise ConfigError(f"{key}: unknown class '{name}'; known classes: {', '.join(self.class_names)}")
-        if self.denoiser.head is None and any(e.classes for e in edits) and not self.association_path:
-            raise ConfigError(f"{key}: edits by class need the anatomy head's masks or an association file "
-                              "(model.association); this model has no head")
-        try:
-            apply_register_edits(self.denoiser.registers.tokens, [e for e in edits if not e.classes],
-                                 load_register_bank)
-        except ValueError as err:
-            raise ConfigError(f"{key}: {err}") from None
+        self.pipeline.check_edits(self.register_edits if edits is None else list(edits), key)
 
     def edited_registers(self, edits: Sequence[RegisterEdit] | None = None) -> Tensor | None:
         """The register tokens after ``edits`` (default ``register_edits``; ``None``: the bank
-        unchanged). Edits by class take the registers of :meth:`register_association`."""
+        unchanged); :attr:`applied_edits` records the registers each edit by class touched."""
         edits = self.register_edits if edits is None else list(edits)
         if not edits:
             return None
         self.applied_edits = []
-
-        def resolve(names: Sequence[str]) -> list[int]:
-            if self.register_groups is not None:  # registers bound to classes in training
-                if self.class_names[0] in names:
-                    raise ConfigError(f"model.register_edits: '{self.class_names[0]}' owns no registers under "
-                                      "register_supervision; edit the foreground classes")
-                chosen = list(dict.fromkeys(k for name in names
-                                            for k in self.register_groups[self.class_names.index(name) - 1]))
-            else:
-                table = self.register_association()
-                chosen = list(dict.fromkeys(k for name in names for k in
-                                            registers_for_class(table, self.class_names, name,
-                                                                self.registers_per_class)))
-            self.applied_edits.append({"classes": list(names), "registers": chosen})
-            logger.info("edit of %s: registers %s", ", ".join(names), chosen)
-            return chosen
-
-        try:
-            return apply_register_edits(self.denoiser.registers.tokens, edits, load_register_bank, resolve)
-        except NoRegisterForClassError:
-            raise
-        except ValueError as err:
-            raise ConfigError(f"model.register_edits: {err}") from None
+        edited = self.pipeline.edit_registers(edits, "model.register_edits", load_register_bank)
+        self.applied_edits = edited.applied
+        return edited.tokens
 
     def register_association(self) -> Tensor:
-        """The ``(K, C)`` register-class correlation table used by edits by class (cached).
+        """The ``(K, C)`` register-class correlation table used by edits by class (cached; see
+        :meth:`AnatomicalLDMPipeline.register_association`)."""
+        return self.pipeline.register_association()
 
-        Read from ``association`` when given, otherwise computed from ``association_samples``
-        unedited samples and the head's masks (:meth:`compute_association`).
-        """
-        if self._association is None:
-            if self.association_path:
-                self._association = load_association(self.association_path, self.class_names,
-                                                     self.denoiser.registers.num_registers)
-            else:
-                seeds = range(self.association_seed, self.association_seed + self.association_samples)
-                self._association = self.compute_association(seeds)
-        return self._association
-
-    @torch.no_grad()
     def compute_association(self, seeds: Sequence[int], batch_size: int = 16,
                             masks_from: Callable[[Tensor], Tensor] | None = None) -> Tensor:
-        """Correlation ``(K, C)`` of each register's attention map (mean over levels) with each
-        class of the samples' masks: the head's, or ``masks_from(images)`` (e.g. a segmenter)."""
-        if self.denoiser.registers is None:
-            raise ConfigError("this model has no register bank (num_registers is 0)")
-        if masks_from is None and self.denoiser.head is None:
-            raise ConfigError("the register-class association needs the anatomy head's masks or a segmenter; "
-                              "this model has no head")
-        association = RegisterAssociation(self.denoiser.registers.num_registers, len(self.class_names))
-        seeds = list(seeds)
-        for start in range(0, len(seeds), batch_size):
-            out = self.generate(seeds[start:start + batch_size], registers=self.denoiser.registers.tokens,
-                                attention_steps=self.attention_steps)
-            masks = out["mask"] if masks_from is None else masks_from(out["image"])
-            maps = attention_at_image_size(out["attention"], self.image_size)["mean"]  # (B, K, H, W)
-            association.update(maps.cpu(), masks.cpu())
-        return association.compute()
+        """Correlation ``(K, C)`` of each register's attention map with each class of the samples' masks."""
+        return self.pipeline.compute_association(seeds, batch_size, masks_from)
 
-    @torch.no_grad()
     def generate(self, seeds: Sequence[int], sampler: SamplerName | None = None,
                  num_inference_steps: int | None = None, registers: Tensor | None = None,
                  attention_steps: int = 0) -> dict[str, Any]:
-        """Sample one (image, mask) pair per seed; no mask or condition is needed.
+        """Sample one (image, mask) pair per seed with :attr:`pipeline` (``register_edits`` applied
+        unless ``registers`` is given).
 
         Returns ``{"image": (B, 1, H, W) in [-1, 1], "mask": (B, H, W) int64 or None,
         "attention": per-level maps or None}``; sample ``i`` depends only on ``seeds[i]``.
         """
-        seeds = [int(s) for s in seeds]
-        noise = initial_noise(seeds, self.latent_shape, self.device)
-        scheduler = make_sampler(sampler or self.sampler_name, self.train_scheduler)
-        generator = step_generators(seeds)  # per sample: a sample does not depend on its batch
-        was_training = self.denoiser.training
-        self.denoiser.eval()
-        try:
-            output = sample_latents(self.denoiser, scheduler, noise, num_inference_steps or self.num_inference_steps,
-                                    mask_size=self.image_size,
-                                    registers=registers if registers is not None else self.edited_registers(),
-                                    attention_steps=attention_steps, generator=generator)
-        finally:
-            self.denoiser.train(was_training)
-        masks = output.anatomy_logits.argmax(1) if output.anatomy_logits is not None else None
-        return {"image": self.decode(output.latents), "mask": masks, "attention": output.attention}
+        registers = registers if registers is not None else self.edited_registers()
+        out = self.pipeline.generate(seeds, sampler=sampler, num_inference_steps=num_inference_steps,
+                                     registers=registers, attention_steps=attention_steps)
+        return {"image": out.images, "mask": out.masks, "attention": out.attention}
 
     def on_predict_start(self) -> None:
         self._predict_registers = self.edited_registers()  # once, not per batch (a source is a checkpoint read)

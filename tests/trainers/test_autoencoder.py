@@ -19,14 +19,10 @@ from anatldm.errors import ConfigError
 from anatldm.models.autoencoder_bundle import BUNDLE_CONFIG, BUNDLE_WEIGHTS, load_autoencoder_bundle
 from anatldm.trainers import AutoencoderTask
 from anatldm.trainers.autoencoder import kl_divergence, reconstruction_grid
+from tests.conf import VAE_DATA as TINY_DATA
+from tests.conf import VAE_MODEL as TINY_MODEL
 
 ANATLDM = str(Path(sys.executable).parent / "anatldm")
-TINY_MODEL = {"channels": [8, 16], "norm_num_groups": 4, "latent_channels": 3, "num_res_blocks": 1,
-              "discriminator_channels": 8, "discriminator_layers": 2, "adversarial_warmup_steps": 1,
-              "scale_factor_batches": 3}
-TINY_DATA = {"source": "phantom", "phantom_family": "ct_abdomen", "num_subjects": 4, "num_slices": 8,
-             "image_size": 32, "batch_size": 3, "num_workers": 0, "split_fractions": [0.5, 0.25, 0.25],
-             "min_foreground": 0.0}
 
 
 # -- networks and losses on random tensors ----------------------------------------------------

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from anatldm.cli import main
-from tests.trainers.test_ldm import TINY_DATA
+from tests.conf import TINY_DATA
 
 DATA = {"class_path": "AnatomyDataModule", "init_args": TINY_DATA}
 

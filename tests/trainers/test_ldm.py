@@ -18,14 +18,10 @@ from anatldm.data.phantoms import CT_ABDOMEN_CLASSES
 from anatldm.errors import ConfigError
 from anatldm.models.registers import RegisterEdit
 from anatldm.trainers import AnatomicalLDMTask
+from tests.conf import TINY_DATA, TINY_DENOISER
 
 ANATLDM = str(Path(sys.executable).parent / "anatldm")
-TINY_DENOISER = {"channels": [16, 32], "attention_levels": [False, True], "norm_num_groups": 8,
-                 "num_head_channels": 8, "register_dim": 16, "register_levels": [0, 1], "head_levels": [0, 1],
-                 "head_channels": 16, "num_inference_steps": 3, "preview_every_n_epochs": 1,
-                 "num_preview_samples": 2}
-TINY_DATA = {"source": "phantom", "num_subjects": 4, "num_slices": 8, "image_size": 32, "batch_size": 4,
-             "num_workers": 0, "split_fractions": [0.5, 0.25, 0.25], "min_foreground": 0.0}
+
 
 
 @pytest.fixture

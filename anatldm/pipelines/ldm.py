@@ -1,0 +1,316 @@
+"""``AnatomicalLDMPipeline``: a trained anatomical LDM as a plain ``nn.Module``, no Lightning.
+
+It holds what sampling needs: the frozen autoencoder, the denoiser (register bank + anatomy
+head), the latent scale factor, the class names, the intensity normalisation, the image size and
+the noise-schedule config. ``generate`` returns one (image, mask) pair per seed, optionally with
+edited registers and the register attention maps; :meth:`save_pretrained` /
+:meth:`from_pretrained` write and read a self-contained folder (:mod:`anatldm.pipelines.pretrained`).
+
+``AnatomicalLDMTask`` trains the same networks and samples through its pipeline, so samples of
+a task and of its exported pipeline are the same for the same seeds.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from anatldm.diffusion.sampling import initial_noise, sample_latents, step_generators
+from anatldm.diffusion.schedulers import make_sampler, make_train_scheduler
+from anatldm.errors import ConfigError
+from anatldm.interpret.edits import (
+    EditedRegisters,
+    NoRegisterForClassError,
+    class_registers,
+    edit_registers,
+    load_association,
+    load_register_bank,
+)
+from anatldm.models.denoiser import AnatomicalDenoiser
+from anatldm.models.registers import RegisterEdit
+
+__all__ = ["AnatomicalLDMPipeline", "AnatomicalLDMPipelineOutput"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class AnatomicalLDMPipelineOutput:
+    """What :meth:`AnatomicalLDMPipeline.generate` returns.
+
+    Attributes:
+        images: ``(B, 1, *S)`` in [-1, 1] (the normalised training scale).
+        masks: ``(B, *S)`` int64 class indices from the anatomy head, ``None`` without a head.
+        attention: level -> register attention maps ``(B, K, *S_level)`` averaged over the last
+            ``attention_steps`` steps, when asked for.
+        applied_edits: the registers each edit by class touched (``[{"classes", "registers"}]``).
+        seeds: the seed of each sample.
+    """
+
+    images: Tensor
+    masks: Tensor | None
+    attention: dict[str, Tensor] | None = None
+    applied_edits: list[dict] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)
+
+
+class AnatomicalLDMPipeline(nn.Module):
+    """Sample (image, mask) pairs from a trained anatomical LDM; no mask or condition is needed.
+
+    Example::
+
+        pipeline = AnatomicalLDMPipeline.from_pretrained("runs/ldm/pipeline")
+        out = pipeline.generate(num_samples=16)  # out.images (16, 1, H, W), out.masks (16, H, W)
+
+    Args:
+        autoencoder: the frozen ``AutoencoderKL``.
+        denoiser: the trained :class:`~anatldm.models.denoiser.AnatomicalDenoiser` (EMA weights).
+        scale_factor: latents are ``z * scale_factor`` (``1 / std(z)`` of training latents).
+        class_names: label names, background first.
+        image_size: spatial size of the images.
+        normalization: how raw intensities map to [-1, 1] (the autoencoder bundle's).
+        scheduler_config: arguments of :func:`~anatldm.diffusion.make_train_scheduler`.
+        autoencoder_config: the ``AutoencoderKL`` constructor arguments (saved with the weights).
+        denoiser_config: the ``AnatomicalDenoiser`` constructor arguments.
+        register_groups: registers bound to each foreground class in training
+            (``register_supervision: attention``); edits by class then use them.
+        sampler: default sampler of :meth:`generate`.
+        num_inference_steps: default denoiser calls per sample.
+        registers_per_class: registers edited per named class (without ``register_groups``).
+        association: the ``(K, C)`` register-class table of edits by class; ``None``: read from
+            ``association_path`` or computed on first use from ``association_samples`` samples.
+        association_path: an ``association.json`` to read the table from.
+        association_samples: calibration samples (seeds from :attr:`association_seed`).
+        attention_steps: attention maps are averaged over this many last sampling steps.
+    """
+
+    #: first seed of the calibration samples of the register-class association
+    association_seed = 1_000_000
+
+    def __init__(
+        self,
+        autoencoder: nn.Module,
+        denoiser: AnatomicalDenoiser,
+        scale_factor: float,
+        class_names: Sequence[str],
+        image_size: Sequence[int],
+        normalization: dict[str, Any],
+        scheduler_config: dict[str, Any],
+        autoencoder_config: dict[str, Any],
+        denoiser_config: dict[str, Any],
+        register_groups: list[list[int]] | None = None,
+        sampler: str = "ddim",
+        num_inference_steps: int = 50,
+        registers_per_class: int = 2,
+        association: Tensor | None = None,
+        association_path: str | None = None,
+        association_samples: int = 32,
+        attention_steps: int = 5,
+    ) -> None:
+        super().__init__()
+        self.autoencoder = autoencoder
+        self.denoiser = denoiser
+        self.scale_factor = float(scale_factor)
+        self.class_names = list(class_names)
+        self.image_size = tuple(int(s) for s in image_size)
+        self.normalization = dict(normalization)
+        self.scheduler_config = dict(scheduler_config)
+        self.autoencoder_config = dict(autoencoder_config)
+        self.denoiser_config = dict(denoiser_config)
+        self.register_groups = register_groups
+        self.sampler = sampler
+        self.num_inference_steps = num_inference_steps
+        self.registers_per_class = registers_per_class
+        self.association = association
+        self.association_path = association_path
+        self.association_samples = association_samples
+        self.attention_steps = attention_steps
+        self.train_scheduler = make_train_scheduler(**self.scheduler_config)
+        downsampling = 2 ** (len(self.autoencoder_config["channels"]) - 1)
+        self.latent_shape = (int(self.autoencoder_config["latent_channels"]),
+                             *(s // downsampling for s in self.image_size))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.denoiser.parameters()).device
+
+    def train(self, mode: bool = True) -> AnatomicalLDMPipeline:
+        super().train(mode)
+        self.autoencoder.eval()  # frozen, always
+        return self
+
+    # -- latents ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, images: Tensor) -> Tensor:
+        """Scaled latents ``(B, C_z, *S/f)`` of images ``(B, 1, *S)`` in [-1, 1] (posterior sample)."""
+        return self.autoencoder.encode_stage_2_inputs(images) * self.scale_factor
+
+    @torch.no_grad()
+    def decode(self, latents: Tensor) -> Tensor:
+        """Images ``(B, 1, *S)`` in [-1, 1] from scaled latents."""
+        return self.autoencoder.decode_stage_2_outputs(latents / self.scale_factor).clamp(-1, 1)
+
+    # -- register control ---------------------------------------------------------------------
+    def check_edits(self, edits: Sequence[RegisterEdit], key: str = "register_edits") -> None:
+        """Class names, indices and sources of ``edits``, checked before any sampling; errors are
+        one-line :class:`~anatldm.errors.ConfigError` naming ``key``."""
+        edits = [as_register_edit(edit, key) for edit in edits]
+        if edits and self.denoiser.registers is None:
+            raise ConfigError(f"{key} needs a register bank, but num_registers is 0")
+        for edit in edits:
+            for name in edit.classes or []:
+                if name not in self.class_names:
+                    raise ConfigError(f"{key}: unknown class '{name}'; known classes: {', '.join(self.class_names)}")
+        if self.denoiser.head is None and any(e.classes for e in edits) and not self.association_path \
+                and self.association is None:
+            raise ConfigError(f"{key}: edits by class need the anatomy head's masks or an association file "
+                              "(model.association); this model has no head")
+        try:
+            edit_registers(self.denoiser.registers.tokens, [e for e in edits if not e.classes])
+        except ValueError as err:
+            raise ConfigError(f"{key}: {err}") from None
+
+    def edit_registers(self, edits: Sequence[RegisterEdit], key: str = "register_edits",
+                       load_bank: Callable[[str], Tensor] = load_register_bank) -> EditedRegisters:
+        """The bank after ``edits`` and the registers each edit by class touched (pure: the
+        model is not changed). Edits by class take the bound registers or those of
+        :meth:`register_association`."""
+        if self.denoiser.registers is None:
+            raise ConfigError(f"{key} needs a register bank, but num_registers is 0")
+        resolve = partial(class_registers, class_names=self.class_names, register_groups=self.register_groups,
+                          association=self.register_association, per_class=self.registers_per_class)
+        try:
+            return edit_registers(self.denoiser.registers.tokens, [as_register_edit(e, key) for e in edits],
+                                  lambda names: resolve(names), load_bank)
+        except NoRegisterForClassError:
+            raise
+        except ValueError as err:
+            raise ConfigError(f"{key}: {err}") from None
+
+    def register_association(self) -> Tensor:
+        """The ``(K, C)`` register-class correlation table of edits by class (cached): given,
+        read from ``association_path``, or computed from ``association_samples`` unedited samples
+        and the head's masks (:meth:`compute_association`)."""
+        if self.association is None:
+            if self.association_path:
+                self.association = load_association(self.association_path, self.class_names,
+                                                    self.denoiser.registers.num_registers)
+            else:
+                seeds = range(self.association_seed, self.association_seed + self.association_samples)
+                self.association = self.compute_association(seeds)
+        return self.association
+
+    @torch.no_grad()
+    def compute_association(self, seeds: Sequence[int], batch_size: int = 16,
+                            masks_from: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+        """Correlation ``(K, C)`` of each register's attention map (mean over levels) with each
+        class of the samples' masks: the head's, or ``masks_from(images)`` (e.g. a segmenter)."""
+        # torchmetrics (and so lightning_utilities) only when calibrating
+        from anatldm.interpret.association import RegisterAssociation
+        from anatldm.interpret.attention import attention_at_image_size
+
+        if self.denoiser.registers is None:
+            raise ConfigError("this model has no register bank (num_registers is 0)")
+        if masks_from is None and self.denoiser.head is None:
+            raise ConfigError("the register-class association needs the anatomy head's masks or a segmenter; "
+                              "this model has no head")
+        association = RegisterAssociation(self.denoiser.registers.num_registers, len(self.class_names))
+        seeds = list(seeds)
+        for start in range(0, len(seeds), batch_size):
+            out = self.generate(seeds[start:start + batch_size], registers=self.denoiser.registers.tokens,
+                                return_attention=True)
+            masks = out.masks if masks_from is None else masks_from(out.images)
+            maps = attention_at_image_size(out.attention, self.image_size)["mean"]  # (B, K, H, W)
+            association.update(maps.cpu(), masks.cpu())
+        return association.compute()
+
+    # -- sampling -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(
+        self,
+        seeds: Sequence[int] | None = None,
+        num_samples: int | None = None,
+        sampler: str | None = None,
+        num_inference_steps: int | None = None,
+        register_edits: Sequence[RegisterEdit | dict] | None = None,
+        return_attention: bool = False,
+        registers: Tensor | None = None,
+        attention_steps: int | None = None,
+    ) -> AnatomicalLDMPipelineOutput:
+        """Sample one (image, mask) pair per seed; sample ``i`` depends only on ``seeds[i]``.
+
+        Args:
+            seeds: one per sample; ``None``: ``0 .. num_samples - 1``.
+            num_samples: samples when ``seeds`` is not given (default 1).
+            sampler: ``"ddpm"``, ``"ddim"``, ``"dpm_solver++"``, ``"dpm_solver++_sde"`` or
+                ``"unipc"``; default :attr:`sampler`.
+            num_inference_steps: denoiser calls per sample; default :attr:`num_inference_steps`.
+            register_edits: edits of the register bank (by index or by class) for these samples.
+            return_attention: also return the register attention maps (over the last
+                ``attention_steps`` steps, default :attr:`attention_steps`).
+            registers: an already edited ``(K, D)`` bank instead of ``register_edits``.
+            attention_steps: steps the attention maps are averaged over.
+        """
+        if seeds is None:
+            seeds = range(1 if num_samples is None else num_samples)
+        elif num_samples is not None and num_samples != len(seeds):
+            raise ValueError(f"num_samples {num_samples} differs from the {len(seeds)} seeds given")
+        seeds = [int(s) for s in seeds]
+        applied: list[dict] = []
+        if register_edits:
+            if registers is not None:
+                raise ValueError("give either register_edits or registers, not both")
+            edited = self.edit_registers(register_edits)
+            registers, applied = edited.tokens, edited.applied
+        if attention_steps is None:
+            attention_steps = self.attention_steps if return_attention else 0
+        noise = initial_noise(seeds, self.latent_shape, self.device)
+        scheduler = make_sampler(sampler or self.sampler, self.train_scheduler)
+        generator = step_generators(seeds)  # per sample: a sample does not depend on its batch
+        was_training = self.denoiser.training
+        self.denoiser.eval()
+        try:
+            output = sample_latents(self.denoiser, scheduler, noise, num_inference_steps or self.num_inference_steps,
+                                    mask_size=self.image_size, registers=registers, attention_steps=attention_steps,
+                                    generator=generator)
+        finally:
+            self.denoiser.train(was_training)
+        masks = output.anatomy_logits.argmax(1) if output.anatomy_logits is not None else None
+        return AnatomicalLDMPipelineOutput(self.decode(output.latents), masks, output.attention, applied, seeds)
+
+    def forward(self, *args: Any, **kwargs: Any) -> AnatomicalLDMPipelineOutput:
+        """``pipeline(num_samples=16)`` is :meth:`generate`."""
+        return self.generate(*args, **kwargs)
+
+    # -- files ----------------------------------------------------------------------------------
+    def save_pretrained(self, folder: str | Path, extra: dict[str, Any] | None = None) -> Path:
+        """Write ``pipeline.safetensors`` and ``pipeline.json`` to ``folder`` (self-contained:
+        the autoencoder is included); return the JSON path."""
+        from anatldm.pipelines.pretrained import save_pipeline
+
+        return save_pipeline(self, folder, extra)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> AnatomicalLDMPipeline:
+        """Load a folder written by :meth:`save_pretrained` (or its ``pipeline.json``), in eval
+        mode; a broken folder is one :class:`~anatldm.errors.ConfigError` naming the file and key."""
+        from anatldm.pipelines.pretrained import load_pipeline
+
+        return load_pipeline(path, device, cls)
+
+
+def as_register_edit(edit: RegisterEdit | dict, key: str) -> RegisterEdit:
+    """A register edit from a config mapping (``{operation: scale, classes: [liver], factor: 2}``)."""
+    if isinstance(edit, RegisterEdit):
+        return edit
+    try:
+        return RegisterEdit(**edit)
+    except TypeError as err:
+        raise ConfigError(f"{key}: {edit} is not a register edit ({err})") from None

@@ -1,0 +1,117 @@
+"""AnatomicalLDMPipeline: Lightning-free import, same samples as the task, a self-contained folder."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from anatldm.cli import main
+from anatldm.errors import ConfigError
+from anatldm.models.registers import RegisterEdit
+from anatldm.pipelines import AnatomicalLDMPipeline
+from anatldm.trainers import AnatomicalLDMTask
+from tests.conf import TINY_DENOISER
+
+
+def trained_looking_task(bundle: Path, **overrides) -> AnatomicalLDMTask:
+    """A tiny task whose register attention and UNet output are non-zero, as after training."""
+    torch.manual_seed(0)
+    task = AnatomicalLDMTask(autoencoder=str(bundle), **{**TINY_DENOISER, "num_registers": 4, **overrides}).eval()
+    for p in [*task.denoiser.register_attention.parameters(), *task.denoiser.unet.out.parameters()]:
+        torch.nn.init.normal_(p, std=0.3)
+    return task
+
+
+def test_importing_the_pipeline_imports_no_lightning() -> None:
+    code = "import anatldm.pipelines, sys; assert not any(m.startswith('lightning') for m in sys.modules)"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+def test_samples_are_the_tasks_for_the_same_seeds(tiny_bundle: Path, sampler: str) -> None:
+    task = trained_looking_task(tiny_bundle, register_mode="read_write")
+    expected = task.generate([3, 4, 5], sampler=sampler, attention_steps=2)
+    out = task.pipeline.generate([3, 4, 5], sampler=sampler, return_attention=True, attention_steps=2)
+    assert torch.equal(out.images, expected["image"]) and torch.equal(out.masks, expected["mask"])
+    assert out.attention.keys() == expected["attention"].keys()
+    assert all(torch.equal(out.attention[k], expected["attention"][k]) for k in out.attention)
+    assert out.seeds == [3, 4, 5] and out.applied_edits == []
+
+
+def test_edits_are_the_tasks_and_say_what_they_touched(tiny_bundle: Path) -> None:
+    task = trained_looking_task(tiny_bundle, num_registers=12, register_supervision="attention",
+                                supervised_registers_per_class=2)
+    task.register_edits = [RegisterEdit("scale", classes=["liver"], factor=3.0)]
+    expected = task.generate([1, 2])
+    out = task.pipeline.generate([1, 2], register_edits=[{"operation": "scale", "classes": ["liver"], "factor": 3.0}])
+    assert torch.equal(out.images, expected["image"])
+    assert out.applied_edits == task.applied_edits == [{"classes": ["liver"], "registers": [0, 1]}]
+    assert not torch.equal(out.images, task.pipeline.generate([1, 2]).images)
+    with pytest.raises(ConfigError, match="register_edits: unknown class 'livre'"):
+        task.pipeline.check_edits([RegisterEdit("ablate", classes=["livre"])])
+
+
+def test_save_load_gives_the_same_samples_without_the_bundle(tiny_bundle: Path, tmp_path: Path) -> None:
+    bundle = shutil.copytree(tiny_bundle, tmp_path / "bundle")
+    task = trained_looking_task(bundle)
+    expected = task.pipeline.generate(num_samples=3, sampler="dpm_solver++_sde")
+    folder = tmp_path / "pipeline"
+    task.pipeline.save_pretrained(folder)
+    shutil.rmtree(bundle)  # the folder is self-contained
+    loaded = AnatomicalLDMPipeline.from_pretrained(folder)
+    again = loaded(num_samples=3, sampler="dpm_solver++_sde")
+    assert torch.equal(again.images, expected.images) and torch.equal(again.masks, expected.masks)
+    assert loaded.class_names == task.class_names and loaded.image_size == task.image_size
+    assert loaded.normalization == task.bundle["normalization"]
+    loaded.save_pretrained(tmp_path / "again")  # a loaded pipeline saves the same files
+    assert json.loads((tmp_path / "again" / "pipeline.json").read_text()) == \
+        json.loads((folder / "pipeline.json").read_text())
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda m: m.pop("scale_factor"), "missing field\\(s\\) 'scale_factor'"),
+    (lambda m: m.update(scale_factor=-1), "field 'scale_factor' must be a positive number"),
+    (lambda m: m["sampling"].update(sampler="euler"), "field 'sampling.sampler' is 'euler'"),
+    (lambda m: m["denoiser"]["config"].update(channels=[16, 64]), "weights do not match the config"),
+    (lambda m: m["denoiser"]["config"].update(register_levels=[7]), "field 'denoiser.config' does not build"),
+    (lambda m: m.update(weights="gone.safetensors"), "gone.safetensors: weights file missing"),
+    (lambda m: m.update(image_size=[32, "a"]), "field 'image_size' must be a list of positive integers"),
+])
+def test_a_broken_folder_is_one_config_error_naming_the_file_and_key(tiny_bundle: Path, tmp_path: Path,
+                                                                      change, message: str) -> None:
+    trained_looking_task(tiny_bundle).pipeline.save_pretrained(tmp_path)
+    metadata = json.loads((tmp_path / "pipeline.json").read_text())
+    change(metadata)
+    (tmp_path / "pipeline.json").write_text(json.dumps(metadata))
+    with pytest.raises(ConfigError, match=message):
+        AnatomicalLDMPipeline.from_pretrained(tmp_path)
+
+
+def test_no_folder_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no pipeline"):
+        AnatomicalLDMPipeline.from_pretrained(tmp_path)
+
+
+def test_fit_exports_the_pipeline_and_export_writes_the_same(stage_checkpoints: dict, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    fitted = AnatomicalLDMPipeline.from_pretrained(stage_checkpoints["root"] / "register" / "pipeline")
+    main(["export", "--ckpt_path", str(stage_checkpoints["register"]), "--out", str(tmp_path / "exported"),
+          "--num_inference_steps", "3"])
+    assert "wrote" in capsys.readouterr().out
+    exported = AnatomicalLDMPipeline.from_pretrained(tmp_path / "exported")
+    assert torch.equal(fitted.generate([0, 1]).images, exported.generate([0, 1]).images)
+    assert exported.denoiser.registers.num_registers == 4 and exported.num_inference_steps == 3
+
+
+def test_export_of_a_foreign_checkpoint_is_one_line(stage_checkpoints: dict, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["export", "--ckpt_path", str(stage_checkpoints["segmenter"]), "--out", str(tmp_path / "x")])
+    assert done.value.code == 2
+    assert "--ckpt_path" in capsys.readouterr().err
