@@ -82,10 +82,11 @@ class SampleWriter(BasePredictionWriter):
             self._start_attention(pl_module)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         if trainer.is_global_zero:
-            write_text_atomic(self.output_dir / "classes.json", json.dumps(pl_module.class_names))
+            write_text_atomic(self.output_dir / "classes.json", json.dumps(pl_module.pipeline.class_names))
 
     def _start_attention(self, pl_module) -> None:
-        registers = getattr(pl_module.denoiser, "registers", None)
+        pipeline = pl_module.pipeline
+        registers = pipeline.denoiser.registers
         if registers is None:
             raise ConfigError("SampleWriter.save_attention: this model has no register bank (num_registers is 0)")
         if self.segmenter_path is not None:
@@ -94,19 +95,19 @@ class SampleWriter(BasePredictionWriter):
 
             self._segmenter = load_task(SegmenterTask, self.segmenter_path, "SampleWriter.segmenter")
             self._segmenter.eval().requires_grad_(False).to(pl_module.device)
-            if self._segmenter.hparams.num_classes != len(pl_module.class_names):
+            if self._segmenter.hparams.num_classes != len(pipeline.class_names):
                 raise ConfigError(f"SampleWriter.segmenter: {self.segmenter_path} has "
-                                  f"{self._segmenter.hparams.num_classes} classes, the model {len(pl_module.class_names)}")
+                                  f"{self._segmenter.hparams.num_classes} classes, the model {len(pipeline.class_names)}")
         pl_module.record_attention = True
-        sources = (["head"] if pl_module.denoiser.head is not None else []) + (["segmenter"] if self._segmenter else [])
-        self._associations = {source: RegisterAssociation(registers.num_registers, len(pl_module.class_names))
+        sources = (["head"] if pipeline.denoiser.head is not None else []) + (["segmenter"] if self._segmenter else [])
+        self._associations = {source: RegisterAssociation(registers.num_registers, len(pipeline.class_names))
                               .to(pl_module.device) for source in sources}
 
     def write_on_batch_end(self, trainer, pl_module, prediction: dict[str, Any], batch_indices, batch,
                            batch_idx: int, dataloader_idx: int = 0) -> None:
         images = prediction["image"][:, 0].float().cpu().numpy()  # (B, H, W) in [-1, 1]
         masks = None if prediction["mask"] is None else prediction["mask"].cpu().numpy().astype(np.uint8)
-        normalization = pl_module.bundle.get("normalization", {})
+        normalization = pl_module.pipeline.normalization
         spacing = normalization.get("spacing") or [1.0, 1.0]
         affine = np.diag([float(spacing[1]), float(spacing[0]), 1.0, 1.0])  # columns = x, rows = y
         raw = to_raw_intensity(images, normalization)
@@ -122,7 +123,8 @@ class SampleWriter(BasePredictionWriter):
 
     def _write_attention(self, pl_module, prediction: dict[str, Any], images: np.ndarray,
                          masks: np.ndarray | None) -> None:
-        maps = attention_at_image_size(prediction["attention"], pl_module.image_size)  # level -> (B, K, H, W)
+        pipeline = pl_module.pipeline
+        maps = attention_at_image_size(prediction["attention"], pipeline.image_size)  # level -> (B, K, H, W)
         if "head" in self._associations:
             self._associations["head"].update(maps["mean"], prediction["mask"])
         if "segmenter" in self._associations:
@@ -134,16 +136,17 @@ class SampleWriter(BasePredictionWriter):
                 break
             self._panels += 1
             save_attention_panels(images[index], None if masks is None else masks[index],
-                                  {name: m[index].cpu().numpy() for name, m in maps.items()}, pl_module.class_names,
+                                  {name: m[index].cpu().numpy() for name, m in maps.items()}, pipeline.class_names,
                                   self.output_dir / f"sample_{int(seed):06d}_attention.png",
                                   title=f"seed {int(seed)}: register attention (share per position)")
 
     def on_predict_end(self, trainer, pl_module) -> None:
         tables = {source: metric.compute() for source, metric in self._associations.items()}  # collective
+        class_names = pl_module.pipeline.class_names
         pl_module.record_attention = False
         if trainer.is_global_zero:
             for source, table in tables.items():
-                save_association(table.cpu(), pl_module.class_names, self.output_dir,
+                save_association(table.cpu(), class_names, self.output_dir,
                                  source=("anatomy head" if source == "head" else "segmenter")
                                  + (", edited bank (see edits.json)" if pl_module.register_edits else ""),
                                  num_samples=int(self._associations[source].num_samples),
@@ -156,7 +159,7 @@ class SampleWriter(BasePredictionWriter):
             return
         images = np.stack([g[0] for g in self._grid])
         masks = None if self._grid[0][1] is None else np.stack([g[1] for g in self._grid])
-        path = save_overlay_grid(images, masks, pl_module.class_names, self.output_dir / f"samples_rank{trainer.global_rank}.png"
+        path = save_overlay_grid(images, masks, class_names, self.output_dir / f"samples_rank{trainer.global_rank}.png"
                                  if trainer.world_size > 1 else self.output_dir / "samples.png",
                                  titles=[f"seed {g[2]}" for g in self._grid])
         logger.info("wrote %s and the NIfTI pairs to %s", path.name, self.output_dir)

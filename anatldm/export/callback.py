@@ -144,14 +144,15 @@ class DatasetWriter(BasePredictionWriter):
         """Every setting that needs the model: its head, the segmenter, the training data, the report."""
         if self._checked_for == id(model):
             return
-        if not hasattr(model, "generate") or not hasattr(model, "bundle"):
+        if not hasattr(model, "pipeline"):
             raise ConfigError(f"DatasetWriter: the model must be an AnatomicalLDMTask, got {type(model).__name__}")
-        head = getattr(model.denoiser, "head", None)
+        pipeline = model.pipeline
+        head = pipeline.denoiser.head
         if self.labels == "head" and head is None:
             raise ConfigError("DatasetWriter.labels: this model has no anatomy head (a baseline LDM, anatomy_weight 0), "
                               "so its samples come without label maps; set labels: segmenter and name a segmenter "
                               "checkpoint to export pseudo-labelled pairs")
-        self.class_names = list(model.class_names)
+        self.class_names = list(pipeline.class_names)
         self._segmenter = None
         if self.labels == "segmenter":
             from anatldm.trainers.base import load_task  # trainer modules: imported when used
@@ -195,7 +196,7 @@ class DatasetWriter(BasePredictionWriter):
         self.check_inputs(pl_module, trainer.datamodule, trainer.ckpt_path)
         if self._segmenter is not None:
             self._segmenter.to(pl_module.device)
-        self.normalization = dict(pl_module.bundle.get("normalization", {}))
+        self.normalization = dict(pl_module.pipeline.normalization)
         self.affine = slice_affine(self.normalization)
         preset = self.normalization.get("preset")
         self.resolved_channel = self.channel_name or {"ct": "CT", "mri": "MRI"}.get(preset, "image")
@@ -331,14 +332,14 @@ class DatasetWriter(BasePredictionWriter):
 
     # -- the data card -----------------------------------------------------------------------
     def _card(self, pl_module, audit: dict | None, num_synthetic: int, num_real: int) -> dict:
-        hp = pl_module.hparams
+        hp, pipeline = pl_module.hparams, pl_module.pipeline
         rows, columns = in_plane_spacing(self.normalization)
-        height, width = pl_module.image_size
+        height, width = pipeline.image_size
         shape = tuple(slice_to_volume(np.zeros((height, width)), self.normalization).shape)
         spacing_note = "" if self.normalization.get("spacing") else \
             " (nominal 1 mm: the training data kept its native spacing, data.spacing null)"
-        has_head = pl_module.denoiser.head is not None
-        registers = getattr(pl_module.denoiser, "registers", None)
+        has_head = pipeline.denoiser.head is not None
+        registers = pipeline.denoiser.registers
         description = training_data_description(self._training_hparams or {}) if self._training_hparams else \
             "the model's training data (not resolved: memorisation_audit and include_real are off)"
         seeds = self._seeds
@@ -377,7 +378,7 @@ class DatasetWriter(BasePredictionWriter):
             "generation": {
                 "seeds": {"first": min(seeds) if seeds else None, "last": max(seeds) if seeds else None,
                           "count": len(seeds), "all": seeds},
-                "sampler": pl_module.sampler_name, "num_inference_steps": pl_module.num_inference_steps,
+                "sampler": pipeline.sampler, "num_inference_steps": pipeline.num_inference_steps,
                 "labels": ("the model's anatomy head (argmax of its logits at the end of sampling)" if self.labels == "head"
                            else f"pseudo-labels of the segmenter {self.segmenter_path} (sha256 "
                                 f"{file_sha256(self.segmenter_path)})"),

@@ -62,6 +62,7 @@ from anatldm.metrics import (
     make_fid_kid,
 )
 from anatldm.models.registers import RegisterEdit
+from anatldm.pipelines import AnatomicalLDMPipeline
 from anatldm.trainers.base import AnatomyTask, load_task
 from anatldm.trainers.ldm import AnatomicalLDMTask
 from anatldm.trainers.segmenter import SegmenterTask, bottleneck_module
@@ -235,11 +236,11 @@ class EvaluationTask(AnatomyTask):
             paths = _as_list(hp.generators[arm])
             for k, (name, path) in enumerate(zip(names, paths, strict=True)):
                 key = f"model.generators.{arm}" + ("" if len(paths) == 1 else f"[{k}]")
-                models[name] = load_task(AnatomicalLDMTask, path, key).eval()
+                models[name] = load_task(AnatomicalLDMTask, path, key).pipeline.eval()
                 self.checkpoints[name] = path
             for k, path in enumerate(_as_list((hp.early_checkpoints or {}).get(arm, []))):
                 name = f"{names[k]}@early"
-                models[name] = load_task(AnatomicalLDMTask, path, f"model.early_checkpoints.{arm}").eval()
+                models[name] = load_task(AnatomicalLDMTask, path, f"model.early_checkpoints.{arm}").pipeline.eval()
                 self.checkpoints[name] = path
                 self.early.setdefault(arm, []).append(name)
         self.generators = nn.ModuleDict({_module_key(name): model for name, model in models.items()})
@@ -266,7 +267,7 @@ class EvaluationTask(AnatomyTask):
         self.ceiling_dice = DiceScore(num_classes=len(self.class_names), include_background=False,
                                       average="none", input_format="index")
 
-    def model(self, name: str) -> AnatomicalLDMTask:
+    def model(self, name: str) -> AnatomicalLDMPipeline:
         return self.generators[_module_key(name)]
 
     def check_inputs(self, datamodule) -> None:
@@ -448,7 +449,7 @@ class EvaluationTask(AnatomyTask):
         return record, floor_features.cpu().double().numpy()
 
     @torch.no_grad()
-    def _sample_model(self, generator: AnatomicalLDMTask, num_samples: int) -> tuple[ModelRecord, dict]:
+    def _sample_model(self, generator: AnatomicalLDMPipeline, num_samples: int) -> tuple[ModelRecord, dict]:
         """Per-sample results of one model over all ranks (rank-major, the same order for every model)."""
         hp = self.hparams
         num_classes = len(self.class_names)
@@ -465,7 +466,7 @@ class EvaluationTask(AnatomyTask):
         for start in range(0, len(seeds := self._seeds(num_samples)), hp.sample_batch_size):
             generated = generator.generate(seeds[start:start + hp.sample_batch_size], sampler=hp.sampler,
                                            num_inference_steps=hp.num_inference_steps)
-            images = generated["image"].float()  # (B, 1, H, W)
+            images = generated.images.float()  # (B, 1, H, W)
             masks = self.segment(images)
             plausibility.update(masks)
             areas.update(area_fractions(masks, num_classes))
@@ -473,11 +474,11 @@ class EvaluationTask(AnatomyTask):
             memorisation.update(images, real=False)
             kid.update(images, real=False)
             if has_head:
-                consistency.update(generated["mask"], masks)
+                consistency.update(generated.masks, masks)
             if sum(len(x) for x in kept["image"]) < 16:
                 kept["image"].append(images.cpu())
                 kept["segmenter_mask"].append(masks.cpu())
-                kept["head_mask"].append(generated["mask"].cpu() if has_head else None)
+                kept["head_mask"].append(generated.masks.cpu() if has_head else None)
         violations = plausibility.gathered("violations").reshape(-1, len(self.rules.rule_names)).cpu().numpy()
         record = ModelRecord(
             passed=plausibility.per_sample().cpu().double().numpy(),
@@ -595,7 +596,7 @@ class EvaluationTask(AnatomyTask):
         logger.info("wrote %s", out / "report.md")
 
     @torch.no_grad()
-    def _segmented_samples(self, generator: AnatomicalLDMTask, seeds: list[int],
+    def _segmented_samples(self, generator: AnatomicalLDMPipeline, seeds: list[int],
                            registers: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Per-sample segmenter areas ``(N, C - 1)`` and plausibility ``(N,)`` of all ranks' samples
         (rank-major), and this rank's first images and masks (for the figure)."""
@@ -605,7 +606,7 @@ class EvaluationTask(AnatomyTask):
         for start in range(0, len(seeds), hp.sample_batch_size):
             out = generator.generate(seeds[start:start + hp.sample_batch_size], sampler=hp.sampler,
                                      num_inference_steps=hp.num_inference_steps, registers=registers)
-            images = out["image"].float()
+            images = out.images.float()
             masks = self.segment(images)
             areas.update(area_fractions(masks, len(self.class_names)))
             plausibility.update(masks)
@@ -624,18 +625,18 @@ class EvaluationTask(AnatomyTask):
         results, kept = {}, {"unedited": base_kept}
         for name, edits in self.edits.items():
             try:
-                tokens = generator.edited_registers(list(edits))
+                edited = generator.edit_registers(list(edits), "model.register_edits")
             except NoRegisterForClassError as err:  # the trained model has no register for that class
                 logger.warning("edit %s skipped: %s", name, err)
                 results[name] = {"generator": self.edit_generator, "edits": [dataclasses.asdict(e) for e in edits],
                                  "skipped": str(err)}
                 continue
-            areas, plausible, *kept[name] = self._segmented_samples(generator, seeds, tokens)
+            areas, plausible, *kept[name] = self._segmented_samples(generator, seeds, edited.tokens)
             effect = edit_effect(base_areas.numpy(), areas.numpy(), base_plausible.numpy(), plausible.numpy(),
                                  self.class_names, hp.num_bootstrap, hp.confidence, hp.seed)
             results[name] = {"generator": self.edit_generator,
                              "edits": [dataclasses.asdict(edit) for edit in edits],
-                             "resolved": list(generator.applied_edits), "effect": effect}
+                             "resolved": list(edited.applied), "effect": effect}
             targets = list(dict.fromkeys(c for edit in edits for c in edit.classes or []))
             if targets:  # off-target / target |area change| (lower is more specific)
                 results[name]["specificity"] = edit_specificity(base_areas.numpy(), areas.numpy(), self.class_names,
