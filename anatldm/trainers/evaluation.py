@@ -14,11 +14,8 @@ against the baseline arm, every metric comes with a bootstrap interval
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import re
 import time
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -27,38 +24,34 @@ from torch import Tensor, nn
 from torchmetrics import CatMetric
 from torchmetrics.segmentation import DiceScore
 
-from anatldm import __version__
-from anatldm.atomic import write_text_atomic
 from anatldm.diffusion.schedulers import SamplerName
 from anatldm.errors import (
     ConfigError,
     check_output_folder,
 )
 from anatldm.evaluation.controls import flip_left_right, splice_levels
+from anatldm.evaluation.protocol import EvaluationProtocol, case_dice
 from anatldm.evaluation.report import (
     ClaimCriteria,
     GateThresholds,
-    claim_verdict,
-    gate_verdict,
-    markdown_report,
+)
+from anatldm.evaluation.results import (
+    CONTROLS,
+    as_dataclass,
+    as_list,
+    build_report,
+    write_edit_report,
+    write_report,
 )
 from anatldm.evaluation.statistics import (
-    METRICS,
     ModelRecord,
-    RealRecord,
-    Statistics,
-    violation_rates,
 )
-from anatldm.interpret import NoRegisterForClassError, save_association
-from anatldm.interpret.effects import edit_effect, edit_effects_markdown, edit_specificity
+from anatldm.interpret import NoRegisterForClassError
+from anatldm.interpret.effects import edit_effect, edit_specificity
 from anatldm.metrics import (
     AnatomyRules,
-    Memorisation,
-    PairwiseMSSSIM,
     PlausibilityRate,
     PooledEncoderFeatures,
-    SelfConsistencyDice,
-    area_fractions,
     make_fid_kid,
 )
 from anatldm.models.registers import RegisterEdit
@@ -66,23 +59,10 @@ from anatldm.pipelines import AnatomicalLDMPipeline
 from anatldm.trainers.base import AnatomyTask, load_task
 from anatldm.trainers.ldm import AnatomicalLDMTask
 from anatldm.trainers.segmenter import SegmenterTask, bottleneck_module
-from anatldm.visualize import save_overlay_grid
 
 __all__ = ["EvaluationTask", "load_task"]
 
 logger = logging.getLogger(__name__)
-
-#: slice-level controls: name -> (label, negative)
-CONTROLS = {
-    "reconstructed": ("autoencoder reconstructions (positive control)", False),
-    "flipped": ("left-right-flipped real slices holding a lateralised class (negative)", True),
-    "spliced": ("real slices, lower half from a level >= half the range away (negative)", True),
-}
-
-
-def _as_list(value: str | list[str]) -> list[str]:
-    return [value] if isinstance(value, str) else list(value)
-
 
 class EvaluationTask(AnatomyTask):
     """Compare generator arms (LDM checkpoints, one per training seed) on real test slices.
@@ -164,7 +144,7 @@ class EvaluationTask(AnatomyTask):
     ) -> None:
         if not generators:
             raise ConfigError("model.generators is empty: name at least one LDM checkpoint")
-        counts = {name: len(_as_list(paths)) for name, paths in generators.items()}
+        counts = {name: len(as_list(paths)) for name, paths in generators.items()}
         if min(counts.values()) < 1:
             raise ConfigError(f"model.generators: every arm needs at least one checkpoint, got {counts}")
         if baseline is not None and baseline not in generators:
@@ -178,9 +158,9 @@ class EvaluationTask(AnatomyTask):
         for name, paths in (early_checkpoints or {}).items():
             if name not in generators:
                 raise ConfigError(f"model.early_checkpoints: '{name}' is not one of the generators {sorted(generators)}")
-            if len(_as_list(paths)) > counts[name]:
+            if len(as_list(paths)) > counts[name]:
                 raise ConfigError(f"model.early_checkpoints.{name}: more early checkpoints than final ones")
-        claim = _as(ClaimCriteria, claim) if claim is not None else None
+        claim = as_dataclass(ClaimCriteria, claim) if claim is not None else None
         if claim is not None and (baseline is None or claim.arm not in generators or claim.arm == baseline):
             raise ConfigError(f"model.claim.arm '{claim.arm}' must be a generator other than model.baseline")
         for key, value in (("num_samples", num_samples), ("num_inference_steps", num_inference_steps),
@@ -216,7 +196,7 @@ class EvaluationTask(AnatomyTask):
         seeds = hp.training_seeds
         out = {}
         for arm, paths in hp.generators.items():
-            paths = _as_list(paths)
+            paths = as_list(paths)
             out[arm] = [arm] if isinstance(hp.generators[arm], str) else \
                 [f"{arm}/seed{seeds[k] if seeds else k}" for k in range(len(paths))]
         return out
@@ -233,12 +213,12 @@ class EvaluationTask(AnatomyTask):
         self.segmenter = load_task(SegmenterTask, hp.segmenter, "model.segmenter").eval()
         models, self.checkpoints, self.early = {}, {}, {}
         for arm, names in self.arms.items():
-            paths = _as_list(hp.generators[arm])
+            paths = as_list(hp.generators[arm])
             for k, (name, path) in enumerate(zip(names, paths, strict=True)):
                 key = f"model.generators.{arm}" + ("" if len(paths) == 1 else f"[{k}]")
                 models[name] = load_task(AnatomicalLDMTask, path, key).pipeline.eval()
                 self.checkpoints[name] = path
-            for k, path in enumerate(_as_list((hp.early_checkpoints or {}).get(arm, []))):
+            for k, path in enumerate(as_list((hp.early_checkpoints or {}).get(arm, []))):
                 name = f"{names[k]}@early"
                 models[name] = load_task(AnatomicalLDMTask, path, f"model.early_checkpoints.{arm}").pipeline.eval()
                 self.checkpoints[name] = path
@@ -336,6 +316,9 @@ class EvaluationTask(AnatomyTask):
         self.real_keys: list[tuple[np.ndarray, np.ndarray]] = []
         self.subject_index = {name: k for k, name in enumerate(datamodule.cache.subject_names)}
         self.overlap = {key: CatMetric().to(self.device) for key in ("intersection", "cardinality", "subject")}
+        self.protocol = EvaluationProtocol(hp, self.rules, self.class_names, self.segment, self._new_kid,
+                                           self.training_images, self.floor_images, self.device, self.global_rank,
+                                           self.trainer.world_size)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         images = batch["image"]
@@ -371,12 +354,7 @@ class EvaluationTask(AnatomyTask):
         intersection = self.overlap["intersection"].compute().reshape(-1, len(self.class_names) - 1).cpu().numpy()
         cardinality = self.overlap["cardinality"].compute().reshape(-1, len(self.class_names) - 1).cpu().numpy()
         subjects = self.overlap["subject"].compute().reshape(-1).cpu().numpy()
-        dice = {}
-        for k, name in enumerate(self.class_names[1:]):
-            scores = [2 * intersection[subjects == s, k].sum() / cardinality[subjects == s, k].sum()
-                      for s in np.unique(subjects) if cardinality[subjects == s, k].sum() > 0]
-            dice[name] = float(np.mean(scores)) if scores else float("nan")
-        return dice
+        return case_dice(intersection, cardinality, subjects, self.class_names)
 
     # -- generators, metrics, report -----------------------------------------------------------
     def on_test_epoch_end(self) -> None:
@@ -391,14 +369,14 @@ class EvaluationTask(AnatomyTask):
         ceiling = self.ceiling_dice.compute()  # (C - 1,)
         per_slice = {name: float(ceiling[c - 1]) for c, name in enumerate(self.class_names) if c > 0}
         judge_dice = self._case_dice()
-        real, train_features = self._real_record(real_images, real_masks)
+        real, train_features = self.protocol.real_record(real_images, real_masks)
         num_samples = hp.num_samples or self.num_test_slices
         records: dict[str, ModelRecord] = {}
         kept: dict[str, dict] = {}
         for name, path in self.checkpoints.items():
             logger.info("evaluating %s (%s): %d samples, %s with %d steps", name, path, num_samples, hp.sampler,
                         hp.num_inference_steps)
-            records[name], kept[name] = self._sample_model(self.model(name), num_samples)
+            records[name], kept[name] = self.protocol.sample_model(self.model(name), self._seeds(num_samples), num_samples)
             records[name].checkpoint = path
         control_rates = {name: metric.per_sample().cpu().numpy() for name, metric in self.controls.items()
                          if metric.gathered("passed").numel() > 0}
@@ -406,13 +384,17 @@ class EvaluationTask(AnatomyTask):
         edits, edit_samples = self._evaluate_edits() if self.edits else ({}, {})
         if not self.trainer.is_global_zero:
             return
-        report = self._report(records, real, train_features, judge_dice, per_slice, real_passed, control_rates,
-                              num_samples)
+        report = build_report(hp, self.arms, self.early, self.rules, self.class_names, self.num_test_slices,
+                              getattr(self.trainer.datamodule, "content_hash", None),
+                              time.monotonic() - self._start_time, records, real, train_features, judge_dice,
+                              per_slice, real_passed, control_rates, num_samples)
         if edits:
             report["edits"] = edits
-        self._write(report, kept)
+        write_report(hp.output_dir, report, self.rules, kept, self.class_names, hp.seed, self.trainer.world_size)
         if edits:
-            self._write_edits(edits, edit_samples)
+            write_edit_report(hp.output_dir, edits, edit_samples, self.model(self.arms[self.edit_generator][0]),
+                              self.edits, self.edit_generator, self.class_names, hp.confidence, hp.seed,
+                              self.trainer.world_size)
         for experiment_logger in self.loggers:
             experiment_logger.log_metrics({f"{name}/{metric}": values["value"]
                                            for name, metrics in report["results"].items()
@@ -430,197 +412,13 @@ class EvaluationTask(AnatomyTask):
         return make_fid_kid(self.features, kid_subset_size=subset, kid_subsets=10,
                             inception_weights=hp.inception_weights, seed=hp.seed)
 
-    @torch.no_grad()
-    def _real_record(self, real_images: Tensor, real_masks: Tensor) -> tuple[RealRecord, np.ndarray]:
-        """The real test set's judge areas and features (all ranks), and the training floor features."""
-        hp = self.hparams
-        areas = CatMetric().to(self.device)
-        areas.update(area_fractions(real_masks.to(self.device), len(self.class_names)))
-        realism = self._new_kid(len(self.floor_images))
-        kid = realism.kid.to(self.device)
-        for start in range(0, len(real_images), hp.sample_batch_size):
-            kid.update(real_images[start:start + hp.sample_batch_size].to(self.device), real=True)
-        rank, world = self.global_rank, self.trainer.world_size
-        for start in range(rank * hp.sample_batch_size, len(self.floor_images), world * hp.sample_batch_size):
-            kid.update(self.floor_images[start:start + hp.sample_batch_size].to(self.device), real=False)
-        real_features, floor_features = kid.features()
-        record = RealRecord(areas=areas.compute().reshape(-1, len(self.class_names) - 1).cpu().double().numpy(),
-                            features=real_features.cpu().double().numpy())
-        return record, floor_features.cpu().double().numpy()
-
-    @torch.no_grad()
-    def _sample_model(self, generator: AnatomicalLDMPipeline, num_samples: int) -> tuple[ModelRecord, dict]:
-        """Per-sample results of one model over all ranks (rank-major, the same order for every model)."""
-        hp = self.hparams
-        num_classes = len(self.class_names)
-        plausibility = PlausibilityRate(self.rules).to(self.device)
-        areas = CatMetric().to(self.device)
-        consistency = SelfConsistencyDice(num_classes).to(self.device)
-        diversity = PairwiseMSSSIM(max_pairs=2000, seed=hp.seed).to(self.device)
-        memorisation = Memorisation().to(self.device)
-        memorisation.update(self.training_images.to(self.device), real=True)
-        kid = self._new_kid(num_samples).kid.to(self.device)
-        kid.update(self.floor_images[:2].to(self.device), real=True)  # KID needs a real set; only fakes are read
-        kept = {"image": [], "segmenter_mask": [], "head_mask": []}
-        has_head = generator.denoiser.head is not None
-        for start in range(0, len(seeds := self._seeds(num_samples)), hp.sample_batch_size):
-            generated = generator.generate(seeds[start:start + hp.sample_batch_size], sampler=hp.sampler,
-                                           num_inference_steps=hp.num_inference_steps)
-            images = generated.images.float()  # (B, 1, H, W)
-            masks = self.segment(images)
-            plausibility.update(masks)
-            areas.update(area_fractions(masks, num_classes))
-            diversity.update(images)
-            memorisation.update(images, real=False)
-            kid.update(images, real=False)
-            if has_head:
-                consistency.update(generated.masks, masks)
-            if sum(len(x) for x in kept["image"]) < 16:
-                kept["image"].append(images.cpu())
-                kept["segmenter_mask"].append(masks.cpu())
-                kept["head_mask"].append(generated.masks.cpu() if has_head else None)
-        violations = plausibility.gathered("violations").reshape(-1, len(self.rules.rule_names)).cpu().numpy()
-        record = ModelRecord(
-            passed=plausibility.per_sample().cpu().double().numpy(),
-            violations={rule: violations[:, r] for r, rule in enumerate(self.rules.rule_names)},
-            areas=areas.compute().reshape(-1, num_classes - 1).cpu().double().numpy(),
-            features=kid.features()[1].cpu().double().numpy(),
-            memorisation=memorisation.per_sample().cpu().double().numpy(),
-            diversity=diversity.pair_values().cpu().double().numpy(),
-            consistency=consistency.per_sample().cpu().double().numpy() if has_head else None)
-        return record, kept
-
-    def _report(self, records: dict[str, ModelRecord], real: RealRecord, train_features: np.ndarray,
-                judge_dice: dict, judge_dice_per_slice: dict, real_passed: np.ndarray, control_rates: dict,
-                num_samples: int) -> dict[str, Any]:
-        hp = self.hparams
-        stats = Statistics(num_bootstrap=hp.num_bootstrap, num_bootstrap_costly=hp.num_bootstrap_costly,
-                           confidence=hp.confidence, seed=hp.seed,
-                           kid_subset_size=max(2, min(hp.kid_subset_size, num_samples, len(real.features))))
-        results = {}
-        for name, record in records.items():
-            results[name] = {metric: stats.model(spec, record, real) for metric, spec in METRICS.items()
-                             if stats.available(spec, [record])}
-            results[name]["violation_rates"] = violation_rates(record)
-            results[name]["checkpoint"] = record.checkpoint
-        arms, pairs = {}, []
-        for arm, names in self.arms.items():
-            group = [records[n] for n in names]
-            arms[arm] = {"models": names, "checkpoints": [records[n].checkpoint for n in names],
-                         "seeds": list(hp.training_seeds) if hp.training_seeds else list(range(len(names))),
-                         "pooled": {metric: stats.pooled(spec, group, real) for metric, spec in METRICS.items()
-                                    if stats.available(spec, group)}}
-        if hp.baseline is not None:
-            base = [records[n] for n in self.arms[hp.baseline]]
-            for arm, names in self.arms.items():
-                if arm == hp.baseline:
-                    continue
-                group = [records[n] for n in names]
-                changes = {}
-                for metric, spec in METRICS.items():
-                    if not spec.paired or not (stats.available(spec, group) and stats.available(spec, base)):
-                        continue
-                    try:
-                        changes[metric] = stats.changes(spec, group, base, real)
-                    except ValueError as err:  # e.g. a baseline value of 0: the relative change is undefined
-                        logger.warning("%s vs %s, %s: %s", arm, hp.baseline, metric, err)
-                arms[arm]["change_vs_baseline"] = changes
-                for k, (name, base_name) in enumerate(zip(names, self.arms[hp.baseline], strict=True)):
-                    pair_changes = {m: c["pairs"][k] for m, c in changes.items()}
-                    pairs.append({"name": f"{name} vs {base_name}", "arm": arm, "baseline": hp.baseline,
-                                  "seed": arms[arm]["seeds"][k], "changes": pair_changes})
-                    results[name]["relative_change_vs_baseline"] = pair_changes
-        early = {}
-        for arm, early_names in self.early.items():
-            finals = [records[n] for n in self.arms[arm][:len(early_names)]]
-            change = stats.changes(METRICS["plausibility_rate"], finals, [records[n] for n in early_names], real,
-                                   relative=False)
-            fraction = re.search(r"fraction-([0-9.]+)\.ckpt$", records[early_names[0]].checkpoint)
-            early[arm] = {**change, "checkpoints": [records[n].checkpoint for n in early_names],
-                          "fraction": f"{float(fraction.group(1)):.0%}" if fraction else "early",
-                          "early_pass_rate": float(np.mean([records[n].passed.mean() for n in early_names]))}
-        controls = {name: {**stats.rate(control_rates[name]), "label": CONTROLS[name][0],
-                           "negative": CONTROLS[name][1]} for name in CONTROLS if name in control_rates}
-        for name in CONTROLS:
-            if name not in control_rates:  # e.g. no lateralised class: a flip changes no anatomy
-                controls[name] = {"value": float("nan"), "low": float("nan"), "high": float("nan"), "n": 0,
-                                  "label": CONTROLS[name][0], "negative": False, "note": "not applicable"}
-        gate = gate_verdict(_as(GateThresholds, hp.gate), judge_dice, stats.rate(real_passed), controls, early)
-        layout = self.rules.layout
-        layout_text = f"; layout (k = {layout.k}, quantile {layout.quantile:.3g})" if layout else ""
-        report = {
-            "anatldm_version": __version__,
-            "gate": gate,
-            "protocol": "docs/method.md, 'Evaluation protocol': judge trained on real slices only; plausibility rules calibrated on "
-                        f"{self.rules.source}; paired bootstrap over sampling seeds, hierarchical over training seeds",
-            "rules_source": f"{self.rules.source}; per class {', '.join(self.rules.range_rules)}; co-occurrence"
-                            f"{layout_text}"
-                            f"; components below {self.rules.min_component_pixels} px ignored",
-            "feature_source": "inception_v3" if hp.inception_weights else "judge bottleneck (domain encoder)",
-            "sampler": hp.sampler, "num_inference_steps": hp.num_inference_steps, "seed": hp.seed,
-            "num_samples": num_samples, "num_samples_per_model": num_samples,
-            "num_real_test_slices": self.num_test_slices, "confidence": hp.confidence,
-            "num_bootstrap": hp.num_bootstrap, "baseline": hp.baseline,
-            "data_content_hash": getattr(self.trainer.datamodule, "content_hash", None),
-            "generators": {arm: _as_list(paths) for arm, paths in hp.generators.items()},
-            "segmenter": hp.segmenter, "class_names": self.class_names,
-            "real_test": {"plausibility_rate": stats.rate(real_passed), "segmenter_dice": judge_dice,
-                          "segmenter_dice_per_slice": judge_dice_per_slice},
-            "real_floor": stats.real_floor(train_features, real),
-            "arms": arms, "pairs": pairs, "results": results,
-            "evaluation_wall_time_s": time.monotonic() - self._start_time,
-        }
-        if hp.claim is not None:
-            report["claim"] = claim_verdict(_as(ClaimCriteria, hp.claim), hp.baseline, arms, gate["passed"])
-        return report
-
-    def _write(self, report: dict, kept: dict[str, dict]) -> None:
-        out = Path(self.hparams.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(out / "rules.json", json.dumps(self.rules.to_dict()))
-        write_text_atomic(out / "report.json", json.dumps(report, indent=1, default=float))
-        write_text_atomic(out / "report.md", markdown_report(report, METRICS))
-        for name, samples in kept.items():
-            if not samples["image"]:
-                continue
-            stem = name.replace("/", "_").replace("@", "_")
-            images = torch.cat(samples["image"])[:16, 0].numpy()
-            masks = torch.cat(samples["segmenter_mask"])[:16].numpy()
-            titles = [f"seed {self.hparams.seed + i * self.trainer.world_size}" for i in range(len(images))]
-            save_overlay_grid(images, masks, self.class_names, out / f"samples_{stem}.png", titles=titles,
-                              title=f"{name}: samples with the judge's masks")
-            if samples["head_mask"][0] is not None:
-                heads = torch.cat(samples["head_mask"])[:16].numpy()
-                save_overlay_grid(images, heads, self.class_names, out / f"samples_{stem}_head.png", titles=titles,
-                                  title=f"{name}: samples with the anatomy head's masks")
-        logger.info("wrote %s", out / "report.md")
-
-    @torch.no_grad()
-    def _segmented_samples(self, generator: AnatomicalLDMPipeline, seeds: list[int],
-                           registers: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Per-sample segmenter areas ``(N, C - 1)`` and plausibility ``(N,)`` of all ranks' samples
-        (rank-major), and this rank's first images and masks (for the figure)."""
-        hp = self.hparams
-        areas, plausibility = CatMetric().to(self.device), PlausibilityRate(self.rules).to(self.device)
-        kept_images, kept_masks = [], []
-        for start in range(0, len(seeds), hp.sample_batch_size):
-            out = generator.generate(seeds[start:start + hp.sample_batch_size], sampler=hp.sampler,
-                                     num_inference_steps=hp.num_inference_steps, registers=registers)
-            images = out.images.float()
-            masks = self.segment(images)
-            areas.update(area_fractions(masks, len(self.class_names)))
-            plausibility.update(masks)
-            if start == 0:
-                kept_images, kept_masks = images[:8].cpu(), masks[:8].cpu()
-        return areas.compute().cpu(), plausibility.per_sample().cpu(), kept_images, kept_masks
-
     def _evaluate_edits(self) -> tuple[dict, dict]:
         """Every edit of ``edits`` against the unedited samples of the same seeds."""
         hp = self.hparams
         generator = self.model(self.arms[self.edit_generator][0])
         seeds = self._seeds(hp.edit_samples or hp.num_samples or self.num_test_slices)
         logger.info("register edits of %s: %d samples each", self.edit_generator, len(seeds))
-        base_areas, base_plausible, *base_kept = self._segmented_samples(generator, seeds,
+        base_areas, base_plausible, *base_kept = self.protocol.segmented_samples(generator, seeds,
                                                                         generator.denoiser.registers.tokens)
         results, kept = {}, {"unedited": base_kept}
         for name, edits in self.edits.items():
@@ -631,7 +429,7 @@ class EvaluationTask(AnatomyTask):
                 results[name] = {"generator": self.edit_generator, "edits": [dataclasses.asdict(e) for e in edits],
                                  "skipped": str(err)}
                 continue
-            areas, plausible, *kept[name] = self._segmented_samples(generator, seeds, edited.tokens)
+            areas, plausible, *kept[name] = self.protocol.segmented_samples(generator, seeds, edited.tokens)
             effect = edit_effect(base_areas.numpy(), areas.numpy(), base_plausible.numpy(), plausible.numpy(),
                                  self.class_names, hp.num_bootstrap, hp.confidence, hp.seed)
             results[name] = {"generator": self.edit_generator,
@@ -643,24 +441,6 @@ class EvaluationTask(AnatomyTask):
                                                                 targets, hp.num_bootstrap, hp.confidence, hp.seed)
         return results, kept
 
-    def _write_edits(self, edits: dict, kept: dict) -> None:
-        out = Path(self.hparams.output_dir)
-        write_text_atomic(out / "edits.md", edit_effects_markdown(edits, self.class_names, self.hparams.confidence))
-        generator = self.model(self.arms[self.edit_generator][0])
-        if generator.register_groups is None and any(  # the table they were chosen from (not bound ones)
-                edit.classes for edits in self.edits.values() for edit in edits):
-            save_association(generator.register_association(), self.class_names, out, source="anatomy head",
-                             num_samples=generator.association_samples, stem=f"association_{self.edit_generator}")
-        columns = min(6, len(kept["unedited"][0]))
-        images = torch.cat([images[:columns, 0] for images, _ in kept.values()]).numpy()
-        masks = torch.cat([masks[:columns] for _, masks in kept.values()]).numpy()
-        titles = [f"{name} · seed {self.hparams.seed + i * self.trainer.world_size}"
-                  for name in kept for i in range(columns)]
-        save_overlay_grid(images, masks, self.class_names, out / f"edits_{self.edit_generator}.png", titles=titles,
-                          columns=columns, title=f"{self.edit_generator}: register edits, same seeds "
-                                                 "(segmenter masks)")
-
-
 def _as_edit(edit: RegisterEdit | dict, key: str) -> RegisterEdit:
     if isinstance(edit, RegisterEdit):
         return edit
@@ -670,13 +450,6 @@ def _as_edit(edit: RegisterEdit | dict, key: str) -> RegisterEdit:
         raise ConfigError(f"{key}: {edit} is not a register edit ({err})") from None
 
 
-
-
-def _as(cls, value):
-    """A dataclass argument as saved in ``hparams`` (a dict after a checkpoint round trip) -> ``cls``."""
-    if value is None:
-        return cls()
-    return cls(**value) if isinstance(value, dict) else value
 
 
 def _module_key(name: str) -> str:

@@ -115,3 +115,15 @@ def test_export_of_a_foreign_checkpoint_is_one_line(stage_checkpoints: dict, tmp
         main(["export", "--ckpt_path", str(stage_checkpoints["segmenter"]), "--out", str(tmp_path / "x")])
     assert done.value.code == 2
     assert "--ckpt_path" in capsys.readouterr().err
+
+
+def test_the_readme_python_api_runs_as_written(tiny_bundle: Path, tmp_path: Path, monkeypatch) -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Python API", 1)[1]
+    snippet = section.split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    trained_looking_task(tiny_bundle).pipeline.save_pretrained(tmp_path / "runs" / "ldm" / "pipeline")
+    namespace: dict = {}
+    exec(compile(snippet, "README.md", "exec"), namespace)  # noqa: S102
+    assert namespace["images"].shape == (4, 1, 32, 32) and namespace["masks"].shape == (4, 32, 32)
+    assert (tmp_path / "my_pipeline" / "pipeline.json").is_file()
