@@ -7,6 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 FORCE ?=
 HALF ?= 1
+EXTRA_ARMS ?= 0
 VARIANTS ?= fixes timestep read_write attention
 SEEDS ?= 0 1
 SAMPLES ?= 500
@@ -31,7 +32,7 @@ quickstart: $(STAMP)
 	FORCE=$(FORCE) PATH="$(abspath $(BIN)):$$PATH" bash scripts/quickstart.sh
 
 claim: $(STAMP)
-	FORCE=$(FORCE) HALF=$(HALF) PATH="$(abspath $(BIN)):$$PATH" bash scripts/claim.sh
+	FORCE=$(FORCE) HALF=$(HALF) EXTRA_ARMS=$(EXTRA_ARMS) PATH="$(abspath $(BIN)):$$PATH" bash scripts/claim.sh
 
 ablation: $(STAMP)
 	VARIANTS="$(VARIANTS)" SEEDS="$(SEEDS)" SAMPLES="$(SAMPLES)" TAG="$(TAG)" COMBINED="$(COMBINED)" \

@@ -5,10 +5,14 @@
 #   make claim            # skips stages whose outputs exist
 #   make claim FORCE=1    # redoes every stage
 #   make claim HALF=0     # without the 50 %-of-training evaluation
+#   make claim EXTRA_ARMS=1  # also the optional arms: head only (num_registers 0, anatomy_weight 2)
+#                            # and registers only (num_registers 16, anatomy_weight 0), 3 seeds each,
+#                            # evaluated beside the two main arms (report: runs/claim/extra/)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FORCE="${FORCE:-}"
 HALF="${HALF:-1}"
+EXTRA_ARMS="${EXTRA_ARMS:-0}"
 SEEDS=(0 1 2)
 RUNS=runs/claim
 if [[ -n "$FORCE" ]]; then rm -rf "$RUNS"; fi
@@ -48,6 +52,32 @@ for s in "${SEEDS[@]}"; do
     anatldm fit --config "$(seed_config configs/claim/ldm_baseline.yaml "$s")"
 done
 stage evaluation  "$RUNS/report.md" anatldm test --config configs/claim/eval.yaml
+if [[ "$EXTRA_ARMS" != 0 ]]; then  # the optional arms: what each half of the method does alone
+  for s in "${SEEDS[@]}"; do
+    for arm in head_only registers_only; do
+      case "$arm" in
+        head_only)      opts=(--model.init_args.num_registers 0 --model.init_args.anatomy_weight 2.0) ;;
+        registers_only) opts=(--model.init_args.num_registers 16 --model.init_args.anatomy_weight 0.0) ;;
+      esac
+      config="$RUNS/configs/ldm_${arm}_seed$s.yaml"
+      sed -e "s#$RUNS/ldm_seed0#$RUNS/ldm_${arm}_seed$s#g" -e "s/^seed_everything: 0$/seed_everything: $s/" \
+        configs/claim/ldm.yaml > "$config"
+      stage "ldm_${arm}_seed$s" "$RUNS/ldm_${arm}_seed$s/checkpoints/last.ckpt" anatldm fit --config "$config" "${opts[@]}"
+    done
+  done
+  python - "$RUNS" "${SEEDS[@]}" <<'PY'
+import sys
+import yaml
+runs, *seeds = sys.argv[1:]
+config = yaml.safe_load(open("configs/claim/eval.yaml"))
+args = config["model"]["init_args"]
+for arm in ("head_only", "registers_only"):
+    args["generators"][arm] = [f"{runs}/ldm_{arm}_seed{s}/checkpoints/last.ckpt" for s in seeds]
+args["output_dir"] = config["trainer"]["default_root_dir"] = f"{runs}/extra"
+open(f"{runs}/configs/eval_extra.yaml", "w").write(yaml.safe_dump(config, sort_keys=False))
+PY
+  stage evaluation_extra "$RUNS/extra/report.md" anatldm test --config "$RUNS/configs/eval_extra.yaml"
+fi
 if [[ "$HALF" != 0 ]]; then
   stage evaluation_half "$RUNS/half/report.md" anatldm test --config configs/claim/eval_half.yaml
 fi

@@ -279,6 +279,9 @@ class AnatomicalLDMTask(AnatomyTask):
     def configure_losses(self) -> None:
         hp = self.hparams
         self.anatomy_loss = AnatomyLoss(batch=hp.anatomy_dice_batch) if self.denoiser.head is not None else None
+        # validation: per-slice Dice and no timestep weights, so that a batch's loss is a mean of
+        # per-slice terms and the number does not depend on the batch size or the number of ranks
+        self.eval_anatomy_loss = AnatomyLoss(batch=False) if self.denoiser.head is not None else None
         self.timestep_weighting = TimestepWeighting(hp.anatomy_timestep_weighting,
                                                     self.train_scheduler.alphas_cumprod, hp.anatomy_snr_cutoff)
         self.register_loss = (RegisterAttentionLoss(self.register_groups, self.denoiser.registers.num_registers)
@@ -340,10 +343,12 @@ class AnatomicalLDMTask(AnatomyTask):
         return self.pipeline.decode(latents)
 
     def _losses(self, batch: dict, generator: torch.Generator | None = None,
-                max_timestep: int | None = None,
-                seeds: Sequence[int] | None = None) -> tuple[dict[str, Tensor], Tensor | None]:
+                max_timestep: int | None = None, seeds: Sequence[int] | None = None,
+                per_slice: bool = False) -> tuple[dict[str, Tensor], Tensor | None]:
         """Losses of one batch; noise and timesteps from ``generator``, or from one seed per sample
-        (``seeds``: then a sample's noise does not depend on its batch or its rank)."""
+        (``seeds``: then a sample's noise does not depend on its batch or its rank). ``per_slice``:
+        every loss a plain mean of per-slice terms (per-slice Dice, no timestep weights), as
+        validation reports them."""
         images, masks = batch["image"], batch["mask"]  # (B, 1, H, W), (B, H, W)
         batch_size = images.shape[0]
         high = max_timestep or self.train_scheduler.config.num_train_timesteps
@@ -373,9 +378,10 @@ class AnatomicalLDMTask(AnatomyTask):
         if self.hparams.min_snr_gamma is not None:
             per_sample = per_sample * min_snr_weights(self.train_scheduler, timesteps, self.hparams.min_snr_gamma)
         losses = {"diffusion_loss": per_sample.mean()}
-        weights = self.timestep_weighting(timesteps)  # (B,) or None
+        weights = None if per_slice else self.timestep_weighting(timesteps)  # (B,) or None
         if self.anatomy_loss is not None:
-            losses["anatomy_loss"] = self.anatomy_loss(output.anatomy_logits, masks, weights)
+            anatomy_loss = self.eval_anatomy_loss if per_slice else self.anatomy_loss
+            losses["anatomy_loss"] = anatomy_loss(output.anatomy_logits, masks, weights)
         if self.register_loss is not None:
             losses["register_loss"] = self.register_loss(output.attention, masks, weights)
         return losses, output.anatomy_logits
@@ -424,7 +430,8 @@ class AnatomicalLDMTask(AnatomyTask):
             self.log("train/clipped", (norm > clip).float(), on_step=False, on_epoch=True)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        """Fixed-noise diffusion loss over all timesteps; head Dice at low noise (t < 200).
+        """Fixed-noise losses over all timesteps (anatomy: per-slice Dice + CE, unweighted); head
+        Dice at low noise (t < 200).
 
         Each slice's noise is seeded by the slice itself (subject, position), and the losses are
         averaged by metrics that sum over all ranks: the numbers do not depend on the batch size
@@ -433,7 +440,7 @@ class AnatomicalLDMTask(AnatomyTask):
         batch_size = batch["image"].shape[0]
         seeds = [zlib.crc32(f"{subject}/{int(position)}".encode()) for subject, position in
                  zip(batch["subject"], batch["position"], strict=True)]
-        losses, _ = self._losses(batch, seeds=seeds)
+        losses, _ = self._losses(batch, seeds=seeds, per_slice=True)
         for name, value in losses.items():
             self.val_losses[name].update(value.detach(), weight=batch_size)
             self.log(f"val/{name}", self.val_losses[name], batch_size=batch_size)
