@@ -10,11 +10,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
+from torch import Tensor  # noqa: E402
 
 from anatldm.atomic import write_atomic  # noqa: E402
 
-__all__ = ["CLASS_COLORS", "class_color", "render_overlay_grid", "save_figure", "save_overlay_grid"]
+__all__ = ["CLASS_COLORS", "class_color", "reconstruction_grid", "render_overlay_grid", "save_figure",
+           "save_overlay_grid"]
 
 #: one colour per foreground class (background has none)
 CLASS_COLORS = ("#ff3b30", "#ffcc00", "#34c759", "#00c7ff", "#af52de", "#ff9500", "#52d1dc", "#f15bb5")
@@ -94,3 +97,21 @@ def save_figure(fig: plt.Figure, path: str | Path, dpi: int = 80, facecolor: str
     finally:
         plt.close(fig)
     return path
+
+
+def reconstruction_grid(images: Tensor, reconstructions: Tensor, max_images: int = 8,
+                        difference_gain: float = 4.0) -> Tensor:
+    """Rows of ``input | reconstruction | |difference|`` as one ``(1, H * n, 3 * W)`` image in [0, 1].
+
+    Inputs are in [-1, 1]. The difference is shown as ``|input - reconstruction| * difference_gain``
+    on the image's grey scale (0 black, 2 white), so small errors stay visible. 3D volumes show
+    their middle slice along the last axis.
+    """
+    images, reconstructions = images[:max_images].float(), reconstructions[:max_images].float()
+    if images.ndim == 5:  # (B, C, H, W, D) -> middle slice (B, C, H, W)
+        images, reconstructions = images[..., images.shape[-1] // 2], reconstructions[..., images.shape[-1] // 2]
+    images, reconstructions = images[:, :1], reconstructions[:, :1].clamp(-1, 1)  # (n, 1, H, W)
+    difference = ((images - reconstructions).abs() * difference_gain).clamp(0, 2) - 1  # (n, 1, H, W)
+    rows = torch.cat([images, reconstructions, difference], dim=-1)  # (n, 1, H, 3W)
+    grid = torch.cat(list(rows), dim=-2)  # (1, n * H, 3W)
+    return ((grid + 1) / 2).clamp(0, 1).cpu()

@@ -26,8 +26,8 @@ import yaml
 from anatldm.atomic import write_text_atomic
 from anatldm.data import AnatomyDataModule
 from anatldm.metrics import AnatomyRules, PooledEncoderFeatures, bootstrap_ci, make_fid_kid
+from anatldm.models.networks import bottleneck_module
 from anatldm.trainers import AnatomicalLDMTask, SegmenterTask
-from anatldm.trainers.segmenter import bottleneck_module
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "runs" / "quickstart"

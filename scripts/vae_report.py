@@ -32,7 +32,7 @@ from torchmetrics.functional.image import (  # noqa: E402
 
 from anatldm.data import AnatomyDataModule  # noqa: E402
 from anatldm.models.autoencoder_bundle import load_autoencoder_bundle  # noqa: E402
-from anatldm.trainers.autoencoder import reconstruction_grid  # noqa: E402
+from anatldm.visualize import reconstruction_grid  # noqa: E402
 
 
 def evaluate(config_path: Path, bundle: Path | None, split: str, rows: int) -> tuple[dict, np.ndarray]:

@@ -2,7 +2,8 @@
 register-attention supervision."""
 
 from anatldm.losses.anatomy import AnatomyLoss, AnatomyWeightSchedule, TimestepWeighting
+from anatldm.losses.autoencoder import kl_divergence
 from anatldm.losses.registers import RegisterAttentionLoss, class_register_groups
 
 __all__ = ["AnatomyLoss", "AnatomyWeightSchedule", "RegisterAttentionLoss", "TimestepWeighting",
-           "class_register_groups"]
+           "class_register_groups", "kl_divergence"]

@@ -27,37 +27,14 @@ from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from anatldm.errors import ConfigError, check_output_folder
+from anatldm.losses.autoencoder import kl_divergence
 from anatldm.models.autoencoder_bundle import save_autoencoder_bundle
 from anatldm.trainers.base import AnatomyTask
+from anatldm.visualize import reconstruction_grid
 
-__all__ = ["AutoencoderTask", "kl_divergence", "reconstruction_grid"]
+__all__ = ["AutoencoderTask"]
 
 logger = logging.getLogger(__name__)
-
-
-def kl_divergence(z_mu: Tensor, z_sigma: Tensor) -> Tensor:
-    """KL(N(mu, sigma) || N(0, 1)) summed over a latent, averaged over the batch (float32)."""
-    z_mu, z_sigma = z_mu.float(), z_sigma.float()  # (B, C_z, *latent)
-    per_element = z_mu.pow(2) + z_sigma.pow(2) - torch.log(z_sigma.pow(2)) - 1
-    return 0.5 * per_element.flatten(1).sum(dim=1).mean()
-
-
-def reconstruction_grid(images: Tensor, reconstructions: Tensor, max_images: int = 8,
-                        difference_gain: float = 4.0) -> Tensor:
-    """Rows of ``input | reconstruction | |difference|`` as one ``(1, H * n, 3 * W)`` image in [0, 1].
-
-    Inputs are in [-1, 1]. The difference is shown as ``|input - reconstruction| * difference_gain``
-    on the image's grey scale (0 black, 2 white), so small errors stay visible. 3D volumes show
-    their middle slice along the last axis.
-    """
-    images, reconstructions = images[:max_images].float(), reconstructions[:max_images].float()
-    if images.ndim == 5:  # (B, C, H, W, D) -> middle slice (B, C, H, W)
-        images, reconstructions = images[..., images.shape[-1] // 2], reconstructions[..., images.shape[-1] // 2]
-    images, reconstructions = images[:, :1], reconstructions[:, :1].clamp(-1, 1)  # (n, 1, H, W)
-    difference = ((images - reconstructions).abs() * difference_gain).clamp(0, 2) - 1  # (n, 1, H, W)
-    rows = torch.cat([images, reconstructions, difference], dim=-1)  # (n, 1, H, 3W)
-    grid = torch.cat(list(rows), dim=-2)  # (1, n * H, 3W)
-    return ((grid + 1) / 2).clamp(0, 1).cpu()
 
 
 class AutoencoderTask(AnatomyTask):

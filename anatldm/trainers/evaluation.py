@@ -54,11 +54,12 @@ from anatldm.metrics import (
     PooledEncoderFeatures,
     make_fid_kid,
 )
+from anatldm.models.networks import bottleneck_module
 from anatldm.models.registers import RegisterEdit
 from anatldm.pipelines import AnatomicalLDMPipeline
 from anatldm.trainers.base import AnatomyTask, load_task
 from anatldm.trainers.ldm import AnatomicalLDMTask
-from anatldm.trainers.segmenter import SegmenterTask, bottleneck_module
+from anatldm.trainers.segmenter import SegmenterTask
 
 __all__ = ["EvaluationTask", "load_task"]
 

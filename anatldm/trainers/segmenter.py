@@ -7,7 +7,7 @@ from typing import Literal
 
 import torch
 from monai.networks.nets import UNet
-from torch import Tensor, nn
+from torch import Tensor
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.segmentation import DiceScore
 
@@ -16,19 +16,9 @@ from anatldm.evaluation.controls import anatomy_breaking_augmentation
 from anatldm.losses import AnatomyLoss
 from anatldm.trainers.base import AnatomyTask
 
-__all__ = ["SegmenterTask", "bottleneck_module"]
+__all__ = ["SegmenterTask"]
 
 logger = logging.getLogger(__name__)
-
-
-def bottleneck_module(unet: UNet) -> nn.Module:
-    """The deepest block of a MONAI ``UNet`` (its encoder's last stage)."""
-    module: nn.Module = unet.model
-    while True:  # UNet nests Sequential(down, SkipConnection(Sequential(down, ...)), up)
-        inner = [m for m in module.children() if m.__class__.__name__ == "SkipConnection"]
-        if not inner:
-            return module[1] if isinstance(module, nn.Sequential) and len(module) == 3 else module
-        module = inner[0].submodule
 
 
 class SegmenterTask(AnatomyTask):

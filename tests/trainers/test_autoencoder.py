@@ -16,9 +16,10 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from anatldm.errors import ConfigError
+from anatldm.losses import kl_divergence
 from anatldm.models.autoencoder_bundle import BUNDLE_CONFIG, BUNDLE_WEIGHTS, load_autoencoder_bundle
 from anatldm.trainers import AutoencoderTask
-from anatldm.trainers.autoencoder import kl_divergence, reconstruction_grid
+from anatldm.visualize import reconstruction_grid
 from tests.conf import VAE_DATA as TINY_DATA
 from tests.conf import VAE_MODEL as TINY_MODEL
 

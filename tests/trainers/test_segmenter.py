@@ -8,8 +8,8 @@ import yaml
 
 from anatldm.cli import main
 from anatldm.errors import ConfigError
+from anatldm.models.networks import bottleneck_module
 from anatldm.trainers import SegmenterTask
-from anatldm.trainers.segmenter import bottleneck_module
 
 TINY_DATA = {"num_subjects": 4, "num_slices": 8, "image_size": 32, "batch_size": 4, "num_workers": 0,
              "split_fractions": [0.5, 0.25, 0.25], "min_foreground": 0.0}
