@@ -18,13 +18,14 @@ touch "$TIMES"
 
 options() {  # the variant's options, as CLI overrides of configs/claim/ldm.yaml
   case "$1" in
+    literal)    echo "" ;;  # no training: the claim run's register models (trained before the fixes)
     fixes)      echo "" ;;
     timestep)   echo "--model.init_args.anatomy_timestep_weighting snr_cutoff --model.init_args.anatomy_snr_cutoff 0.05" ;;
     read_write) echo "--model.init_args.register_mode read_write" ;;
     attention)  echo "--model.init_args.register_supervision attention --model.init_args.supervised_registers_per_class 2" ;;
     combined)   [[ -n "${COMBINED:-}" ]] || { echo "ablation: COMBINED must hold the adopted options" >&2; exit 2; }
                 echo "$COMBINED" ;;
-    *) echo "unknown variant '$1' (fixes, timestep, read_write, attention, combined)" >&2; exit 2 ;;
+    *) echo "unknown variant '$1' (literal, fixes, timestep, read_write, attention, combined)" >&2; exit 2 ;;
   esac
 }
 
@@ -42,9 +43,12 @@ for need in runs/claim/vae/export/autoencoder.json runs/claim/judge/checkpoints/
 done
 for variant in $VARIANTS; do
   opts=$(options "$variant")
+  models="$RUNS/${variant}_seed"
+  [[ "$variant" == literal ]] && models="runs/claim/ldm_seed"
   for s in $SEEDS; do
     [[ -e "runs/claim/ldm_baseline_seed$s/checkpoints/last.ckpt" ]] || {
       echo "ablation: runs/claim/ldm_baseline_seed$s is missing; run make claim first" >&2; exit 2; }
+    [[ "$variant" == literal ]] && continue
     out="$RUNS/configs/${variant}_seed$s.yaml"
     sed -e "s#runs/claim/ldm_seed0#$RUNS/${variant}_seed$s#g" -e "s/^seed_everything: 0$/seed_everything: $s/" \
       configs/claim/ldm.yaml > "$out"
@@ -52,17 +56,17 @@ for variant in $VARIANTS; do
     stage "${variant}_seed$s" "$RUNS/${variant}_seed$s/checkpoints/last.ckpt" anatldm fit --config "$out" $opts
   done
   eval_config="$RUNS/configs/eval_${variant}${TAG}.yaml"
-  python - "$variant" "$eval_config" "$SAMPLES" "$TAG" $SEEDS <<'PY'
+  python - "$variant" "$eval_config" "$SAMPLES" "$TAG" "$models" $SEEDS <<'PY'
 import sys
 import yaml
-variant, path, samples, tag, *seeds = sys.argv[1:]
+variant, path, samples, tag, models, *seeds = sys.argv[1:]
 config = yaml.safe_load(open("configs/claim/eval.yaml"))
 args = config["model"]["init_args"]
 args["generators"] = {
-    "register_ldm": [f"runs/ablation/{variant}_seed{s}/checkpoints/last.ckpt" for s in seeds],
+    "register_ldm": [f"{models}{s}/checkpoints/last.ckpt" for s in seeds],
     "baseline_ldm": [f"runs/claim/ldm_baseline_seed{s}/checkpoints/last.ckpt" for s in seeds]}
 args["training_seeds"] = [int(s) for s in seeds]
-args["early_checkpoints"] = {"register_ldm": [f"runs/ablation/{variant}_seed{seeds[0]}/checkpoints/fraction-0.10.ckpt"]}
+args["early_checkpoints"] = {"register_ldm": [f"{models}{seeds[0]}/checkpoints/fraction-0.10.ckpt"]}
 args["num_samples"] = int(samples)
 args["output_dir"] = f"runs/ablation/{variant}{tag}"
 args["edits"] = {"liver_x2": [{"operation": "scale", "classes": ["liver"], "factor": 2.0}],
