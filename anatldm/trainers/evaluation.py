@@ -57,6 +57,7 @@ from anatldm.metrics import (
 from anatldm.models.networks import bottleneck_module
 from anatldm.models.registers import RegisterEdit
 from anatldm.pipelines import AnatomicalLDMPipeline
+from anatldm.pipelines.ldm import as_register_edit
 from anatldm.trainers.base import AnatomyTask, load_task
 from anatldm.trainers.ldm import AnatomicalLDMTask
 from anatldm.trainers.segmenter import SegmenterTask
@@ -175,7 +176,7 @@ class EvaluationTask(AnatomyTask):
             raise ConfigError(f"model.edit_generator '{edit_generator}' is not one of the generators {sorted(generators)}")
         if edit_samples is not None and edit_samples < 1:
             raise ConfigError(f"model.edit_samples must be at least 1, got {edit_samples}")
-        self.edits = {name: [_as_edit(edit, f"model.edits.{name}") for edit in edit_list]
+        self.edits = {name: [as_register_edit(edit, f"model.edits.{name}") for edit in edit_list]
                       for name, edit_list in (edits or {}).items()}
         if not 0 < confidence < 1:
             raise ConfigError(f"model.confidence must lie in (0, 1), got {confidence}")
@@ -441,15 +442,6 @@ class EvaluationTask(AnatomyTask):
                 results[name]["specificity"] = edit_specificity(base_areas.numpy(), areas.numpy(), self.class_names,
                                                                 targets, hp.num_bootstrap, hp.confidence, hp.seed)
         return results, kept
-
-def _as_edit(edit: RegisterEdit | dict, key: str) -> RegisterEdit:
-    if isinstance(edit, RegisterEdit):
-        return edit
-    try:
-        return RegisterEdit(**edit)
-    except TypeError as err:
-        raise ConfigError(f"{key}: {edit} is not a register edit ({err})") from None
-
 
 
 
