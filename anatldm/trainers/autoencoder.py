@@ -29,7 +29,7 @@ from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMe
 from anatldm.errors import ConfigError, check_output_folder
 from anatldm.losses.autoencoder import kl_divergence
 from anatldm.models.autoencoder_bundle import save_autoencoder_bundle
-from anatldm.trainers.base import AnatomyTask
+from anatldm.trainers.base import AnatomyTask, fused_adam
 from anatldm.visualize import reconstruction_grid
 
 __all__ = ["AutoencoderTask"]
@@ -184,9 +184,11 @@ class AutoencoderTask(AnatomyTask):
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         hp = self.hparams
-        optimizers = [torch.optim.Adam(self.autoencoder.parameters(), lr=hp.generator_lr)]
+        optimizers = [torch.optim.Adam(self.autoencoder.parameters(), lr=hp.generator_lr,
+                                       **fused_adam(self.autoencoder.parameters()))]
         if self.discriminator is not None:
-            optimizers.append(torch.optim.Adam(self.discriminator.parameters(), lr=hp.discriminator_lr))
+            optimizers.append(torch.optim.Adam(self.discriminator.parameters(), lr=hp.discriminator_lr,
+                                               **fused_adam(self.discriminator.parameters())))
         return optimizers
 
     def train(self, mode: bool = True) -> AutoencoderTask:

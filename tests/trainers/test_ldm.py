@@ -215,3 +215,25 @@ def test_edits_by_class_use_the_bound_registers(bundle: Path) -> None:
     assert model._association is None  # no calibration sampling was needed
     with pytest.raises(ConfigError, match="owns no registers"):
         model.edited_registers([RegisterEdit("ablate", classes=["background"])])
+
+
+def test_cache_latents_encodes_each_training_slice_once(bundle: Path, tmp_path: Path) -> None:
+    from lightning.pytorch import Trainer
+
+    data = AnatomyDataModule(**{**TINY_DATA, "augment": False, "cache_dir": str(tmp_path / "cache")})
+    model = task(bundle, cache_latents=True)
+    trainer = Trainer(accelerator="cpu", max_epochs=3, logger=False, enable_checkpointing=False,
+                      limit_val_batches=0, enable_progress_bar=False, default_root_dir=str(tmp_path))
+    trainer.fit(model, data)
+    assert trainer.global_step == 3 * len(trainer.train_dataloader)
+    assert model.posterior_cache.encoded == len(model.posterior_cache) == len(data.datasets["train"])
+
+
+def test_cache_latents_refuses_augmented_data(bundle: Path, tmp_path: Path) -> None:
+    from lightning.pytorch import Trainer
+
+    data = AnatomyDataModule(**{**TINY_DATA, "augment": True, "cache_dir": str(tmp_path / "cache")})
+    trainer = Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, default_root_dir=str(tmp_path))
+    with pytest.raises(ConfigError, match=r"model.cache_latents needs data.augment: false"):
+        trainer.fit(task(bundle, cache_latents=True), data)
