@@ -59,7 +59,7 @@ def write_config(root: Path, stage: str, cache_dir: Path, bundle: Path | None = 
                                 "mode": "max", "save_top_k": 2}}]
     if stage == "ldm":
         model["init_args"]["autoencoder"] = str(bundle)
-        callbacks.insert(0, {"class_path": "lightning.pytorch.callbacks.EMAWeightAveraging",
+        callbacks.insert(0, {"class_path": "anatldm.callbacks.EMAWeightAveraging",
                              "init_args": {"decay": 0.9}})
     if stage == "autoencoder":
         model["init_args"]["export_dir"] = str(root / "export")

@@ -38,7 +38,7 @@ def write_config(path: Path, bundle: Path, root: Path, model: dict | None = None
         "trainer": {"accelerator": "cpu", "devices": 1, "default_root_dir": str(root),
                     "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                                "init_args": {"save_dir": str(root), "name": "tb"}},
-                    "callbacks": [{"class_path": "lightning.pytorch.callbacks.EMAWeightAveraging",
+                    "callbacks": [{"class_path": "anatldm.callbacks.EMAWeightAveraging",
                                    "init_args": {"decay": 0.9}}], **trainer},
         "model": {"class_path": "AnatomicalLDMTask",
                   "init_args": {"autoencoder": str(bundle), **TINY_DENOISER, "num_registers": 4, **(model or {})}},

@@ -1,0 +1,107 @@
+"""Screen of quickstart recipes: how good is an autoencoder or an LDM, in seconds instead of a report?
+
+    python benchmarks/screen_quickstart.py autoencoder runs/quickstart/vae/export [more bundles ...]
+    python benchmarks/screen_quickstart.py ldm runs/quickstart/ldm/tensorboard/version_0/pipeline [...]
+
+Both use a judge and the plausibility rules of one evaluation run (``--judge``, ``--rules``;
+default: the quickstart's, so run ``make quickstart`` first) on the quickstart's data
+(``--data-config``):
+
+- ``autoencoder``: the share of reconstructions (posterior mean, decoded) of the real test slices
+  that pass the rules (the evaluation's positive control, the ceiling of any LDM on this
+  autoencoder) and their PSNR;
+- ``ldm``: the share of ``--samples`` samples (seeds 0..N-1, the pipeline's sampler) that pass,
+  with a normal-approximation 95 % half-width, and the foreground Dice between the head's
+  masks and the judge's.
+
+A screen, not the protocol: one model each, no paired statistics, no controls; ``anatldm test``
+is the measurement. One JSON line per model is printed (and appended to ``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from anatldm.data import AnatomyDataModule
+from anatldm.metrics import AnatomyRules
+from anatldm.models.autoencoder_bundle import load_autoencoder_bundle
+from anatldm.pipelines import AnatomicalLDMPipeline
+from anatldm.trainers import SegmenterTask
+from anatldm.trainers.base import load_task
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = ROOT / "runs" / "quickstart"
+
+
+def _test_images(data_config: Path) -> torch.Tensor:
+    config = yaml.safe_load(data_config.read_text(encoding="utf-8"))["data"]["init_args"]
+    config["cache_dir"] = str(ROOT / config["cache_dir"])
+    datamodule = AnatomyDataModule(**config)
+    datamodule.setup("test")
+    return torch.cat([batch["image"] for batch in datamodule.test_dataloader()])
+
+
+def screen_autoencoder(path: str, judge, rules: AnatomyRules, images: torch.Tensor) -> dict:
+    autoencoder, _ = load_autoencoder_bundle(path)
+    autoencoder.eval()
+    reconstructions = torch.cat([autoencoder.decode(autoencoder.encode(images[s:s + 64])[0]).clamp(-1, 1)
+                                 for s in range(0, len(images), 64)])
+    mse = (reconstructions - images).pow(2).flatten(1).mean(1)
+    passed = rules.check_batch(judge(reconstructions).argmax(1))[0]
+    return {"model": path, "slices": len(images), "reconstruction_pass_rate": round(float(passed.mean()), 3),
+            "psnr_db": round(float((10 * torch.log10(4.0 / mse)).mean()), 2)}
+
+
+def screen_ldm(path: str, judge, rules: AnatomyRules, samples: int, batch: int = 64) -> dict:
+    pipeline = AnatomicalLDMPipeline.from_pretrained(path).eval()
+    passed, dice = [], []
+    for start in range(0, samples, batch):
+        out = pipeline.generate(seeds=range(start, min(start + batch, samples)))
+        labels = judge(out.images).argmax(1)
+        passed.append(rules.check_batch(labels)[0])
+        if out.masks is not None:
+            overlap = ((out.masks == labels) & (labels > 0)).sum((1, 2)).float()
+            total = ((out.masks > 0).sum((1, 2)) + (labels > 0).sum((1, 2))).float()
+            dice.append((2 * overlap / total.clamp(min=1)).numpy())
+    passed = np.concatenate(passed)
+    rate = float(passed.mean())
+    row = {"model": path, "samples": samples, "sampler": pipeline.sampler, "steps": pipeline.num_inference_steps,
+           "plausibility_rate": round(rate, 3),
+           "half_width_95": round(1.96 * float(np.sqrt(rate * (1 - rate) / samples)), 3)}
+    if dice:
+        row["head_judge_foreground_dice"] = round(float(np.concatenate(dice).mean()), 3)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("what", choices=["autoencoder", "ldm"])
+    parser.add_argument("models", nargs="+", help="autoencoder export bundles, or exported LDM pipelines")
+    parser.add_argument("--judge", type=Path, default=QUICKSTART / "segmenter" / "checkpoints" / "last.ckpt")
+    parser.add_argument("--rules", type=Path, default=QUICKSTART / "eval" / "rules.json")
+    parser.add_argument("--data-config", type=Path, default=ROOT / "configs" / "quickstart" / "vae.yaml")
+    parser.add_argument("--samples", type=int, default=192)
+    parser.add_argument("--out", type=Path, default=None, help="append the JSON lines here")
+    args = parser.parse_args()
+    torch.set_grad_enabled(False)
+    judge = load_task(SegmenterTask, str(args.judge), "--judge").eval()
+    rules = AnatomyRules.from_dict(json.loads(args.rules.read_text(encoding="utf-8")))
+    images = _test_images(args.data_config) if args.what == "autoencoder" else None
+    for model in args.models:
+        row = (screen_autoencoder(model, judge, rules, images) if args.what == "autoencoder"
+               else screen_ldm(model, judge, rules, args.samples))
+        line = json.dumps(row)
+        print(line, flush=True)
+        if args.out is not None:
+            with args.out.open("a", encoding="utf-8") as handle:
+                handle.write(line + "\n")
+
+
+if __name__ == "__main__":
+    main()
