@@ -189,3 +189,105 @@ def slice_seeds(batch: dict) -> list[int]:
     not depend on the batch size or the number of processes."""
     return [zlib.crc32(f"{subject}/{int(position)}".encode()) for subject, position in
             zip(batch["subject"], batch["position"], strict=True)]
+
+
+#: the documentation of ``AnatomicalLDMTask`` with every hyperparameter (its ``Args:`` section is what
+#: ``anatldm fit --help`` shows), kept next to their checks
+LDM_TASK_DOC = """Anatomical latent diffusion model (docs/method.md, 'Model' and 'Training objective').
+
+    A frozen KL autoencoder (an export bundle of :class:`AutoencoderTask`) maps slices to
+    latents scaled by its ``scale_factor``. :class:`AnatomicalDenoiser` predicts the noise while
+    cross-attending to a learnable register bank, and its anatomy head predicts the clean
+    slice's label map from the noisy latent. Loss::
+
+        L = L_diffusion + anatomy_weight(step) * DiceCE_w(head logits, mask)
+            [+ register_supervision_weight * L_attention(register attention, mask)]
+
+    with the progressive :class:`AnatomyWeightSchedule`, ``w`` the per-sample timestep weights
+    of :class:`~anatldm.losses.TimestepWeighting` and ``L_attention`` the optional
+    :class:`~anatldm.losses.RegisterAttentionLoss` (docs/method.md). ``num_registers: 0`` and
+    ``anatomy_weight: 0`` give the standard LDM baseline, without a single register or head
+    parameter. EMA weights come from Lightning's ``EMAWeightAveraging`` callback (see the
+    configs): they are swapped in for validation and written to checkpoints.
+
+    Sampling needs no mask: every sample comes out as an (image, mask) pair, the mask read from
+    one more head call on the final (clean) latents at t = 0.
+
+    Args:
+        autoencoder: path of the autoencoder export bundle (folder or ``autoencoder.json``).
+        channels: denoiser UNet channels per level.
+        num_res_blocks: residual blocks per level.
+        attention_levels: UNet self-attention per level.
+        norm_num_groups: GroupNorm groups.
+        num_head_channels: channels per self-attention head.
+        num_registers: register tokens ``K``; 0 for the baseline.
+        register_dim: register width ``D``.
+        register_init_std: standard deviation of the registers' initialisation.
+        register_levels: decoder levels (0 = latent resolution) that cross-attend to registers.
+        register_heads: heads of the register cross-attention.
+        register_encoder: encoder blocks of ``register_levels`` cross-attend too.
+        register_mode: ``"read"`` (the same bank for every sample, the method's literal form) or
+            ``"read_write"`` (the tokens first read each register level's features, then the
+            features read the updated tokens; :class:`~anatldm.models.denoiser.RegisterWrite`).
+        register_supervision: ``"none"``, or ``"attention"``: class ``c`` owns
+            ``supervised_registers_per_class`` registers (the rest are free) and
+            :class:`~anatldm.losses.RegisterAttentionLoss` aligns their attention with the class's
+            mask; edits by class then use these registers (no association calibration).
+        register_supervision_weight: weight of that loss.
+        supervised_registers_per_class: registers owned by each foreground class.
+        head_levels: decoder levels fused by the anatomy head.
+        head_channels: width of the head.
+        anatomy_weight: ``lambda_max`` of the anatomy loss; 0 builds no head (baseline).
+        anatomy_weight_min: ``lambda_min`` reached at the end of training.
+        anatomy_warmup_fraction: fraction of training steps held at ``lambda_max``.
+        anatomy_decay: ``"cosine"``, ``"linear"`` or ``"constant"``.
+        anatomy_timestep_weighting: per-sample weight of the anatomy (and register-attention)
+            loss by timestep: ``"none"`` (``w = 1``), ``"alpha_bar"`` (``w = alpha_bar_t``) or
+            ``"snr_cutoff"`` (``w = 1[SNR(t) >= anatomy_snr_cutoff]``); see
+            :class:`~anatldm.losses.TimestepWeighting`.
+        anatomy_snr_cutoff: the SNR threshold of ``"snr_cutoff"``.
+        anatomy_dice_batch: Dice over the whole batch (MONAI ``DiceCELoss(batch=True)``): a class
+            absent from a slice adds no near-constant per-slice term. Off by default: measured
+            by the ablation (docs/results/ablation.json, same protocol), batch Dice gave a
+            pooled plausibility change of -24.8 % vs +0.5 % for per-slice Dice, KID ratio 1.37 vs 1.07.
+        num_train_timesteps: diffusion steps of the forward process.
+        beta_schedule: diffusers beta schedule.
+        beta_start: first beta.
+        beta_end: last beta.
+        prediction_type: ``"epsilon"`` or ``"v_prediction"``.
+        min_snr_gamma: Min-SNR-gamma loss weighting; ``None`` for the plain MSE.
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        preview_every_n_epochs: log a fixed-seed sample grid with head masks every N epochs (0: never).
+        num_preview_samples: samples in that grid.
+        grad_norm_every_n_steps: every N steps, log the gradient norm of each loss term (one
+            extra backward pass per term on those steps; single-process runs only) as
+            ``train/grad_norm_<loss>``; the total norm and the share of steps whose gradient
+            was clipped (``train/grad_norm``, ``train/clipped``) are logged every step. 0: off.
+        max_nonfinite_steps: training stops with an error after this many steps in a row with a
+            non-finite loss (each one is skipped: no update, a warning, ``train/nonfinite_steps``).
+        cache_latents: encode each training slice once and keep its posterior moments
+            (:class:`~anatldm.diffusion.latents.PosteriorCache`; every step still draws a fresh
+            posterior sample): a third less time per step on CPU at quickstart size. Needs data
+            without random augmentation (``data.augment: false``); memory grows with the
+            training set (``2 * C_z * h * w`` floats per slice).
+        sampler: ``"ddpm"``, ``"ddim"``, ``"dpm_solver++"``, ``"dpm_solver++_sde"`` or ``"unipc"`` for previews and ``predict``.
+        num_inference_steps: denoiser calls per sample.
+        register_edits: edits of the register bank applied when sampling (controllable
+            generation), by register index or by class (``classes: [liver]``).
+        anatomy_edits: shorthand for edits by anatomy, class name -> factor: the
+            ``registers_per_class`` registers most associated with the class are scaled by the
+            factor (0 ablates them), e.g. ``{liver: 1.5, kidney: 0}``; applied after
+            ``register_edits``.
+        registers_per_class: registers edited per named class (with ``register_supervision:
+            attention``, a class's own ``supervised_registers_per_class`` registers instead).
+        association: ``association.json`` (written by ``anatldm predict`` with ``SampleWriter``)
+            giving the register-class association; ``None`` computes it on first use from
+            ``association_samples`` unedited samples (seeds from 1,000,000) and the head's masks.
+        association_samples: calibration samples when ``association`` is ``None``.
+        attention_steps: register attention maps are averaged over this many last sampling steps.
+
+    ``sampler`` and everything after it are inference-only: they are not saved as
+    hyperparameters, so a sampling config can change them while the architecture comes from the
+    checkpoint.
+"""

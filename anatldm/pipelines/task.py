@@ -1,5 +1,5 @@
 """The sampling API of a training task whose networks form an :class:`AnatomicalLDMPipeline`
-(no Lightning): the task keeps its inference-only settings and samples, edits and computes
+(no Lightning): the task keeps its inference-only settings and encodes, samples, edits and computes
 register associations through the pipeline, which shares the task's modules.
 
 :class:`~anatldm.trainers.ldm.AnatomicalLDMTask` mixes it in.
@@ -51,6 +51,14 @@ class PipelineSampling:
         pipeline.registers_per_class, pipeline.association_path = self.registers_per_class, self.association_path
         pipeline.association_samples, pipeline.attention_steps = self.association_samples, self.attention_steps
         return pipeline
+
+    def encode(self, images: Tensor) -> Tensor:
+        """Scaled latents ``(B, C_z, *S/f)`` of images ``(B, 1, *S)`` in [-1, 1]."""
+        return self.pipeline.encode(images)
+
+    def decode(self, latents: Tensor) -> Tensor:
+        """Images ``(B, 1, *S)`` in [-1, 1] from scaled latents."""
+        return self.pipeline.decode(latents)
 
     @property
     def _association(self) -> Tensor | None:

@@ -18,12 +18,10 @@ from monai.losses import PatchAdversarialLoss
 from monai.networks.nets import AutoencoderKL, PatchDiscriminator
 from torch import Tensor
 from torchmetrics import MeanMetric, MetricCollection
-from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from anatldm.errors import check_output_folder
 from anatldm.losses.autoencoder import discriminator_loss, generator_losses
 from anatldm.models import autoencoder as ae_stage
-from anatldm.models.autoencoder_bundle import save_autoencoder_bundle
 from anatldm.trainers.base import AnatomyTask, fused_adam
 from anatldm.visualize import reconstruction_grid
 
@@ -33,57 +31,9 @@ logger = logging.getLogger(__name__)
 
 
 class AutoencoderTask(AnatomyTask):
-    """KL-regularised autoencoder with a PatchGAN discriminator (Rombach et al. 2022).
-
-    Wires MONAI's ``AutoencoderKL`` (Pinaya et al. 2022, https://arxiv.org/abs/2209.07162),
-    ``PatchDiscriminator`` and ``PatchAdversarialLoss`` into Lightning's manual-optimisation GAN
-    pattern: one generator step (L1 + KL [+ perceptual] [+ adversarial]) and, once the
-    adversarial warm-up is over, one discriminator step per batch. Losses are computed in
-    float32, so ``bf16-mixed`` is safe. Nothing is 2D-only: ``spatial_dims: 3`` trains on volumes.
-
-    At the end of fit, ``scale_factor = 1 / std(z_mu)`` is measured on
-    ``scale_factor_batches`` batches' worth of training slices spread evenly over the split (no
-    augmentation; sums all-reduced across ranks) and the bundle is written to ``export_dir``.
-
-    With the discriminator on, ``trainer.max_steps`` counts the steps of both optimisers
-    (Lightning's rule for manual optimisation); ``max_epochs`` is the simpler stop criterion.
-    Under DDP use ``strategy: ddp_find_unused_parameters_true``: the two networks take turns, so
-    each backward pass leaves the other network's parameters without gradients.
-
-    Args:
-        spatial_dims: 2 for slices, 3 for volumes.
-        in_channels: image channels (also the output channels).
-        channels: feature channels per resolution level; ``len(channels) - 1`` downsamplings.
-        latent_channels: channels of the latent ``z``.
-        num_res_blocks: residual blocks per level.
-        norm_num_groups: GroupNorm groups; every entry of ``channels`` must be divisible by it.
-        attention_levels: self-attention per level; ``None`` means none.
-        with_nonlocal_attention: the attention block in the lowest-resolution middle block of
-            the encoder and decoder.
-        reconstruction_loss: ``"l1"`` (default, as in the LDM paper) or ``"l2"``.
-        generator_lr: Adam learning rate of the autoencoder.
-        discriminator_lr: Adam learning rate of the discriminator.
-        lr_schedule: ``"constant"``, or ``"cosine"``: both learning rates decay to 0 over the
-            training batches Lightning expects (``trainer.estimated_stepping_batches``: batches
-            times epochs, or ``max_steps`` when that is set).
-        kl_weight: weight of the KL term (summed over latent elements).
-        adv_weight: weight of the adversarial terms; 0 trains no discriminator at all.
-        adversarial_warmup_steps: training batches before the discriminator is switched on.
-        discriminator_layers: convolution layers of the PatchGAN discriminator.
-        discriminator_channels: channels of its first layer (doubled per layer).
-        perceptual_weight: weight of the perceptual loss (only with ``perceptual_weights_path``).
-        perceptual_weights_path: a local torchvision ResNet-50 state dict for MONAI's perceptual
-            loss (needs torchvision). ``None`` switches the perceptual loss off; nothing is ever
-            downloaded.
-        gradient_clip_val: max gradient norm of each optimiser step; ``None`` or 0 disables it
-            (``trainer.gradient_clip_val`` cannot be used with manual optimisation).
-        scale_factor_batches: training batches used to measure the latent scale factor.
-        export_dir: bundle folder; ``None`` means ``<trainer.log_dir>/export``.
-        num_logged_images: rows of the reconstruction grid logged to TensorBoard.
-        max_nonfinite_steps: training stops with an error after this many batches in a row with a
-            non-finite generator or discriminator loss (each one is skipped: no update of either
-            network, a warning, ``train/nonfinite_steps``).
-    """
+    # the class documentation with every hyperparameter (``Args:``, read by ``--help``) is
+    # ae_stage.AUTOENCODER_TASK_DOC, next to their checks
+    __doc__ = ae_stage.AUTOENCODER_TASK_DOC
 
     def __init__(
         self,
@@ -138,9 +88,7 @@ class AutoencoderTask(AnatomyTask):
             self.perceptual_loss = ae_stage.perceptual_loss(hp.spatial_dims, hp.perceptual_weights_path)
 
     def configure_metrics(self) -> None:
-        image_dims = tuple(range(1, self.hparams.spatial_dims + 2))  # per-image PSNR, then the mean
-        metrics = MetricCollection({"psnr": PeakSignalNoiseRatio(data_range=2.0, dim=image_dims),
-                                    "ssim": StructuralSimilarityIndexMeasure(data_range=2.0)})
+        metrics = ae_stage.reconstruction_metrics(self.hparams.spatial_dims)
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
         # mean over all images of all ranks (Lightning's sync_dist would average per-rank means)
@@ -186,7 +134,6 @@ class AutoencoderTask(AnatomyTask):
         generator_optimizer = optimizers[0]
         adversarial = self.adversarial_active
         learning_rate_factor = self._apply_lr_schedule(optimizers)
-
         buffers = self.buffer_snapshot()
         with self.toggled_optimizer(generator_optimizer):
             reconstruction, z_mu, z_sigma = self.autoencoder(images)  # (B, C, *spatial), 2 x (B, C_z, *latent)
@@ -197,7 +144,6 @@ class AutoencoderTask(AnatomyTask):
         if self.skip_nonfinite_loss(torch.stack([losses["loss"], losses.get("discriminator", losses["loss"])]),
                                     buffers):
             return  # neither network is updated
-
         self._step(generator_optimizer, losses["loss"])
         if adversarial:
             self._step(optimizers[1], losses["discriminator"])
@@ -240,23 +186,16 @@ class AutoencoderTask(AnatomyTask):
     def compute_scale_factor(self) -> float:
         """``1 / std(z_mu)`` over ``scale_factor_batches`` batches of training slices, spread evenly
         over the split and sharded over the ranks (:func:`anatldm.models.autoencoder.latent_scale_factor`)."""
-        return ae_stage.latent_scale_factor(self.autoencoder, self.trainer.datamodule, self.hparams.scale_factor_batches,
-                                         self.global_rank, self.trainer.world_size,
-                                         lambda totals: self.trainer.strategy.reduce(totals, reduce_op="sum"),
-                                         self.device)
+        return ae_stage.latent_scale_factor(
+            self.autoencoder, self.trainer.datamodule, self.hparams.scale_factor_batches, self.global_rank,
+            self.trainer.world_size, lambda totals: self.trainer.strategy.reduce(totals, reduce_op="sum"), self.device)
 
     def export(self, folder: str | Path) -> Path:
         """Write the bundle (weights + JSON) to ``folder``; needs :attr:`scale_factor`."""
         if self.scale_factor is None:
             raise RuntimeError("scale_factor is not measured yet; call compute_scale_factor() first")
-        datamodule = self.trainer.datamodule
-        return save_autoencoder_bundle(
-            folder, self.autoencoder, self.autoencoder_config, self.scale_factor,
-            normalization=datamodule.normalization, class_names=datamodule.class_names,
-            image_size=datamodule.image_size,
-            extra={"downsampling_factor": 2 ** (len(self.hparams.channels) - 1),
-                   "trained_batches": self.generator_steps, "trained_epochs": self.current_epoch},
-        )
+        return ae_stage.export_bundle(folder, self.autoencoder, self.autoencoder_config, self.scale_factor,
+                                      self.trainer.datamodule, self.generator_steps, self.current_epoch)
 
     # -- helpers -----------------------------------------------------------------------------
     def _generator_losses(self, images: Tensor, reconstruction: Tensor, z_mu: Tensor, z_sigma: Tensor,

@@ -19,22 +19,10 @@ from anatldm.diffusion.latents import PosteriorCache
 from anatldm.diffusion.schedulers import SamplerName
 from anatldm.errors import ConfigError
 from anatldm.interpret.edits import load_register_bank
-from anatldm.losses import (
-    AnatomyLoss,
-    AnatomyWeightSchedule,
-    RegisterAttentionLoss,
-    TimestepWeighting,
-)
+from anatldm.losses import AnatomyLoss, RegisterAttentionLoss, TimestepWeighting
+from anatldm.models import denoiser as net
 from anatldm.models.autoencoder_bundle import load_autoencoder_bundle
-from anatldm.models.denoiser import (
-    DEFAULT_ATTENTION_LEVELS,
-    DEFAULT_CHANNELS,
-    DEFAULT_HEAD_CHANNELS,
-    DEFAULT_REGISTER_DIM,
-    DEFAULT_REGISTER_INIT_STD,
-    AnatomicalDenoiser,
-    RegisterMode,
-)
+from anatldm.models.denoiser import AnatomicalDenoiser, RegisterMode
 from anatldm.models.registers import RegisterEdit
 from anatldm.pipelines import AnatomicalLDMPipeline
 from anatldm.pipelines.task import PipelineSampling
@@ -47,125 +35,30 @@ logger = logging.getLogger(__name__)
 
 
 class AnatomicalLDMTask(PipelineSampling, AnatomyTask):
-    """Anatomical latent diffusion model (docs/method.md, 'Model' and 'Training objective').
+    # the class documentation with every hyperparameter (``Args:``, read by ``--help``) is
+    # ldm_stage.LDM_TASK_DOC, next to their checks
+    __doc__ = ldm_stage.LDM_TASK_DOC
 
-    A frozen KL autoencoder (an export bundle of :class:`AutoencoderTask`) maps slices to
-    latents scaled by its ``scale_factor``. :class:`AnatomicalDenoiser` predicts the noise while
-    cross-attending to a learnable register bank, and its anatomy head predicts the clean
-    slice's label map from the noisy latent. Loss::
-
-        L = L_diffusion + anatomy_weight(step) * DiceCE_w(head logits, mask)
-            [+ register_supervision_weight * L_attention(register attention, mask)]
-
-    with the progressive :class:`AnatomyWeightSchedule`, ``w`` the per-sample timestep weights
-    of :class:`~anatldm.losses.TimestepWeighting` and ``L_attention`` the optional
-    :class:`~anatldm.losses.RegisterAttentionLoss` (docs/method.md). ``num_registers: 0`` and
-    ``anatomy_weight: 0`` give the standard LDM baseline, without a single register or head
-    parameter. EMA weights come from Lightning's ``EMAWeightAveraging`` callback (see the
-    configs): they are swapped in for validation and written to checkpoints.
-
-    Sampling needs no mask: every sample comes out as an (image, mask) pair, the mask read from
-    one more head call on the final (clean) latents at t = 0.
-
-    Args:
-        autoencoder: path of the autoencoder export bundle (folder or ``autoencoder.json``).
-        channels: denoiser UNet channels per level.
-        num_res_blocks: residual blocks per level.
-        attention_levels: UNet self-attention per level.
-        norm_num_groups: GroupNorm groups.
-        num_head_channels: channels per self-attention head.
-        num_registers: register tokens ``K``; 0 for the baseline.
-        register_dim: register width ``D``.
-        register_init_std: standard deviation of the registers' initialisation.
-        register_levels: decoder levels (0 = latent resolution) that cross-attend to registers.
-        register_heads: heads of the register cross-attention.
-        register_encoder: encoder blocks of ``register_levels`` cross-attend too.
-        register_mode: ``"read"`` (the same bank for every sample, the method's literal form) or
-            ``"read_write"`` (the tokens first read each register level's features, then the
-            features read the updated tokens; :class:`~anatldm.models.denoiser.RegisterWrite`).
-        register_supervision: ``"none"``, or ``"attention"``: class ``c`` owns
-            ``supervised_registers_per_class`` registers (the rest are free) and
-            :class:`~anatldm.losses.RegisterAttentionLoss` aligns their attention with the class's
-            mask; edits by class then use these registers (no association calibration).
-        register_supervision_weight: weight of that loss.
-        supervised_registers_per_class: registers owned by each foreground class.
-        head_levels: decoder levels fused by the anatomy head.
-        head_channels: width of the head.
-        anatomy_weight: ``lambda_max`` of the anatomy loss; 0 builds no head (baseline).
-        anatomy_weight_min: ``lambda_min`` reached at the end of training.
-        anatomy_warmup_fraction: fraction of training steps held at ``lambda_max``.
-        anatomy_decay: ``"cosine"``, ``"linear"`` or ``"constant"``.
-        anatomy_timestep_weighting: per-sample weight of the anatomy (and register-attention)
-            loss by timestep: ``"none"`` (``w = 1``), ``"alpha_bar"`` (``w = alpha_bar_t``) or
-            ``"snr_cutoff"`` (``w = 1[SNR(t) >= anatomy_snr_cutoff]``); see
-            :class:`~anatldm.losses.TimestepWeighting`.
-        anatomy_snr_cutoff: the SNR threshold of ``"snr_cutoff"``.
-        anatomy_dice_batch: Dice over the whole batch (MONAI ``DiceCELoss(batch=True)``): a class
-            absent from a slice adds no near-constant per-slice term. Off by default: measured
-            by the ablation (docs/results/ablation.json, same protocol), batch Dice gave a
-            pooled plausibility change of -24.8 % vs +0.5 % for per-slice Dice, KID ratio 1.37 vs 1.07.
-        num_train_timesteps: diffusion steps of the forward process.
-        beta_schedule: diffusers beta schedule.
-        beta_start: first beta.
-        beta_end: last beta.
-        prediction_type: ``"epsilon"`` or ``"v_prediction"``.
-        min_snr_gamma: Min-SNR-gamma loss weighting; ``None`` for the plain MSE.
-        lr: AdamW learning rate.
-        weight_decay: AdamW weight decay.
-        preview_every_n_epochs: log a fixed-seed sample grid with head masks every N epochs (0: never).
-        num_preview_samples: samples in that grid.
-        grad_norm_every_n_steps: every N steps, log the gradient norm of each loss term (one
-            extra backward pass per term on those steps; single-process runs only) as
-            ``train/grad_norm_<loss>``; the total norm and the share of steps whose gradient
-            was clipped (``train/grad_norm``, ``train/clipped``) are logged every step. 0: off.
-        max_nonfinite_steps: training stops with an error after this many steps in a row with a
-            non-finite loss (each one is skipped: no update, a warning, ``train/nonfinite_steps``).
-        cache_latents: encode each training slice once and keep its posterior moments
-            (:class:`~anatldm.diffusion.latents.PosteriorCache`; every step still draws a fresh
-            posterior sample): a third less time per step on CPU at quickstart size. Needs data
-            without random augmentation (``data.augment: false``); memory grows with the
-            training set (``2 * C_z * h * w`` floats per slice).
-        sampler: ``"ddpm"``, ``"ddim"``, ``"dpm_solver++"``, ``"dpm_solver++_sde"`` or ``"unipc"`` for previews and ``predict``.
-        num_inference_steps: denoiser calls per sample.
-        register_edits: edits of the register bank applied when sampling (controllable
-            generation), by register index or by class (``classes: [liver]``).
-        anatomy_edits: shorthand for edits by anatomy, class name -> factor: the
-            ``registers_per_class`` registers most associated with the class are scaled by the
-            factor (0 ablates them), e.g. ``{liver: 1.5, kidney: 0}``; applied after
-            ``register_edits``.
-        registers_per_class: registers edited per named class (with ``register_supervision:
-            attention``, a class's own ``supervised_registers_per_class`` registers instead).
-        association: ``association.json`` (written by ``anatldm predict`` with ``SampleWriter``)
-            giving the register-class association; ``None`` computes it on first use from
-            ``association_samples`` unedited samples (seeds from 1,000,000) and the head's masks.
-        association_samples: calibration samples when ``association`` is ``None``.
-        attention_steps: register attention maps are averaged over this many last sampling steps.
-
-    ``sampler`` and everything after it are inference-only: they are not saved as
-    hyperparameters, so a sampling config can change them while the architecture comes from the
-    checkpoint.
-    """
 
     #: inference-only settings: not hyperparameters, so a sampling config can change them
     ignore = ("sampler", "num_inference_steps", "register_edits", "anatomy_edits", "registers_per_class",
               "association", "association_samples", "attention_steps")
+
     def __init__(
         self,
         autoencoder: str,
-        channels: tuple[int, ...] = DEFAULT_CHANNELS, num_res_blocks: int = 2,
-        attention_levels: tuple[bool, ...] = DEFAULT_ATTENTION_LEVELS, norm_num_groups: int = 32,
-        num_head_channels: int = 32,
-        num_registers: int = 16, register_dim: int = DEFAULT_REGISTER_DIM,
-        register_init_std: float = DEFAULT_REGISTER_INIT_STD, register_levels: tuple[int, ...] = (1, 2),
+        channels: tuple[int, ...] = net.DEFAULT_CHANNELS, num_res_blocks: int = 2,
+        attention_levels: tuple[bool, ...] = net.DEFAULT_ATTENTION_LEVELS, norm_num_groups: int = 32,
+        num_head_channels: int = 32, num_registers: int = 16, register_dim: int = net.DEFAULT_REGISTER_DIM,
+        register_init_std: float = net.DEFAULT_REGISTER_INIT_STD, register_levels: tuple[int, ...] = (1, 2),
         register_heads: int = 4, register_encoder: bool = False, register_mode: RegisterMode = "read",
         register_supervision: Literal["none", "attention"] = "none", register_supervision_weight: float = 0.5,
-        supervised_registers_per_class: int = 2,
-        head_levels: tuple[int, ...] = (0, 1, 2), head_channels: int = DEFAULT_HEAD_CHANNELS,
+        supervised_registers_per_class: int = 2, head_levels: tuple[int, ...] = (0, 1, 2),
+        head_channels: int = net.DEFAULT_HEAD_CHANNELS,
         anatomy_weight: float = 2.0, anatomy_weight_min: float = 0.5, anatomy_warmup_fraction: float = 0.2,
         anatomy_decay: Literal["cosine", "linear", "constant"] = "cosine",
         anatomy_timestep_weighting: Literal["none", "alpha_bar", "snr_cutoff"] = "none",
-        anatomy_snr_cutoff: float = 0.05, anatomy_dice_batch: bool = False,
-        num_train_timesteps: int = 1000,
+        anatomy_snr_cutoff: float = 0.05, anatomy_dice_batch: bool = False, num_train_timesteps: int = 1000,
         beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "scaled_linear",
         beta_start: float = 0.0015, beta_end: float = 0.0195,
         prediction_type: Literal["epsilon", "v_prediction"] = "epsilon", min_snr_gamma: float | None = 5.0,
@@ -183,7 +76,7 @@ class AnatomicalLDMTask(PipelineSampling, AnatomyTask):
         self.record_attention = False  # set by SampleWriter(save_attention=True) for predict
         self._predict_registers: Tensor | None = None
         super().__init__()
-        self.anatomy_schedule: AnatomyWeightSchedule | None = None
+        self.anatomy_schedule = None  # an AnatomyWeightSchedule, built when fit starts
         self.posterior_cache = PosteriorCache() if cache_latents else None
 
     # -- construction ------------------------------------------------------------------------
@@ -225,12 +118,12 @@ class AnatomicalLDMTask(PipelineSampling, AnatomyTask):
                               if self.register_groups is not None else None)
 
     def configure_metrics(self) -> None:
-        names = ["diffusion_loss"] + (["anatomy_loss"] if self.denoiser.head is not None else []) + \
+        head = self.denoiser.head is not None
+        names = ["diffusion_loss"] + (["anatomy_loss"] if head else []) + \
             (["register_loss"] if self.register_groups is not None else [])
         self.val_losses = torch.nn.ModuleDict({name: MeanMetric() for name in names})
-        self.val_dice = (DiceScore(num_classes=len(self.class_names), include_background=False,
-                                   average="macro", input_format="index")
-                         if self.denoiser.head is not None else None)
+        self.val_dice = DiceScore(num_classes=len(self.class_names), include_background=False, average="macro",
+                                  input_format="index") if head else None
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.denoiser.parameters(), lr=self.hparams.lr,
@@ -259,14 +152,6 @@ class AnatomicalLDMTask(PipelineSampling, AnatomyTask):
             self.pipeline.save_pretrained(folder, extra={"source": {"autoencoder": str(self.hparams.autoencoder),
                                                                     "global_step": int(self.global_step)}})
         self.trainer.strategy.barrier("pipeline_export")
-
-    def encode(self, images: Tensor) -> Tensor:
-        """Scaled latents ``(B, C_z, *S/f)`` of images ``(B, 1, *S)`` in [-1, 1]."""
-        return self.pipeline.encode(images)
-
-    def decode(self, latents: Tensor) -> Tensor:
-        """Images ``(B, 1, *S)`` in [-1, 1] from scaled latents."""
-        return self.pipeline.decode(latents)
 
     def _losses(self, batch: dict, generator: torch.Generator | None = None, max_timestep: int | None = None,
                 seeds: Sequence[int] | None = None, per_slice: bool = False) -> tuple[dict[str, Tensor], Tensor | None]:
