@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 __all__ = ["AnatLDMInputError", "CheckpointMismatchError", "ConfigError", "DataInputError", "TrainingDivergedError",
-           "check_checkpoint_file", "check_output_folder"]
+           "check_checkpoint_file", "check_output_folder", "read_json_object"]
 
 
 class AnatLDMInputError(ValueError):
@@ -60,3 +63,19 @@ def check_checkpoint_file(path: str | os.PathLike, key: str) -> None:
     if not zipfile.is_zipfile(path):
         raise ConfigError(f"{key}: {path} is not a readable checkpoint (corrupt or truncated: "
                           f"not a complete archive written by torch.save)")
+
+
+def read_json_object(path: Path, error: type[AnatLDMInputError] = ConfigError, required: Sequence[str] = (),
+                     name_type: bool = True) -> dict[str, Any]:
+    """The JSON object in file ``path`` (a metadata file next to weights, a data set's JSON);
+    invalid JSON, another JSON type or a missing ``required`` field is one-line ``error``
+    naming the file (``name_type``: the message names the type found)."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise error(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(value, dict):
+        raise error(f"{path}: expected a JSON object" + (f", got {type(value).__name__}" if name_type else ""))
+    if missing := [key for key in required if key not in value]:
+        raise error(f"{path}: missing field(s) {', '.join(map(repr, missing))}")
+    return value

@@ -16,7 +16,7 @@ from torch import Tensor  # noqa: E402
 
 from anatldm.atomic import write_atomic  # noqa: E402
 
-__all__ = ["CLASS_COLORS", "class_color", "reconstruction_grid", "render_overlay_grid", "save_figure",
+__all__ = ["CLASS_COLORS", "class_color", "reconstruction_grid", "render_overlay_grid", "sample_grid", "save_figure",
            "save_overlay_grid"]
 
 #: one colour per foreground class (background has none)
@@ -115,3 +115,10 @@ def reconstruction_grid(images: Tensor, reconstructions: Tensor, max_images: int
     rows = torch.cat([images, reconstructions, difference], dim=-1)  # (n, 1, H, 3W)
     grid = torch.cat(list(rows), dim=-2)  # (1, n * H, 3W)
     return ((grid + 1) / 2).clamp(0, 1).cpu()
+
+
+def sample_grid(samples: dict, class_names: list[str], columns: int = 4) -> np.ndarray:
+    """:func:`render_overlay_grid` of generated samples (``{"image": (B, 1, H, W), "mask": (B, H, W) or None}``)."""
+    return render_overlay_grid(samples["image"][:, 0].float().cpu().numpy(),
+                               None if samples["mask"] is None else samples["mask"].cpu().numpy(),
+                               class_names, columns=columns)

@@ -280,7 +280,7 @@ class AnatomyDataModule(LightningDataModule):
     def _phantom_root(self) -> Path:
         hp = self.hparams
         height, width = self.image_size
-        generator = hashlib.sha256(Path(phantoms.__file__).read_bytes()).hexdigest()[:8]  # a new generator: new data
+        generator = _phantom_generator_version()  # a new generator: new data
         name = (f"{hp.phantom_family}-n{hp.num_subjects}-{height}x{width}x{hp.num_slices}-seed{hp.phantom_seed}"
                 f"-gen{generator}")
         root = Path(hp.cache_dir) / "phantoms" / name
@@ -335,3 +335,13 @@ class AnatomyDataModule(LightningDataModule):
                           generator=torch.Generator().manual_seed(seed) if shuffle else None,
                           drop_last=drop_last, num_workers=hp.num_workers,
                           persistent_workers=hp.num_workers > 0, pin_memory=torch.cuda.is_available())
+
+
+def _phantom_generator_version() -> str:
+    """The first 8 hex digits of a SHA-256 over every module of :mod:`anatldm.data.phantoms`
+    (names and bytes, in name order): a changed generator writes its data to a new folder."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(phantoms.__file__).parent.glob("*.py")):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:8]

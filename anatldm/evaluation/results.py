@@ -38,7 +38,8 @@ from anatldm.models.registers import RegisterEdit
 from anatldm.pipelines import AnatomicalLDMPipeline
 from anatldm.visualize import save_overlay_grid
 
-__all__ = ["CONTROLS", "as_dataclass", "as_list", "build_report", "write_edit_report", "write_report"]
+__all__ = ["CONTROLS", "as_dataclass", "as_list", "build_report", "logged_metrics", "write_edit_report",
+           "write_report"]
 
 logger = logging.getLogger(__name__)
 
@@ -197,3 +198,9 @@ def write_edit_report(output_dir: str | Path, results: dict, kept: dict, generat
     save_overlay_grid(images, masks, class_names, out / f"edits_{edit_generator}.png", titles=titles,
                       columns=columns, title=f"{edit_generator}: register edits, same seeds "
                                              "(segmenter masks)")
+
+
+def logged_metrics(report: dict) -> dict[str, float]:
+    """``<model>/<metric>`` -> value of every metric of ``report`` that has one (for the experiment loggers)."""
+    return {f"{name}/{metric}": values["value"] for name, metrics in report["results"].items()
+            for metric, values in metrics.items() if isinstance(values, dict) and "value" in values}

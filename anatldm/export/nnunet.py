@@ -26,7 +26,7 @@ import nibabel as nib
 import numpy as np
 
 from anatldm.atomic import write_text_atomic
-from anatldm.errors import ConfigError, DataInputError
+from anatldm.errors import ConfigError, DataInputError, read_json_object
 
 __all__ = ["CHANNEL", "DATALIST", "DATASET_JSON", "FILE_ENDING", "NNUNetDatasetBuilder", "check_dataset",
            "check_dataset_id", "check_dataset_name", "dataset_folder_name", "label_dtype"]
@@ -222,13 +222,7 @@ def check_export_target(output_dir: str | os.PathLike, dataset_id: int, dataset_
 def _load_json(path: Path) -> dict:
     if not path.is_file():
         raise DataInputError(f"{path}: missing")
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise DataInputError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(value, dict):
-        raise DataInputError(f"{path}: expected a JSON object")
-    return value
+    return read_json_object(path, DataInputError, name_type=False)
 
 
 def _load_nifti(path: Path) -> tuple[np.ndarray, np.ndarray, np.dtype]:

@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from anatldm import __version__
 from anatldm.atomic import write_atomic
-from anatldm.errors import ConfigError
+from anatldm.errors import ConfigError, read_json_object
 from anatldm.models.weights import state_dict_mismatch
 
 __all__ = [
@@ -113,14 +113,7 @@ def _read_metadata(path: Path) -> tuple[Path, dict[str, Any]]:
     json_path = path / BUNDLE_CONFIG if path.is_dir() else path
     if not json_path.is_file():
         raise ConfigError(f"{json_path}: no autoencoder bundle (give the export folder or its {BUNDLE_CONFIG})")
-    try:
-        metadata = json.loads(json_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{json_path}: not valid JSON ({err})") from None
-    if not isinstance(metadata, dict):
-        raise ConfigError(f"{json_path}: expected a JSON object, got {type(metadata).__name__}")
-    if missing := [field for field in REQUIRED_FIELDS if field not in metadata]:
-        raise ConfigError(f"{json_path}: missing field(s) {', '.join(map(repr, missing))}")
+    metadata = read_json_object(json_path, required=REQUIRED_FIELDS)
     if metadata["network"] != NETWORK_CLASS:
         raise ConfigError(f"{json_path}: field 'network' is {metadata['network']!r}; only {NETWORK_CLASS} is supported")
     scale = metadata["scale_factor"]

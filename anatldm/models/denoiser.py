@@ -19,12 +19,23 @@ from monai.networks.nets import DiffusionModelUNet
 from torch import nn
 
 from anatldm.models.anatomy_head import AnatomicalSegmentationHead
-from anatldm.models.registers import AnatomicalRegisterBank
+from anatldm.models.registers import DEFAULT_REGISTER_INIT_STD, AnatomicalRegisterBank
 
-__all__ = ["AnatomicalDenoiser", "DenoiserOutput", "RegisterCrossAttention", "RegisterMode", "RegisterWrite"]
+__all__ = ["DEFAULT_ATTENTION_LEVELS", "DEFAULT_CHANNELS", "DEFAULT_HEAD_CHANNELS", "DEFAULT_REGISTER_DIM",
+           "DEFAULT_REGISTER_INIT_STD", "AnatomicalDenoiser", "DenoiserOutput", "RegisterCrossAttention", "RegisterMode", "RegisterWrite"]
 
 
 RegisterMode = Literal["read", "read_write"]
+
+# architecture defaults, defined once: ``AnatomicalLDMTask`` uses them as its own
+#: UNet channels per level
+DEFAULT_CHANNELS: tuple[int, ...] = (128, 256, 512)
+#: UNet self-attention per level
+DEFAULT_ATTENTION_LEVELS: tuple[bool, ...] = (False, True, True)
+#: register token width ``D``
+DEFAULT_REGISTER_DIM = 256
+#: width of the anatomy head
+DEFAULT_HEAD_CHANNELS = 64
 
 
 @dataclass
@@ -165,21 +176,21 @@ class AnatomicalDenoiser(nn.Module):
         self,
         spatial_dims: int = 2,
         in_channels: int = 4,
-        channels: Sequence[int] = (64, 128, 256),
+        channels: Sequence[int] = DEFAULT_CHANNELS,
         num_res_blocks: int = 2,
-        attention_levels: Sequence[bool] = (False, False, True),
+        attention_levels: Sequence[bool] = DEFAULT_ATTENTION_LEVELS,
         norm_num_groups: int = 32,
         num_head_channels: int = 32,
         num_registers: int = 16,
-        register_dim: int = 128,
-        register_init_std: float = 1.0,
+        register_dim: int = DEFAULT_REGISTER_DIM,
+        register_init_std: float = DEFAULT_REGISTER_INIT_STD,
         register_levels: Sequence[int] = (1, 2),
         register_heads: int = 4,
         register_encoder: bool = False,
         register_mode: RegisterMode = "read",
         num_classes: int = 0,
         head_levels: Sequence[int] = (0, 1, 2),
-        head_channels: int = 32,
+        head_channels: int = DEFAULT_HEAD_CHANNELS,
     ) -> None:
         super().__init__()
         num_levels = len(channels)

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 __all__ = [
+    "DEFAULT_REGISTER_INIT_STD",
     "AnatomicalRegisterBank",
     "RegisterEdit",
     "ablate_registers",
@@ -18,6 +19,10 @@ __all__ = [
     "replace_registers",
     "scale_registers",
 ]
+
+#: standard deviation of the registers' normal initialisation: the one default of the bank, of
+#: ``AnatomicalDenoiser`` and of ``AnatomicalLDMTask`` (see ``AnatomicalDenoiser``'s docstring)
+DEFAULT_REGISTER_INIT_STD = 1.0
 
 
 class AnatomicalRegisterBank(nn.Module):
@@ -34,7 +39,7 @@ class AnatomicalRegisterBank(nn.Module):
         init_std: standard deviation of the normal initialisation.
     """
 
-    def __init__(self, num_registers: int, dim: int, init_std: float = 0.02) -> None:
+    def __init__(self, num_registers: int, dim: int, init_std: float = DEFAULT_REGISTER_INIT_STD) -> None:
         super().__init__()
         if num_registers < 1:
             raise ValueError(f"num_registers must be at least 1, got {num_registers}")

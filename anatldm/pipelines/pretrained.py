@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from anatldm import __version__
 from anatldm.atomic import write_atomic, write_text_atomic
 from anatldm.diffusion.schedulers import SAMPLERS, make_train_scheduler
-from anatldm.errors import ConfigError
+from anatldm.errors import ConfigError, read_json_object
 from anatldm.models.autoencoder_bundle import NETWORK_CLASS as AUTOENCODER_CLASS
 from anatldm.models.autoencoder_bundle import jsonable
 from anatldm.models.denoiser import AnatomicalDenoiser
@@ -92,14 +92,7 @@ def _read_metadata(path: Path) -> tuple[Path, dict[str, Any]]:
     json_path = path / PIPELINE_CONFIG if path.is_dir() else path
     if not json_path.is_file():
         raise ConfigError(f"{json_path}: no pipeline (give the export folder or its {PIPELINE_CONFIG})")
-    try:
-        metadata = json.loads(json_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{json_path}: not valid JSON ({err})") from None
-    if not isinstance(metadata, dict):
-        raise ConfigError(f"{json_path}: expected a JSON object, got {type(metadata).__name__}")
-    if missing := [key for key in REQUIRED_FIELDS if key not in metadata]:
-        raise ConfigError(f"{json_path}: missing field(s) {', '.join(map(repr, missing))}")
+    metadata = read_json_object(json_path, required=REQUIRED_FIELDS)
     if metadata["format_version"] != FORMAT_VERSION:
         raise ConfigError(f"{json_path}: field 'format_version' is {metadata['format_version']!r}; "
                           f"this anatldm reads {FORMAT_VERSION}")

@@ -7,28 +7,21 @@
 
 from __future__ import annotations
 
-import copy
 import logging
-import math
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
-from monai.losses import PatchAdversarialLoss, PerceptualLoss
+from monai.losses import PatchAdversarialLoss
 from monai.networks.nets import AutoencoderKL, PatchDiscriminator
-from monai.utils import optional_import
 from torch import Tensor
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, Subset
 from torchmetrics import MeanMetric, MetricCollection
-from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
-from anatldm.errors import ConfigError, check_output_folder
-from anatldm.losses.autoencoder import kl_divergence
-from anatldm.models.autoencoder_bundle import save_autoencoder_bundle
+from anatldm.errors import check_output_folder
+from anatldm.losses.autoencoder import discriminator_loss, generator_losses
+from anatldm.models import autoencoder as ae_stage
 from anatldm.trainers.base import AnatomyTask, fused_adam
 from anatldm.visualize import reconstruction_grid
 
@@ -38,89 +31,29 @@ logger = logging.getLogger(__name__)
 
 
 class AutoencoderTask(AnatomyTask):
-    """KL-regularised autoencoder with a PatchGAN discriminator (Rombach et al. 2022).
-
-    Wires MONAI's ``AutoencoderKL`` (Pinaya et al. 2022, https://arxiv.org/abs/2209.07162),
-    ``PatchDiscriminator`` and ``PatchAdversarialLoss`` into Lightning's manual-optimisation GAN
-    pattern: one generator step (L1 + KL [+ perceptual] [+ adversarial]) and, once the
-    adversarial warm-up is over, one discriminator step per batch. Losses are computed in
-    float32, so ``bf16-mixed`` is safe. Nothing is 2D-only: ``spatial_dims: 3`` trains on volumes.
-
-    At the end of fit, ``scale_factor = 1 / std(z_mu)`` is measured on
-    ``scale_factor_batches`` batches' worth of training slices spread evenly over the split (no
-    augmentation; sums all-reduced across ranks) and the bundle is written to ``export_dir``.
-
-    With the discriminator on, ``trainer.max_steps`` counts the steps of both optimisers
-    (Lightning's rule for manual optimisation); ``max_epochs`` is the simpler stop criterion.
-    Under DDP use ``strategy: ddp_find_unused_parameters_true``: the two networks take turns, so
-    each backward pass leaves the other network's parameters without gradients.
-
-    Args:
-        spatial_dims: 2 for slices, 3 for volumes.
-        in_channels: image channels (also the output channels).
-        channels: feature channels per resolution level; ``len(channels) - 1`` downsamplings.
-        latent_channels: channels of the latent ``z``.
-        num_res_blocks: residual blocks per level.
-        norm_num_groups: GroupNorm groups; every entry of ``channels`` must be divisible by it.
-        attention_levels: self-attention per level; ``None`` means none.
-        with_nonlocal_attention: the attention block in the lowest-resolution middle block of
-            the encoder and decoder.
-        reconstruction_loss: ``"l1"`` (default, as in the LDM paper) or ``"l2"``.
-        generator_lr: Adam learning rate of the autoencoder.
-        discriminator_lr: Adam learning rate of the discriminator.
-        lr_schedule: ``"constant"``, or ``"cosine"``: both learning rates decay to 0 over the
-            training batches Lightning expects (``trainer.estimated_stepping_batches``: batches
-            times epochs, or ``max_steps`` when that is set).
-        kl_weight: weight of the KL term (summed over latent elements).
-        adv_weight: weight of the adversarial terms; 0 trains no discriminator at all.
-        adversarial_warmup_steps: training batches before the discriminator is switched on.
-        discriminator_layers: convolution layers of the PatchGAN discriminator.
-        discriminator_channels: channels of its first layer (doubled per layer).
-        perceptual_weight: weight of the perceptual loss (only with ``perceptual_weights_path``).
-        perceptual_weights_path: a local torchvision ResNet-50 state dict for MONAI's perceptual
-            loss (needs torchvision). ``None`` switches the perceptual loss off; nothing is ever
-            downloaded.
-        gradient_clip_val: max gradient norm of each optimiser step; ``None`` or 0 disables it
-            (``trainer.gradient_clip_val`` cannot be used with manual optimisation).
-        scale_factor_batches: training batches used to measure the latent scale factor.
-        export_dir: bundle folder; ``None`` means ``<trainer.log_dir>/export``.
-        num_logged_images: rows of the reconstruction grid logged to TensorBoard.
-        max_nonfinite_steps: training stops with an error after this many batches in a row with a
-            non-finite generator or discriminator loss (each one is skipped: no update of either
-            network, a warning, ``train/nonfinite_steps``).
-    """
+    # the class documentation with every hyperparameter (``Args:``, read by ``--help``) is
+    # ae_stage.AUTOENCODER_TASK_DOC, next to their checks
+    __doc__ = ae_stage.AUTOENCODER_TASK_DOC
 
     def __init__(
         self,
-        spatial_dims: Literal[2, 3] = 2,
-        in_channels: int = 1,
-        channels: tuple[int, ...] = (128, 128, 256),
-        latent_channels: int = 3,
-        num_res_blocks: int = 2,
-        norm_num_groups: int = 32,
-        attention_levels: tuple[bool, ...] | None = None,
-        with_nonlocal_attention: bool = False,
+        spatial_dims: Literal[2, 3] = 2, in_channels: int = 1, channels: tuple[int, ...] = (128, 128, 256),
+        latent_channels: int = 3, num_res_blocks: int = 2, norm_num_groups: int = 32,
+        attention_levels: tuple[bool, ...] | None = None, with_nonlocal_attention: bool = False,
         reconstruction_loss: Literal["l1", "l2"] = "l1",
-        generator_lr: float = 1e-4,
-        discriminator_lr: float = 5e-4,
+        generator_lr: float = 1e-4, discriminator_lr: float = 5e-4,
         lr_schedule: Literal["constant", "cosine"] = "constant",
-        kl_weight: float = 1e-6,
-        adv_weight: float = 0.01,
-        adversarial_warmup_steps: int = 1000,
-        discriminator_layers: int = 3,
-        discriminator_channels: int = 64,
-        perceptual_weight: float = 1e-3,
-        perceptual_weights_path: str | None = None,
-        gradient_clip_val: float | None = 1.0,
-        scale_factor_batches: int = 50,
-        export_dir: str | None = None,
-        num_logged_images: int = 8,
-        max_nonfinite_steps: int = 10,
+        kl_weight: float = 1e-6, adv_weight: float = 0.01, adversarial_warmup_steps: int = 1000,
+        discriminator_layers: int = 3, discriminator_channels: int = 64,
+        perceptual_weight: float = 1e-3, perceptual_weights_path: str | None = None,
+        gradient_clip_val: float | None = 1.0, scale_factor_batches: int = 50, export_dir: str | None = None,
+        num_logged_images: int = 8, max_nonfinite_steps: int = 10,
     ) -> None:
-        _check_arguments(channels, norm_num_groups, attention_levels, latent_channels, num_res_blocks,
-                         adversarial_warmup_steps, scale_factor_batches, perceptual_weights_path,
-                         max_nonfinite_steps, generator_lr=generator_lr, discriminator_lr=discriminator_lr, kl_weight=kl_weight,
-                         adv_weight=adv_weight, perceptual_weight=perceptual_weight)
+        ae_stage.check_autoencoder_arguments(
+            channels, norm_num_groups, attention_levels, latent_channels, num_res_blocks, adversarial_warmup_steps,
+            scale_factor_batches, perceptual_weights_path, max_nonfinite_steps, generator_lr=generator_lr,
+            discriminator_lr=discriminator_lr, kl_weight=kl_weight, adv_weight=adv_weight,
+            perceptual_weight=perceptual_weight)
         if export_dir is not None:
             check_output_folder(export_dir, "model.init_args.export_dir")
         super().__init__()
@@ -134,20 +67,7 @@ class AutoencoderTask(AnatomyTask):
     @property
     def autoencoder_config(self) -> dict[str, Any]:
         """The ``AutoencoderKL`` keyword arguments, as stored in the export bundle."""
-        hp = self.hparams
-        levels = hp.attention_levels if hp.attention_levels is not None else [False] * len(hp.channels)
-        return {
-            "spatial_dims": hp.spatial_dims,
-            "in_channels": hp.in_channels,
-            "out_channels": hp.in_channels,
-            "channels": list(hp.channels),
-            "latent_channels": hp.latent_channels,
-            "num_res_blocks": hp.num_res_blocks,
-            "norm_num_groups": hp.norm_num_groups,
-            "attention_levels": list(levels),
-            "with_encoder_nonlocal_attn": hp.with_nonlocal_attention,
-            "with_decoder_nonlocal_attn": hp.with_nonlocal_attention,
-        }
+        return ae_stage.autoencoder_config(self.hparams)
 
     def configure_models(self) -> None:
         hp = self.hparams
@@ -165,18 +85,10 @@ class AutoencoderTask(AnatomyTask):
         if hp.perceptual_weights_path is None:
             logger.info("perceptual loss off (model.init_args.perceptual_weights_path is not set)")
         elif hp.perceptual_weight > 0:
-            # resnet50 is the one MONAI network that loads from a local file without a download
-            self.perceptual_loss = PerceptualLoss(spatial_dims=hp.spatial_dims, network_type="resnet50",
-                                                  is_fake_3d=hp.spatial_dims == 3, pretrained=True,
-                                                  pretrained_path=hp.perceptual_weights_path)
-            self.perceptual_loss.requires_grad_(False)
+            self.perceptual_loss = ae_stage.perceptual_loss(hp.spatial_dims, hp.perceptual_weights_path)
 
     def configure_metrics(self) -> None:
-        image_dims = tuple(range(1, self.hparams.spatial_dims + 2))  # per-image PSNR, then the mean
-        metrics = MetricCollection({
-            "psnr": PeakSignalNoiseRatio(data_range=2.0, dim=image_dims),
-            "ssim": StructuralSimilarityIndexMeasure(data_range=2.0),
-        })
+        metrics = ae_stage.reconstruction_metrics(self.hparams.spatial_dims)
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
         # mean over all images of all ranks (Lightning's sync_dist would average per-rank means)
@@ -200,19 +112,12 @@ class AutoencoderTask(AnatomyTask):
     # -- Lightning hooks ---------------------------------------------------------------------
     def check_inputs(self, datamodule) -> None:
         """Slices must halve cleanly at every downsampling, or reconstructions change size."""
-        size = getattr(datamodule, "image_size", None)
-        factor = 2 ** (len(self.hparams.channels) - 1)
-        if self.hparams.spatial_dims == 2 and size is not None and any(s % factor for s in size):
-            raise ConfigError(f"data.image_size {list(size)} must be divisible by {factor}, the autoencoder's "
-                              f"downsampling (2 ** (len(model.init_args.channels) - 1))")
+        ae_stage.check_image_size(getattr(datamodule, "image_size", None), self.hparams.channels,
+                                  self.hparams.spatial_dims)
 
     def on_fit_start(self) -> None:
         self.check_inputs(self.trainer.datamodule)
-        model = self.trainer.strategy.model
-        if self.discriminator is not None and isinstance(model, DistributedDataParallel) \
-                and not model.find_unused_parameters:
-            raise ConfigError("trainer.strategy: the autoencoder and its discriminator take turns, so DDP must "
-                              "allow unused parameters; use 'ddp_find_unused_parameters_true' (or adv_weight: 0)")
+        ae_stage.check_strategy(self.trainer.strategy.model, self.discriminator is not None)
 
     def forward(self, images: Tensor) -> Tensor:
         """Deterministic reconstruction (decoded posterior mean)."""
@@ -229,7 +134,6 @@ class AutoencoderTask(AnatomyTask):
         generator_optimizer = optimizers[0]
         adversarial = self.adversarial_active
         learning_rate_factor = self._apply_lr_schedule(optimizers)
-
         buffers = self.buffer_snapshot()
         with self.toggled_optimizer(generator_optimizer):
             reconstruction, z_mu, z_sigma = self.autoencoder(images)  # (B, C, *spatial), 2 x (B, C_z, *latent)
@@ -240,21 +144,9 @@ class AutoencoderTask(AnatomyTask):
         if self.skip_nonfinite_loss(torch.stack([losses["loss"], losses.get("discriminator", losses["loss"])]),
                                     buffers):
             return  # neither network is updated
-
-        with self.toggled_optimizer(generator_optimizer):
-            generator_optimizer.zero_grad(set_to_none=True)
-            self.manual_backward(losses["loss"])
-            self._clip(generator_optimizer)
-            generator_optimizer.step()
-
+        self._step(generator_optimizer, losses["loss"])
         if adversarial:
-            discriminator_optimizer = optimizers[1]
-            with self.toggled_optimizer(discriminator_optimizer):
-                discriminator_optimizer.zero_grad(set_to_none=True)
-                self.manual_backward(losses["discriminator"])
-                self._clip(discriminator_optimizer)
-                discriminator_optimizer.step()
-
+            self._step(optimizers[1], losses["discriminator"])
         self.generator_steps += 1
         batch_size = images.shape[0]
         self.log(f"train/{self.hparams.reconstruction_loss}", losses["reconstruction"], prog_bar=True,
@@ -291,104 +183,49 @@ class AutoencoderTask(AnatomyTask):
         self.generator_steps = int(checkpoint.get("generator_steps", 0))
 
     # -- scale factor and export -------------------------------------------------------------
-    @torch.no_grad()
     def compute_scale_factor(self) -> float:
-        """``1 / std(z_mu)`` over ``N = scale_factor_batches * batch_size`` training slices.
-
-        The slices are fixed and spread evenly over the training split (indices
-        ``round(linspace(0, len - 1, N))``, without augmentation), so every training subject is
-        represented; the first ``N`` in index order would be the first few subjects only.
-        Rank ``r`` of ``W`` encodes the chosen slices ``r, r + W, r + 2W, ...`` — unlike a
-        ``DistributedSampler``, which pads the last shard with repeated slices, the union of
-        these shards is exactly the ``N`` slices, each once. Per-rank sums of ``z``, ``z**2``
-        and the element count (float64) are all-reduced, so 1 and W processes agree to
-        floating-point summation order.
-        """
-        datamodule = self.trainer.datamodule
-        dataset = _unaugmented_train_split(datamodule)
-        batch_size = datamodule.hparams.batch_size
-        count = min(len(dataset), self.hparams.scale_factor_batches * batch_size)
-        chosen = np.unique(np.linspace(0, len(dataset) - 1, count).round().astype(int))  # spread over subjects
-        shard = Subset(dataset, chosen[self.global_rank::self.trainer.world_size].tolist())
-        loader = DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=datamodule.hparams.num_workers)
-        totals = torch.zeros(3, dtype=torch.float64, device=self.device)  # sum z, sum z^2, count
-        was_training = self.autoencoder.training
-        self.autoencoder.eval()
-        for batch in loader:
-            z_mu, _ = self.autoencoder.encode(batch["image"].to(self.device))  # (b, C_z, *latent)
-            z_mu = z_mu.double()
-            totals += torch.stack([z_mu.sum(), z_mu.pow(2).sum(), torch.tensor(z_mu.numel(), device=self.device)])
-        self.autoencoder.train(was_training)
-        totals = self.trainer.strategy.reduce(totals, reduce_op="sum")
-        total, total_squares, elements = totals.tolist()
-        variance = total_squares / elements - (total / elements) ** 2
-        if not (variance > 0 and math.isfinite(variance)):
-            raise RuntimeError(f"latent variance is {variance}; the autoencoder collapsed or diverged")
-        return 1.0 / math.sqrt(variance)
+        """``1 / std(z_mu)`` over ``scale_factor_batches`` batches of training slices, spread evenly
+        over the split and sharded over the ranks (:func:`anatldm.models.autoencoder.latent_scale_factor`)."""
+        return ae_stage.latent_scale_factor(
+            self.autoencoder, self.trainer.datamodule, self.hparams.scale_factor_batches, self.global_rank,
+            self.trainer.world_size, lambda totals: self.trainer.strategy.reduce(totals, reduce_op="sum"), self.device)
 
     def export(self, folder: str | Path) -> Path:
         """Write the bundle (weights + JSON) to ``folder``; needs :attr:`scale_factor`."""
         if self.scale_factor is None:
             raise RuntimeError("scale_factor is not measured yet; call compute_scale_factor() first")
-        datamodule = self.trainer.datamodule
-        return save_autoencoder_bundle(
-            folder, self.autoencoder, self.autoencoder_config, self.scale_factor,
-            normalization=datamodule.normalization, class_names=datamodule.class_names,
-            image_size=datamodule.image_size,
-            extra={"downsampling_factor": 2 ** (len(self.hparams.channels) - 1),
-                   "trained_batches": self.generator_steps, "trained_epochs": self.current_epoch},
-        )
+        return ae_stage.export_bundle(folder, self.autoencoder, self.autoencoder_config, self.scale_factor,
+                                      self.trainer.datamodule, self.generator_steps, self.current_epoch)
 
     # -- helpers -----------------------------------------------------------------------------
     def _generator_losses(self, images: Tensor, reconstruction: Tensor, z_mu: Tensor, z_sigma: Tensor,
                           adversarial: bool) -> dict[str, Tensor]:
         hp = self.hparams
-        images, reconstruction = images.float(), reconstruction.float()  # losses in float32
-        if hp.reconstruction_loss == "l1":
-            reconstruction_loss = F.l1_loss(reconstruction, images)
-        else:
-            reconstruction_loss = F.mse_loss(reconstruction, images)
-        losses = {"reconstruction": reconstruction_loss, "kl": kl_divergence(z_mu, z_sigma)}
-        loss = reconstruction_loss + hp.kl_weight * losses["kl"]
-        if self.perceptual_loss is not None:
-            # the torchvision ResNet expects [0, 1]
-            losses["perceptual"] = self.perceptual_loss((reconstruction + 1) / 2, (images + 1) / 2).float()
-            loss = loss + hp.perceptual_weight * losses["perceptual"]
-        if adversarial:
-            logits_fake = self.discriminator(reconstruction.contiguous())[-1].float()  # (B, 1, *patches)
-            losses["generator_adversarial"] = self.adversarial_loss(logits_fake, target_is_real=True,
-                                                                    for_discriminator=False)
-            loss = loss + hp.adv_weight * losses["generator_adversarial"]
-        losses["loss"] = loss
-        return losses
+        return generator_losses(images, reconstruction, z_mu, z_sigma, reconstruction_loss=hp.reconstruction_loss,
+                                kl_weight=hp.kl_weight, perceptual_loss=self.perceptual_loss,
+                                perceptual_weight=hp.perceptual_weight,
+                                discriminator=self.discriminator if adversarial else None,
+                                adversarial_loss=self.adversarial_loss, adv_weight=hp.adv_weight)
 
     def _discriminator_loss(self, images: Tensor, reconstruction: Tensor) -> Tensor:
-        logits_fake = self.discriminator(reconstruction.float().contiguous())[-1].float()  # (B, 1, *patches)
-        logits_real = self.discriminator(images.float().contiguous())[-1].float()  # (B, 1, *patches)
-        fake = self.adversarial_loss(logits_fake, target_is_real=False, for_discriminator=True)
-        real = self.adversarial_loss(logits_real, target_is_real=True, for_discriminator=True)
-        return self.hparams.adv_weight * 0.5 * (fake + real)
+        return discriminator_loss(self.discriminator, self.adversarial_loss, images, reconstruction,
+                                  self.hparams.adv_weight)
 
     def _apply_lr_schedule(self, optimizers: list) -> float:
-        """Set this batch's learning rates; return their factor (1, or the cosine decay).
-
-        Derived from the batch count, which checkpoints keep, so a resumed run continues the
-        schedule.
-        """
+        """Set this batch's learning rates from the batch count (kept in checkpoints); their factor."""
         hp = self.hparams
-        factor = 1.0
-        if hp.lr_schedule == "cosine":
-            total = max(1, int(self.trainer.estimated_stepping_batches))
-            factor = 0.5 * (1 + math.cos(math.pi * min(self.generator_steps, total) / total))
-        for optimizer, base_lr in zip(optimizers, (hp.generator_lr, hp.discriminator_lr), strict=False):
-            for group in optimizer.param_groups:
-                group["lr"] = base_lr * factor
-        return factor
+        return ae_stage.apply_lr_schedule(optimizers, (hp.generator_lr, hp.discriminator_lr), hp.lr_schedule,
+                                          self.generator_steps, int(self.trainer.estimated_stepping_batches))
 
-    def _clip(self, optimizer) -> None:
-        if self.hparams.gradient_clip_val:
-            self.clip_gradients(optimizer, gradient_clip_val=self.hparams.gradient_clip_val,
-                                gradient_clip_algorithm="norm")
+    def _step(self, optimizer, loss: Tensor) -> None:
+        """One update of ``optimizer``'s network from ``loss`` (gradients clipped)."""
+        with self.toggled_optimizer(optimizer):
+            optimizer.zero_grad(set_to_none=True)
+            self.manual_backward(loss)
+            if self.hparams.gradient_clip_val:
+                self.clip_gradients(optimizer, gradient_clip_val=self.hparams.gradient_clip_val,
+                                    gradient_clip_algorithm="norm")
+            optimizer.step()
 
     def _evaluate(self, batch: dict, batch_idx: int, metrics: MetricCollection, stage: str) -> None:
         images = batch["image"].float()  # (B, C, *spatial)
@@ -409,45 +246,3 @@ class AutoencoderTask(AnatomyTask):
                 grid = reconstruction_grid(images, reconstruction, self.hparams.num_logged_images)
                 experiment_logger.experiment.add_image(f"{stage}/input_reconstruction_difference", grid,
                                                        global_step=self.trainer.global_step)
-
-
-def _unaugmented_train_split(datamodule) -> Dataset:
-    """The training split of an ``AnatomyDataModule`` without its augmentation."""
-    datasets = getattr(datamodule, "datasets", None)
-    if not datasets or "train" not in datasets:
-        raise ConfigError("data: the autoencoder's scale factor needs an AnatomyDataModule with a training split")
-    train = copy.copy(datasets["train"])  # shares the memory-mapped cache
-    train.transform = None
-    return train
-
-
-def _check_arguments(channels, norm_num_groups, attention_levels, latent_channels, num_res_blocks,
-                     adversarial_warmup_steps, scale_factor_batches, perceptual_weights_path, max_nonfinite_steps,
-                     **non_negative: float) -> None:
-    """Eager checks that name the offending key (MONAI's own errors do not)."""
-    key = "model.init_args"
-    if not channels or any(c < 1 for c in channels):
-        raise ConfigError(f"{key}.channels must be positive numbers, got {list(channels)}")
-    if norm_num_groups < 1 or any(c % norm_num_groups for c in channels):
-        raise ConfigError(f"{key}.channels {list(channels)} must all be divisible by "
-                          f"{key}.norm_num_groups={norm_num_groups}")
-    if attention_levels is not None and len(attention_levels) != len(channels):
-        raise ConfigError(f"{key}.attention_levels needs one entry per level of channels ({len(channels)}), "
-                          f"got {list(attention_levels)}")
-    for name, value in (("latent_channels", latent_channels), ("num_res_blocks", num_res_blocks),
-                        ("scale_factor_batches", scale_factor_batches),
-                        ("max_nonfinite_steps", max_nonfinite_steps)):
-        if value < 1:
-            raise ConfigError(f"{key}.{name} must be at least 1, got {value}")
-    if adversarial_warmup_steps < 0:
-        raise ConfigError(f"{key}.adversarial_warmup_steps must be >= 0, got {adversarial_warmup_steps}")
-    for name, value in non_negative.items():
-        if not (value >= 0 and math.isfinite(value)):
-            raise ConfigError(f"{key}.{name} must be a non-negative number, got {value}")
-    if perceptual_weights_path is not None:
-        if not Path(perceptual_weights_path).is_file():
-            raise ConfigError(f"{key}.perceptual_weights_path: {perceptual_weights_path} is not a file "
-                              f"(a local torchvision ResNet-50 state dict; nothing is downloaded)")
-        if not optional_import("torchvision")[1]:
-            raise ConfigError(f"{key}.perceptual_weights_path is set but torchvision is not installed; "
-                              f"install it or remove the key")

@@ -3,244 +3,80 @@
 from __future__ import annotations
 
 import logging
-import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 from torchmetrics import MeanMetric
 from torchmetrics.segmentation import DiceScore
 
-from anatldm.diffusion import make_train_scheduler, min_snr_weights
+from anatldm.diffusion import make_train_scheduler
+from anatldm.diffusion import training as ldm_stage
 from anatldm.diffusion.latents import PosteriorCache
 from anatldm.diffusion.schedulers import SamplerName
 from anatldm.errors import ConfigError
 from anatldm.interpret.edits import load_register_bank
-from anatldm.losses import (
-    AnatomyLoss,
-    AnatomyWeightSchedule,
-    RegisterAttentionLoss,
-    TimestepWeighting,
-    class_register_groups,
-)
+from anatldm.losses import AnatomyLoss, RegisterAttentionLoss, TimestepWeighting
+from anatldm.models import denoiser as net
 from anatldm.models.autoencoder_bundle import load_autoencoder_bundle
 from anatldm.models.denoiser import AnatomicalDenoiser, RegisterMode
 from anatldm.models.registers import RegisterEdit
 from anatldm.pipelines import AnatomicalLDMPipeline
+from anatldm.pipelines.task import PipelineSampling
 from anatldm.trainers.base import AnatomyTask, fused_adam
-from anatldm.visualize import render_overlay_grid
+from anatldm.visualize import sample_grid
 
 __all__ = ["AnatomicalLDMTask", "load_register_bank"]
 
 logger = logging.getLogger(__name__)
 
 
-class AnatomicalLDMTask(AnatomyTask):
-    """Anatomical latent diffusion model (docs/method.md, 'Model' and 'Training objective').
+class AnatomicalLDMTask(PipelineSampling, AnatomyTask):
+    # the class documentation with every hyperparameter (``Args:``, read by ``--help``) is
+    # ldm_stage.LDM_TASK_DOC, next to their checks
+    __doc__ = ldm_stage.LDM_TASK_DOC
 
-    A frozen KL autoencoder (an export bundle of :class:`AutoencoderTask`) maps slices to
-    latents scaled by its ``scale_factor``. :class:`AnatomicalDenoiser` predicts the noise while
-    cross-attending to a learnable register bank, and its anatomy head predicts the clean
-    slice's label map from the noisy latent. Loss::
-
-        L = L_diffusion + anatomy_weight(step) * DiceCE_w(head logits, mask)
-            [+ register_supervision_weight * L_attention(register attention, mask)]
-
-    with the progressive :class:`AnatomyWeightSchedule`, ``w`` the per-sample timestep weights
-    of :class:`~anatldm.losses.TimestepWeighting` and ``L_attention`` the optional
-    :class:`~anatldm.losses.RegisterAttentionLoss` (docs/method.md). ``num_registers: 0`` and
-    ``anatomy_weight: 0`` give the standard LDM baseline, without a single register or head
-    parameter. EMA weights come from Lightning's ``EMAWeightAveraging`` callback (see the
-    configs): they are swapped in for validation and written to checkpoints.
-
-    Sampling needs no mask: every sample comes out as an (image, mask) pair, the mask read from
-    one more head call on the final (clean) latents at t = 0.
-
-    Args:
-        autoencoder: path of the autoencoder export bundle (folder or ``autoencoder.json``).
-        channels: denoiser UNet channels per level.
-        num_res_blocks: residual blocks per level.
-        attention_levels: UNet self-attention per level.
-        norm_num_groups: GroupNorm groups.
-        num_head_channels: channels per self-attention head.
-        num_registers: register tokens ``K``; 0 for the baseline.
-        register_dim: register width ``D``.
-        register_init_std: standard deviation of the registers' initialisation.
-        register_levels: decoder levels (0 = latent resolution) that cross-attend to registers.
-        register_heads: heads of the register cross-attention.
-        register_encoder: encoder blocks of ``register_levels`` cross-attend too.
-        register_mode: ``"read"`` (the same bank for every sample, the method's literal form) or
-            ``"read_write"`` (the tokens first read each register level's features, then the
-            features read the updated tokens; :class:`~anatldm.models.denoiser.RegisterWrite`).
-        register_supervision: ``"none"``, or ``"attention"``: class ``c`` owns
-            ``supervised_registers_per_class`` registers (the rest are free) and
-            :class:`~anatldm.losses.RegisterAttentionLoss` aligns their attention with the class's
-            mask; edits by class then use these registers (no association calibration).
-        register_supervision_weight: weight of that loss.
-        supervised_registers_per_class: registers owned by each foreground class.
-        head_levels: decoder levels fused by the anatomy head.
-        head_channels: width of the head.
-        anatomy_weight: ``lambda_max`` of the anatomy loss; 0 builds no head (baseline).
-        anatomy_weight_min: ``lambda_min`` reached at the end of training.
-        anatomy_warmup_fraction: fraction of training steps held at ``lambda_max``.
-        anatomy_decay: ``"cosine"``, ``"linear"`` or ``"constant"``.
-        anatomy_timestep_weighting: per-sample weight of the anatomy (and register-attention)
-            loss by timestep: ``"none"`` (``w = 1``), ``"alpha_bar"`` (``w = alpha_bar_t``) or
-            ``"snr_cutoff"`` (``w = 1[SNR(t) >= anatomy_snr_cutoff]``); see
-            :class:`~anatldm.losses.TimestepWeighting`.
-        anatomy_snr_cutoff: the SNR threshold of ``"snr_cutoff"``.
-        anatomy_dice_batch: Dice over the whole batch (MONAI ``DiceCELoss(batch=True)``): a class
-            absent from a slice adds no near-constant per-slice term. Off by default: measured
-            by the ablation (docs/results/ablation.json, same protocol), batch Dice gave a
-            pooled plausibility change of -24.8 % vs +0.5 % for per-slice Dice, KID ratio 1.37 vs 1.07.
-        num_train_timesteps: diffusion steps of the forward process.
-        beta_schedule: diffusers beta schedule.
-        beta_start: first beta.
-        beta_end: last beta.
-        prediction_type: ``"epsilon"`` or ``"v_prediction"``.
-        min_snr_gamma: Min-SNR-gamma loss weighting; ``None`` for the plain MSE.
-        lr: AdamW learning rate.
-        weight_decay: AdamW weight decay.
-        preview_every_n_epochs: log a fixed-seed sample grid with head masks every N epochs (0: never).
-        num_preview_samples: samples in that grid.
-        grad_norm_every_n_steps: every N steps, log the gradient norm of each loss term (one
-            extra backward pass per term on those steps; single-process runs only) as
-            ``train/grad_norm_<loss>``; the total norm and the share of steps whose gradient
-            was clipped (``train/grad_norm``, ``train/clipped``) are logged every step. 0: off.
-        max_nonfinite_steps: training stops with an error after this many steps in a row with a
-            non-finite loss (each one is skipped: no update, a warning, ``train/nonfinite_steps``).
-        cache_latents: encode each training slice once and keep its posterior moments
-            (:class:`~anatldm.diffusion.latents.PosteriorCache`; every step still draws a fresh
-            posterior sample): a third less time per step on CPU at quickstart size. Needs data
-            without random augmentation (``data.augment: false``); memory grows with the
-            training set (``2 * C_z * h * w`` floats per slice).
-        sampler: ``"ddpm"``, ``"ddim"``, ``"dpm_solver++"``, ``"dpm_solver++_sde"`` or ``"unipc"`` for previews and ``predict``.
-        num_inference_steps: denoiser calls per sample.
-        register_edits: edits of the register bank applied when sampling (controllable
-            generation), by register index or by class (``classes: [liver]``).
-        anatomy_edits: shorthand for edits by anatomy, class name -> factor: the
-            ``registers_per_class`` registers most associated with the class are scaled by the
-            factor (0 ablates them), e.g. ``{liver: 1.5, kidney: 0}``; applied after
-            ``register_edits``.
-        registers_per_class: registers edited per named class (with ``register_supervision:
-            attention``, a class's own ``supervised_registers_per_class`` registers instead).
-        association: ``association.json`` (written by ``anatldm predict`` with ``SampleWriter``)
-            giving the register-class association; ``None`` computes it on first use from
-            ``association_samples`` unedited samples (seeds from 1,000,000) and the head's masks.
-        association_samples: calibration samples when ``association`` is ``None``.
-        attention_steps: register attention maps are averaged over this many last sampling steps.
-
-    ``sampler`` and everything after it are inference-only: they are not saved as
-    hyperparameters, so a sampling config can change them while the architecture comes from the
-    checkpoint.
-    """
 
     #: inference-only settings: not hyperparameters, so a sampling config can change them
     ignore = ("sampler", "num_inference_steps", "register_edits", "anatomy_edits", "registers_per_class",
               "association", "association_samples", "attention_steps")
-    #: first seed of the calibration samples of the register-class association
-    association_seed = AnatomicalLDMPipeline.association_seed
 
     def __init__(
         self,
         autoencoder: str,
-        channels: tuple[int, ...] = (128, 256, 512),
-        num_res_blocks: int = 2,
-        attention_levels: tuple[bool, ...] = (False, True, True),
-        norm_num_groups: int = 32,
-        num_head_channels: int = 32,
-        num_registers: int = 16,
-        register_dim: int = 256,
-        register_init_std: float = 1.0,
-        register_levels: tuple[int, ...] = (1, 2),
-        register_heads: int = 4,
-        register_encoder: bool = False,
-        register_mode: RegisterMode = "read",
-        register_supervision: Literal["none", "attention"] = "none",
-        register_supervision_weight: float = 0.5,
-        supervised_registers_per_class: int = 2,
-        head_levels: tuple[int, ...] = (0, 1, 2),
-        head_channels: int = 64,
-        anatomy_weight: float = 2.0,
-        anatomy_weight_min: float = 0.5,
-        anatomy_warmup_fraction: float = 0.2,
+        channels: tuple[int, ...] = net.DEFAULT_CHANNELS, num_res_blocks: int = 2,
+        attention_levels: tuple[bool, ...] = net.DEFAULT_ATTENTION_LEVELS, norm_num_groups: int = 32,
+        num_head_channels: int = 32, num_registers: int = 16, register_dim: int = net.DEFAULT_REGISTER_DIM,
+        register_init_std: float = net.DEFAULT_REGISTER_INIT_STD, register_levels: tuple[int, ...] = (1, 2),
+        register_heads: int = 4, register_encoder: bool = False, register_mode: RegisterMode = "read",
+        register_supervision: Literal["none", "attention"] = "none", register_supervision_weight: float = 0.5,
+        supervised_registers_per_class: int = 2, head_levels: tuple[int, ...] = (0, 1, 2),
+        head_channels: int = net.DEFAULT_HEAD_CHANNELS,
+        anatomy_weight: float = 2.0, anatomy_weight_min: float = 0.5, anatomy_warmup_fraction: float = 0.2,
         anatomy_decay: Literal["cosine", "linear", "constant"] = "cosine",
         anatomy_timestep_weighting: Literal["none", "alpha_bar", "snr_cutoff"] = "none",
-        anatomy_snr_cutoff: float = 0.05,
-        anatomy_dice_batch: bool = False,
-        num_train_timesteps: int = 1000,
+        anatomy_snr_cutoff: float = 0.05, anatomy_dice_batch: bool = False, num_train_timesteps: int = 1000,
         beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "scaled_linear",
-        beta_start: float = 0.0015,
-        beta_end: float = 0.0195,
-        prediction_type: Literal["epsilon", "v_prediction"] = "epsilon",
-        min_snr_gamma: float | None = 5.0,
-        lr: float = 1e-4,
-        weight_decay: float = 0.0,
-        preview_every_n_epochs: int = 1,
-        num_preview_samples: int = 8,
-        grad_norm_every_n_steps: int = 50,
-        max_nonfinite_steps: int = 10,
-        cache_latents: bool = False,
-        sampler: SamplerName = "ddim",
-        num_inference_steps: int = 50,
-        register_edits: list[RegisterEdit] | None = None,
-        anatomy_edits: dict[str, float] | None = None,
-        registers_per_class: int = 2,
-        association: str | None = None,
-        association_samples: int = 32,
+        beta_start: float = 0.0015, beta_end: float = 0.0195,
+        prediction_type: Literal["epsilon", "v_prediction"] = "epsilon", min_snr_gamma: float | None = 5.0,
+        lr: float = 1e-4, weight_decay: float = 0.0,
+        preview_every_n_epochs: int = 1, num_preview_samples: int = 8, grad_norm_every_n_steps: int = 50,
+        max_nonfinite_steps: int = 10, cache_latents: bool = False,
+        sampler: SamplerName = "ddim", num_inference_steps: int = 50,
+        register_edits: list[RegisterEdit] | None = None, anatomy_edits: dict[str, float] | None = None,
+        registers_per_class: int = 2, association: str | None = None, association_samples: int = 32,
         attention_steps: int = 5,
     ) -> None:
-        if num_inference_steps < 1:
-            raise ConfigError(f"model.num_inference_steps must be at least 1, got {num_inference_steps}")
-        if min_snr_gamma is not None and min_snr_gamma <= 0:
-            raise ConfigError(f"model.min_snr_gamma must be positive or null, got {min_snr_gamma}")
-        if not lr > 0:
-            raise ConfigError(f"model.lr must be positive, got {lr}")
-        for key, value in (("registers_per_class", registers_per_class),
-                           ("association_samples", association_samples), ("attention_steps", attention_steps)):
-            if value < 1:
-                raise ConfigError(f"model.{key} must be at least 1, got {value}")
-        for key, edits in (("register_edits", register_edits), ("anatomy_edits", anatomy_edits)):
-            if edits and not num_registers:
-                raise ConfigError(f"model.{key} needs a register bank, but num_registers is 0")
-        for name, factor in (anatomy_edits or {}).items():
-            if factor < 0:
-                raise ConfigError(f"model.anatomy_edits.{name}: the factor must be >= 0 (0 ablates), got {factor}")
-        if max_nonfinite_steps < 1:
-            raise ConfigError(f"model.max_nonfinite_steps must be at least 1, got {max_nonfinite_steps}")
-        if not (anatomy_weight >= 0 and anatomy_weight_min >= 0):
-            raise ConfigError(f"model.anatomy_weight and model.anatomy_weight_min must be >= 0, got "
-                              f"{anatomy_weight}, {anatomy_weight_min}")
-        if not 0 <= anatomy_warmup_fraction <= 1:
-            raise ConfigError(f"model.anatomy_warmup_fraction must lie in [0, 1], got {anatomy_warmup_fraction}")
-        if not anatomy_snr_cutoff > 0:
-            raise ConfigError(f"model.anatomy_snr_cutoff must be positive, got {anatomy_snr_cutoff}")
-        if register_supervision != "none" and not (num_registers and anatomy_weight > 0):
-            raise ConfigError("model.register_supervision needs a register bank and the anatomy head's classes "
-                              f"(num_registers {num_registers}, anatomy_weight {anatomy_weight})")
-        if register_supervision_weight < 0:
-            raise ConfigError(f"model.register_supervision_weight must be >= 0, got {register_supervision_weight}")
-        if grad_norm_every_n_steps < 0:
-            raise ConfigError(f"model.grad_norm_every_n_steps must be >= 0, got {grad_norm_every_n_steps}")
-        if num_train_timesteps < 1:
-            raise ConfigError(f"model.num_train_timesteps must be at least 1, got {num_train_timesteps}")
-        self.sampler_name = sampler
-        self.num_inference_steps = num_inference_steps
-        self.register_edits = list(register_edits or []) + [
-            RegisterEdit("scale", classes=[name], factor=float(factor)) for name, factor in (anatomy_edits or {}).items()]
-        self.registers_per_class = registers_per_class
-        self.association_path = association
-        self.association_samples = association_samples
-        self.attention_steps = attention_steps
+        ldm_stage.check_ldm_arguments(**locals())
+        self.set_sampling(sampler, num_inference_steps, register_edits, anatomy_edits, registers_per_class,
+                          association, association_samples, attention_steps)
         self.record_attention = False  # set by SampleWriter(save_attention=True) for predict
         self._predict_registers: Tensor | None = None
-        self.applied_edits: list[dict] = []
         super().__init__()
-        self.anatomy_schedule: AnatomyWeightSchedule | None = None
+        self.anatomy_schedule = None  # an AnatomyWeightSchedule, built when fit starts
         self.posterior_cache = PosteriorCache() if cache_latents else None
 
     # -- construction ------------------------------------------------------------------------
@@ -252,31 +88,15 @@ class AnatomicalLDMTask(AnatomyTask):
         self.class_names = list(self.bundle["class_names"])
         self.image_size = tuple(self.bundle["image_size"])
         config = self.bundle["config"]
-        self.denoiser_config = {
-            "spatial_dims": config.get("spatial_dims", 2), "in_channels": config["latent_channels"],
-            "channels": list(hp.channels), "num_res_blocks": hp.num_res_blocks,
-            "attention_levels": list(hp.attention_levels), "norm_num_groups": hp.norm_num_groups,
-            "num_head_channels": hp.num_head_channels, "num_registers": hp.num_registers,
-            "register_dim": hp.register_dim, "register_init_std": hp.register_init_std,
-            "register_levels": list(hp.register_levels), "register_heads": hp.register_heads,
-            "register_encoder": hp.register_encoder, "register_mode": hp.register_mode,
-            "num_classes": len(self.class_names) if hp.anatomy_weight > 0 else 0,
-            "head_levels": list(hp.head_levels), "head_channels": hp.head_channels}
+        self.denoiser_config = ldm_stage.denoiser_config(hp, config, len(self.class_names) if hp.anatomy_weight > 0 else 0)
         try:
             self.denoiser = AnatomicalDenoiser(**self.denoiser_config)
         except ValueError as err:
             raise ConfigError(f"model: {err}") from None
-        self.scheduler_config = {"num_train_timesteps": hp.num_train_timesteps, "beta_schedule": hp.beta_schedule,
-                                 "beta_start": hp.beta_start, "beta_end": hp.beta_end,
-                                 "prediction_type": hp.prediction_type}
+        self.scheduler_config = ldm_stage.scheduler_config(hp)
         self.train_scheduler = make_train_scheduler(**self.scheduler_config)
-        self.register_groups: list[list[int]] | None = None
-        if hp.register_supervision == "attention":
-            try:
-                self.register_groups = class_register_groups(self.denoiser.registers.num_registers,
-                                                             len(self.class_names), hp.supervised_registers_per_class)
-            except ValueError as err:
-                raise ConfigError(f"model.supervised_registers_per_class: {err}") from None
+        self.register_groups: list[list[int]] | None = ldm_stage.supervised_register_groups(
+            hp, self.denoiser.registers.num_registers if self.denoiser.registers is not None else 0, len(self.class_names))
         # the sampling half (not a submodule: the networks' weights stay under the task's keys)
         object.__setattr__(self, "_pipeline", AnatomicalLDMPipeline(
             self.autoencoder, self.denoiser, float(self.scale_factor), self.class_names, self.image_size,
@@ -287,23 +107,23 @@ class AnatomicalLDMTask(AnatomyTask):
             self.check_edits()
 
     def configure_losses(self) -> None:
-        hp = self.hparams
-        self.anatomy_loss = AnatomyLoss(batch=hp.anatomy_dice_batch) if self.denoiser.head is not None else None
+        hp, head = self.hparams, self.denoiser.head is not None
+        self.anatomy_loss = AnatomyLoss(batch=hp.anatomy_dice_batch) if head else None
         # validation: per-slice Dice and no timestep weights, so that a batch's loss is a mean of
         # per-slice terms and the number does not depend on the batch size or the number of ranks
-        self.eval_anatomy_loss = AnatomyLoss(batch=False) if self.denoiser.head is not None else None
+        self.eval_anatomy_loss = AnatomyLoss(batch=False) if head else None
         self.timestep_weighting = TimestepWeighting(hp.anatomy_timestep_weighting,
                                                     self.train_scheduler.alphas_cumprod, hp.anatomy_snr_cutoff)
         self.register_loss = (RegisterAttentionLoss(self.register_groups, self.denoiser.registers.num_registers)
                               if self.register_groups is not None else None)
 
     def configure_metrics(self) -> None:
-        names = ["diffusion_loss"] + (["anatomy_loss"] if self.denoiser.head is not None else []) + \
+        head = self.denoiser.head is not None
+        names = ["diffusion_loss"] + (["anatomy_loss"] if head else []) + \
             (["register_loss"] if self.register_groups is not None else [])
         self.val_losses = torch.nn.ModuleDict({name: MeanMetric() for name in names})
-        self.val_dice = (DiceScore(num_classes=len(self.class_names), include_background=False,
-                                   average="macro", input_format="index")
-                         if self.denoiser.head is not None else None)
+        self.val_dice = DiceScore(num_classes=len(self.class_names), include_background=False, average="macro",
+                                  input_format="index") if head else None
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.denoiser.parameters(), lr=self.hparams.lr,
@@ -317,27 +137,12 @@ class AnatomicalLDMTask(AnatomyTask):
     # -- training ----------------------------------------------------------------------------
     def check_inputs(self, datamodule) -> None:
         """Training data must have the bundle's classes and image size (not needed to sample)."""
-        if getattr(datamodule, "class_names", None) is None:
-            return
-        if list(datamodule.class_names) != self.class_names:
-            raise ConfigError(f"data: classes {datamodule.class_names} differ from the autoencoder "
-                              f"bundle's {self.class_names} ({self.hparams.autoencoder})")
-        size = getattr(datamodule, "image_size", None)
-        if size is not None and tuple(size) != self.image_size:
-            raise ConfigError(f"data.image_size {list(size)} differs from the autoencoder bundle's image_size "
-                              f"{list(self.image_size)} ({self.hparams.autoencoder})")
+        ldm_stage.check_training_data(datamodule, self.class_names, self.image_size, self.hparams.autoencoder)
 
     def on_fit_start(self) -> None:
-        hp = self.hparams
         self.check_inputs(self.trainer.datamodule)
-        data_hparams = getattr(self.trainer.datamodule, "hparams", {})
-        if hp.cache_latents and data_hparams.get("augment", False):
-            raise ConfigError("model.cache_latents needs data.augment: false (an augmented slice differs "
-                              "on every visit, so its latent cannot be cached)")
-        self.anatomy_schedule = AnatomyWeightSchedule(
-            lambda_max=hp.anatomy_weight, lambda_min=min(hp.anatomy_weight_min, hp.anatomy_weight),
-            warmup_fraction=hp.anatomy_warmup_fraction, decay=hp.anatomy_decay,
-            total_steps=max(int(self.trainer.estimated_stepping_batches), 1))
+        ldm_stage.check_cache_latents(self.hparams.cache_latents, self.trainer.datamodule)
+        self.anatomy_schedule = ldm_stage.anatomy_weight_schedule(self.hparams, self.trainer.estimated_stepping_batches)
 
     def on_train_end(self) -> None:
         """Export the pipeline (:meth:`AnatomicalLDMPipeline.save_pretrained`) to
@@ -348,60 +153,17 @@ class AnatomicalLDMTask(AnatomyTask):
                                                                     "global_step": int(self.global_step)}})
         self.trainer.strategy.barrier("pipeline_export")
 
-    def encode(self, images: Tensor) -> Tensor:
-        """Scaled latents ``(B, C_z, *S/f)`` of images ``(B, 1, *S)`` in [-1, 1]."""
-        return self.pipeline.encode(images)
-
-    def decode(self, latents: Tensor) -> Tensor:
-        """Images ``(B, 1, *S)`` in [-1, 1] from scaled latents."""
-        return self.pipeline.decode(latents)
-
-    def _losses(self, batch: dict, generator: torch.Generator | None = None,
-                max_timestep: int | None = None, seeds: Sequence[int] | None = None,
-                per_slice: bool = False) -> tuple[dict[str, Tensor], Tensor | None]:
-        """Losses of one batch; noise and timesteps from ``generator``, or from one seed per sample
-        (``seeds``: then a sample's noise does not depend on its batch or its rank). ``per_slice``:
-        every loss a plain mean of per-slice terms (per-slice Dice, no timestep weights), as
-        validation reports them."""
-        images, masks = batch["image"], batch["mask"]  # (B, 1, H, W), (B, H, W)
-        batch_size = images.shape[0]
-        high = max_timestep or self.train_scheduler.config.num_train_timesteps
-        if seeds is None and self.posterior_cache is not None and self.training:
-            keys = list(zip(batch["subject"], (int(p) for p in batch["position"]), strict=True))
-            latents = self.posterior_cache.sample(keys, images, self.autoencoder.encode) * self.scale_factor
-        elif seeds is None:
-            latents = self.encode(images)  # (B, C_z, h, w), posterior sampled with the global RNG
-        else:  # the posterior sample from the sample's own seed too
-            generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
-            with torch.no_grad():
-                z_mu, z_sigma = self.autoencoder.encode(images)  # (B, C_z, h, w) each
-            eps = torch.stack([torch.randn(z_mu.shape[1:], generator=g) for g in generators]).to(z_mu)
-            latents = (z_mu + z_sigma * eps) * self.scale_factor  # (B, C_z, h, w)
-        if seeds is not None:
-            noise = torch.stack([torch.randn(latents.shape[1:], generator=g) for g in generators]).to(latents)
-            timesteps = torch.cat([torch.randint(0, high, (1,), generator=g) for g in generators]).to(latents.device)
-        elif generator is not None:
-            noise = torch.randn(latents.shape, generator=generator, device="cpu").to(latents)
-            timesteps = torch.randint(0, high, (batch_size,), generator=generator, device="cpu").to(latents.device)
-        else:
-            noise = torch.randn_like(latents)
-            timesteps = torch.randint(0, high, (batch_size,), device=latents.device)
-        noisy = self.train_scheduler.add_noise(latents, noise, timesteps)  # (B, C_z, h, w)
-        output = self.denoiser(noisy, timesteps, mask_size=masks.shape[1:],
-                               return_attention=self.register_loss is not None)
-        target = noise if self.hparams.prediction_type == "epsilon" else \
-            self.train_scheduler.get_velocity(latents, noise, timesteps)
-        per_sample = F.mse_loss(output.sample.float(), target.float(), reduction="none").flatten(1).mean(1)  # (B,)
-        if self.hparams.min_snr_gamma is not None:
-            per_sample = per_sample * min_snr_weights(self.train_scheduler, timesteps, self.hparams.min_snr_gamma)
-        losses = {"diffusion_loss": per_sample.mean()}
-        weights = None if per_slice else self.timestep_weighting(timesteps)  # (B,) or None
-        if self.anatomy_loss is not None:
-            anatomy_loss = self.eval_anatomy_loss if per_slice else self.anatomy_loss
-            losses["anatomy_loss"] = anatomy_loss(output.anatomy_logits, masks, weights)
-        if self.register_loss is not None:
-            losses["register_loss"] = self.register_loss(output.attention, masks, weights)
-        return losses, output.anatomy_logits
+    def _losses(self, batch: dict, generator: torch.Generator | None = None, max_timestep: int | None = None,
+                seeds: Sequence[int] | None = None, per_slice: bool = False) -> tuple[dict[str, Tensor], Tensor | None]:
+        """Losses of one batch (:func:`anatldm.diffusion.training.diffusion_losses`); ``per_slice``:
+        every loss a plain mean of per-slice terms, as validation reports them."""
+        return ldm_stage.diffusion_losses(
+            batch, autoencoder=self.autoencoder, encode=self.encode, scale_factor=self.scale_factor,
+            denoiser=self.denoiser, scheduler=self.train_scheduler, prediction_type=self.hparams.prediction_type,
+            min_snr_gamma=self.hparams.min_snr_gamma, timestep_weighting=self.timestep_weighting,
+            anatomy_loss=self.eval_anatomy_loss if per_slice else self.anatomy_loss, register_loss=self.register_loss,
+            posterior_cache=self.posterior_cache if self.training else None, generator=generator,
+            max_timestep=max_timestep, seeds=seeds, per_slice=per_slice)
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor | None:
         buffers = self.buffer_snapshot()
@@ -430,9 +192,7 @@ class AnatomicalLDMTask(AnatomyTask):
         denoiser's parameters (the balance of the terms before they are summed and clipped)."""
         params = [p for p in self.denoiser.parameters() if p.requires_grad]
         for name, term in terms.items():
-            grads = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
-            norm = torch.linalg.vector_norm(torch.stack([g.float().norm() for g in grads if g is not None]))
-            self.log(f"train/grad_norm_{name}", norm, batch_size=batch_size)
+            self.log(f"train/grad_norm_{name}", ldm_stage.gradient_norm(term, params), batch_size=batch_size)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """The total gradient norm before clipping, and whether ``gradient_clip_val`` clipped it
@@ -455,9 +215,7 @@ class AnatomicalLDMTask(AnatomyTask):
         averaged by metrics that sum over all ranks: the numbers do not depend on the batch size
         or the number of processes.
         """
-        batch_size = batch["image"].shape[0]
-        seeds = [zlib.crc32(f"{subject}/{int(position)}".encode()) for subject, position in
-                 zip(batch["subject"], batch["position"], strict=True)]
+        batch_size, seeds = batch["image"].shape[0], ldm_stage.slice_seeds(batch)
         losses, _ = self._losses(batch, seeds=seeds, per_slice=True)
         for name, value in losses.items():
             self.val_losses[name].update(value.detach(), weight=batch_size)
@@ -473,69 +231,10 @@ class AnatomicalLDMTask(AnatomyTask):
             return
         if not self.trainer.is_global_zero or not isinstance(self.logger, TensorBoardLogger):
             return
-        samples = self.generate(range(self.hparams.num_preview_samples))
-        grid = render_overlay_grid(samples["image"][:, 0].float().cpu().numpy(),
-                                   None if samples["mask"] is None else samples["mask"].cpu().numpy(),
-                                   self.class_names, columns=4)
+        grid = sample_grid(self.generate(range(self.hparams.num_preview_samples)), self.class_names)
         self.logger.experiment.add_image("samples", grid, self.global_step, dataformats="HWC")
 
-    # -- sampling: delegated to the pipeline -----------------------------------------------------
-    @property
-    def pipeline(self) -> AnatomicalLDMPipeline:
-        """The networks as an :class:`~anatldm.pipelines.AnatomicalLDMPipeline`, with this task's
-        sampling settings (it shares the task's modules: no weight is copied)."""
-        pipeline = self._pipeline
-        pipeline.scale_factor = float(self.scale_factor)
-        pipeline.sampler, pipeline.num_inference_steps = self.sampler_name, self.num_inference_steps
-        pipeline.registers_per_class, pipeline.association_path = self.registers_per_class, self.association_path
-        pipeline.association_samples, pipeline.attention_steps = self.association_samples, self.attention_steps
-        return pipeline
-
-    @property
-    def _association(self) -> Tensor | None:
-        """The cached register-class table (the pipeline's)."""
-        return self._pipeline.association
-
-    def check_edits(self, edits: Sequence[RegisterEdit] | None = None, key: str = "model.register_edits") -> None:
-        """Class names, indices and sources of ``edits`` (default ``register_edits``), checked
-        before any sampling; errors name the config ``key``."""
-        self.pipeline.check_edits(self.register_edits if edits is None else list(edits), key)
-
-    def edited_registers(self, edits: Sequence[RegisterEdit] | None = None) -> Tensor | None:
-        """The register tokens after ``edits`` (default ``register_edits``; ``None``: the bank
-        unchanged); :attr:`applied_edits` records the registers each edit by class touched."""
-        edits = self.register_edits if edits is None else list(edits)
-        if not edits:
-            return None
-        self.applied_edits = []
-        edited = self.pipeline.edit_registers(edits, "model.register_edits", load_register_bank)
-        self.applied_edits = edited.applied
-        return edited.tokens
-
-    def register_association(self) -> Tensor:
-        """The ``(K, C)`` register-class correlation table used by edits by class (cached; see
-        :meth:`AnatomicalLDMPipeline.register_association`)."""
-        return self.pipeline.register_association()
-
-    def compute_association(self, seeds: Sequence[int], batch_size: int = 16,
-                            masks_from: Callable[[Tensor], Tensor] | None = None) -> Tensor:
-        """Correlation ``(K, C)`` of each register's attention map with each class of the samples' masks."""
-        return self.pipeline.compute_association(seeds, batch_size, masks_from)
-
-    def generate(self, seeds: Sequence[int], sampler: SamplerName | None = None,
-                 num_inference_steps: int | None = None, registers: Tensor | None = None,
-                 attention_steps: int = 0) -> dict[str, Any]:
-        """Sample one (image, mask) pair per seed with :attr:`pipeline` (``register_edits`` applied
-        unless ``registers`` is given).
-
-        Returns ``{"image": (B, 1, H, W) in [-1, 1], "mask": (B, H, W) int64 or None,
-        "attention": per-level maps or None}``; sample ``i`` depends only on ``seeds[i]``.
-        """
-        registers = registers if registers is not None else self.edited_registers()
-        out = self.pipeline.generate(seeds, sampler=sampler, num_inference_steps=num_inference_steps,
-                                     registers=registers, attention_steps=attention_steps)
-        return {"image": out.images, "mask": out.masks, "attention": out.attention}
-
+    # -- sampling (PipelineSampling: through the pipeline) ------------------------------------
     def on_predict_start(self) -> None:
         self._predict_registers = self.edited_registers()  # once, not per batch (a source is a checkpoint read)
 

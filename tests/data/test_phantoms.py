@@ -173,7 +173,7 @@ def test_write_phantom_dataset_is_complete_readable_and_atomic(tmp_path):
 
 
 def test_write_phantom_dataset_leaves_nothing_behind_on_failure(tmp_path, monkeypatch):
-    import anatldm.data.phantoms as phantoms
+    import anatldm.data.phantoms.writer as phantoms  # the module that writes the files
 
     def crash(*args, **kwargs):
         raise RuntimeError("disk full")
