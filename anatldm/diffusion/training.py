@@ -207,8 +207,9 @@ LDM_TASK_DOC = """Anatomical latent diffusion model (docs/method.md, 'Model' and
     of :class:`~anatldm.losses.TimestepWeighting` and ``L_attention`` the optional
     :class:`~anatldm.losses.RegisterAttentionLoss` (docs/method.md). ``num_registers: 0`` and
     ``anatomy_weight: 0`` give the standard LDM baseline, without a single register or head
-    parameter. EMA weights come from Lightning's ``EMAWeightAveraging`` callback (see the
-    configs): they are swapped in for validation and written to checkpoints.
+    parameter. EMA weights come from the ``EMAWeightAveraging`` callback (Lightning's, in
+    ``anatldm.callbacks`` with a foreach update; see the configs): they are swapped in for
+    validation and written to checkpoints.
 
     Sampling needs no mask: every sample comes out as an (image, mask) pair, the mask read from
     one more head call on the final (clean) latents at t = 0.
