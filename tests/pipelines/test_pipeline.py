@@ -33,6 +33,20 @@ def test_importing_the_pipeline_imports_no_lightning() -> None:
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_library_packages_do_not_import_the_trainers() -> None:
+    """Networks, diffusion, losses, metrics, pipelines and register control stand without the
+    LightningModules and callbacks (the dependency points the other way)."""
+    packages = ["models", "diffusion", "losses", "metrics", "pipelines", "interpret"]
+    code = ("import sys, importlib, pkgutil, anatldm\n"
+            f"for name in {packages!r}:\n"
+            "    package = importlib.import_module('anatldm.' + name)\n"
+            "    for info in pkgutil.iter_modules(package.__path__):\n"
+            "        importlib.import_module(f'anatldm.{name}.{info.name}')\n"
+            "bad = sorted(m for m in sys.modules if m.startswith(('anatldm.trainers', 'anatldm.callbacks')))\n"
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 @pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
 def test_samples_are_the_tasks_for_the_same_seeds(tiny_bundle: Path, sampler: str) -> None:
     task = trained_looking_task(tiny_bundle, register_mode="read_write")
