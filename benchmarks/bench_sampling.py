@@ -36,7 +36,8 @@ SAMPLERS = (("ddpm", 1000), ("ddim", 50), ("ddim", 20), ("dpm_solver++", 20), ("
 BATCH = 50
 
 
-def _real_test_images(eval_config: Path) -> torch.Tensor:
+def real_test_images(eval_config: Path) -> torch.Tensor:
+    """The real test slices ``(N, 1, H, W)`` of an evaluation config's data (cache under the repo)."""
     config = yaml.safe_load(eval_config.read_text(encoding="utf-8"))["data"]["init_args"]
     config["cache_dir"] = str(ROOT / config["cache_dir"])
     datamodule = AnatomyDataModule(**config)
@@ -57,7 +58,7 @@ def run(checkpoint: Path = QUICKSTART / "ldm" / "checkpoints" / "last.ckpt",
     anatomy = AnatomyRules.from_dict(json.loads(Path(rules).read_text()))
     features = PooledEncoderFeatures(segmenter.network, segmenter.feature_channels,
                                      layer=bottleneck_module(segmenter.network))
-    real = _real_test_images(Path(eval_config))
+    real = real_test_images(Path(eval_config))
     count = samples or len(real)
     rows = []
     for sampler, steps in samplers:

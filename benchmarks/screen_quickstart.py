@@ -26,9 +26,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
+from bench_sampling import real_test_images  # benchmarks/ is on sys.path when run as a script
 
-from anatldm.data import AnatomyDataModule
 from anatldm.metrics import AnatomyRules
 from anatldm.models.autoencoder_bundle import load_autoencoder_bundle
 from anatldm.pipelines import AnatomicalLDMPipeline
@@ -37,14 +36,6 @@ from anatldm.trainers.base import load_task
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "runs" / "quickstart"
-
-
-def _test_images(data_config: Path) -> torch.Tensor:
-    config = yaml.safe_load(data_config.read_text(encoding="utf-8"))["data"]["init_args"]
-    config["cache_dir"] = str(ROOT / config["cache_dir"])
-    datamodule = AnatomyDataModule(**config)
-    datamodule.setup("test")
-    return torch.cat([batch["image"] for batch in datamodule.test_dataloader()])
 
 
 def screen_autoencoder(path: str, judge, rules: AnatomyRules, images: torch.Tensor) -> dict:
@@ -92,7 +83,7 @@ def main() -> None:
     torch.set_grad_enabled(False)
     judge = load_task(SegmenterTask, str(args.judge), "--judge").eval()
     rules = AnatomyRules.from_dict(json.loads(args.rules.read_text(encoding="utf-8")))
-    images = _test_images(args.data_config) if args.what == "autoencoder" else None
+    images = real_test_images(args.data_config) if args.what == "autoencoder" else None
     for model in args.models:
         row = (screen_autoencoder(model, judge, rules, images) if args.what == "autoencoder"
                else screen_ldm(model, judge, rules, args.samples))
