@@ -3,7 +3,7 @@
     python scripts/ablation_summary.py VARIANT RUN_DIR OUT.json    # one variant's summary
     python scripts/ablation_summary.py --table FOLDER OUT.json     # every summary -> one table
 
-A summary holds what the README's ablation table shows: pooled plausibility change vs the
+A summary holds what the ablation table of docs/results.md shows: pooled plausibility change vs the
 baseline (hierarchical interval and per seed pair), KID ratio, self-consistency Dice, edit
 specificity and target area change of each edit, and the gate.
 """
