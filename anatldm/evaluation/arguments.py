@@ -5,12 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-
 from anatldm.errors import ConfigError, check_output_folder
 from anatldm.evaluation.report import ClaimCriteria
 from anatldm.evaluation.results import as_dataclass, as_list
-from anatldm.metrics import AnatomyRules
 from anatldm.models.registers import RegisterEdit
 from anatldm.pipelines.ldm import as_register_edit
 
@@ -21,7 +18,7 @@ def check_evaluation_arguments(*, generators: dict[str, str | list[str]], baseli
                                training_seeds: list[int] | None,
                                early_checkpoints: dict[str, str | list[str]] | None, num_samples: int | None,
                                num_inference_steps: int, sample_batch_size: int, calibration_subjects: int,
-                               rules: dict[str, Any] | None, claim: ClaimCriteria | None, num_bootstrap: int,
+                               claim: ClaimCriteria | None, num_bootstrap: int,
                                num_bootstrap_costly: int, confidence: float, output_dir: str,
                                edits: dict[str, list[RegisterEdit]] | None, edit_generator: str | None,
                                edit_samples: int | None, **_: Any) -> dict[str, list[RegisterEdit]]:
@@ -63,13 +60,6 @@ def check_evaluation_arguments(*, generators: dict[str, str | list[str]], baseli
                  for name, edit_list in (edits or {}).items()}
     if not 0 < confidence < 1:
         raise ConfigError(f"model.confidence must lie in (0, 1), got {confidence}")
-    try:
-        AnatomyRules.fit(np.zeros((2, 4, 4), dtype=np.int64), ["background", "a"], **(rules or {}))
-    except TypeError as err:
-        raise ConfigError(f"model.rules: {err}") from None
-    except ValueError as err:
-        if "at least two calibration slices" not in str(err):
-            raise ConfigError(f"model.rules: {err}") from None
     check_output_folder(output_dir, "model.output_dir")
     return converted
 

@@ -38,6 +38,7 @@ from anatldm.metrics.plausibility import PlausibilityRate
 from anatldm.metrics.rules import (
     AnatomyFeatures,
     AnatomyRules,
+    RulesConfig,
     anatomy_features,
     remove_small_components,
 )
@@ -64,6 +65,7 @@ __all__ = [
     "PlausibilityRate",
     "PooledEncoderFeatures",
     "RealismMetrics",
+    "RulesConfig",
     "SampleMetric",
     "SeededKernelInceptionDistance",
     "SelfConsistencyDice",

@@ -38,9 +38,10 @@ import numpy as np
 from scipy import ndimage
 from torch import Tensor
 
+from anatldm.errors import ConfigError
 from anatldm.metrics.layout import LayoutRule
 
-__all__ = ["AnatomyFeatures", "AnatomyRules", "anatomy_features", "remove_small_components"]
+__all__ = ["AnatomyFeatures", "AnatomyRules", "RulesConfig", "anatomy_features", "remove_small_components"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,57 @@ _FOUR_CONNECTED[1] = ndimage.generate_binary_structure(2, 1)
 _RANGE_FEATURES = ("components", "holes", "area", "centroid_row", "centroid_col")
 _RULE_FEATURES = {"components": ("components",), "holes": ("holes",), "area": ("area",),
                   "centroid": ("centroid_row", "centroid_col")}
+
+
+@dataclass(frozen=True)
+class RulesConfig:
+    """How :meth:`AnatomyRules.fit` learns the rules (YAML ``model.rules`` of ``EvaluationTask``).
+
+    Args:
+        low: lower percentile of every range, in [0, 100).
+        high: upper percentile, in (low, 100].
+        tolerance: absolute widening of every range when checking.
+        range_rules: which per-class range rules to check, among ``components``, ``holes``,
+            ``area`` and ``centroid``.
+        min_component_pixels: components smaller than this are ignored (fit and check).
+        layout: also fit the joint-layout rule (:class:`~anatldm.metrics.layout.LayoutRule`).
+        layout_neighbours: ``k`` of the layout rule (nearest calibration slices), at least 1.
+        layout_quantile: conformal level of the layout threshold, in (0, 1].
+        layout_floor_pixels: smallest feature scale of the layout rule, in pixels.
+    """
+
+    low: float = 0.5
+    high: float = 99.5
+    tolerance: float = 1e-6
+    range_rules: tuple[str, ...] = tuple(_RULE_FEATURES)
+    min_component_pixels: int = 0
+    layout: bool = False
+    layout_neighbours: int = 3
+    layout_quantile: float = 0.975
+    layout_floor_pixels: float = 1.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "range_rules", tuple(self.range_rules))  # a YAML list
+        if not 0.0 <= self.low < 100.0:
+            raise ConfigError(f"model.rules.low must lie in [0, 100), got {self.low}")
+        if not self.low < self.high <= 100.0:
+            raise ConfigError(f"model.rules.high must lie in (model.rules.low = {self.low}, 100], got {self.high}")
+        if self.tolerance < 0:
+            raise ConfigError(f"model.rules.tolerance must be >= 0, got {self.tolerance}")
+        if unknown := [rule for rule in self.range_rules if rule not in _RULE_FEATURES]:
+            raise ConfigError(f"model.rules.range_rules: {unknown} are not among {list(_RULE_FEATURES)}")
+        if self.min_component_pixels < 0:
+            raise ConfigError(f"model.rules.min_component_pixels must be >= 0, got {self.min_component_pixels}")
+        if self.layout_neighbours < 1:
+            raise ConfigError(f"model.rules.layout_neighbours must be at least 1, got {self.layout_neighbours}")
+        if not 0.0 < self.layout_quantile <= 1.0:
+            raise ConfigError(f"model.rules.layout_quantile must lie in (0, 1], got {self.layout_quantile}")
+        if self.layout_floor_pixels < 0:
+            raise ConfigError(f"model.rules.layout_floor_pixels must be >= 0, got {self.layout_floor_pixels}")
+
+
+#: the defaults of every setting the rules are saved with
+_DEFAULTS = RulesConfig()
 
 
 @dataclass
@@ -182,9 +234,11 @@ class AnatomyRules:
     """
 
     def __init__(self, class_names: Sequence[str], ranges: dict[str, dict[str, tuple[float, float]] | None],
-                 cooccurrence: np.ndarray, low: float = 0.5, high: float = 99.5, tolerance: float = 1e-6,
-                 num_fitted: int = 0, range_rules: Sequence[str] = tuple(_RULE_FEATURES),
-                 min_component_pixels: int = 0, layout: LayoutRule | None = None, source: str = "") -> None:
+                 cooccurrence: np.ndarray, low: float = _DEFAULTS.low, high: float = _DEFAULTS.high,
+                 tolerance: float = _DEFAULTS.tolerance, num_fitted: int = 0,
+                 range_rules: Sequence[str] = _DEFAULTS.range_rules,
+                 min_component_pixels: int = _DEFAULTS.min_component_pixels, layout: LayoutRule | None = None,
+                 source: str = "") -> None:
         self.class_names = _check_class_names(class_names)
         foreground = self.class_names[1:]
         if set(ranges) != set(foreground):
@@ -228,35 +282,23 @@ class AnatomyRules:
         return names + (["layout"] if self.layout is not None else [])
 
     @classmethod
-    def fit(cls, masks: np.ndarray | Tensor, class_names: Sequence[str], low: float = 0.5, high: float = 99.5,
-            tolerance: float = 1e-6, range_rules: Sequence[str] = tuple(_RULE_FEATURES),
-            min_component_pixels: int = 0, layout: bool = False, subjects: np.ndarray | None = None,
-            layout_neighbours: int = 3, layout_quantile: float = 0.975, layout_floor_pixels: float = 1.0,
-            source: str = "") -> AnatomyRules:
+    def fit(cls, masks: np.ndarray | Tensor, class_names: Sequence[str], config: RulesConfig | None = None,
+            subjects: np.ndarray | None = None, source: str = "") -> AnatomyRules:
         """Learn the rules from real calibration label maps ``(N, H, W)`` (see the module docstring).
 
         Args:
             masks: real calibration masks, integer class indices in ``[0, len(class_names))``.
             class_names: names of all classes, background first.
-            low: lower percentile of every range, in [0, 100).
-            high: upper percentile, in (low, 100].
-            tolerance: absolute widening of every range when checking.
-            range_rules: which per-class range rules to check.
-            min_component_pixels: components smaller than this are ignored (fit and check).
-            layout: also fit the joint-layout rule (:class:`~anatldm.metrics.layout.LayoutRule`).
+            config: how the rules are learned (``None``: the :class:`RulesConfig` defaults).
             subjects: subject of every mask (the layout rule's leave-one-subject-out calibration).
-            layout_neighbours: ``k`` of the layout rule.
-            layout_quantile: conformal level of the layout threshold.
-            layout_floor_pixels: smallest feature scale of the layout rule, in pixels.
             source: what the masks are, for the report.
         """
+        config = config if config is not None else _DEFAULTS
         class_names = _check_class_names(class_names)
-        if not 0.0 <= low < high <= 100.0:
-            raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got low={low}, high={high}")
         masks = _as_label_array(masks, len(class_names))
         if masks.shape[0] == 0:
             raise ValueError("cannot fit anatomy rules on zero masks")
-        masks = remove_small_components(masks, len(class_names), min_component_pixels)
+        masks = remove_small_components(masks, len(class_names), config.min_component_pixels)
         features = anatomy_features(masks, len(class_names))
         ranges: dict[str, dict[str, tuple[float, float]] | None] = {}
         for k, name in enumerate(class_names[1:]):
@@ -269,16 +311,17 @@ class AnatomyRules:
             ranges[name] = {}
             for feature in _RANGE_FEATURES:
                 values = getattr(features, feature)[where, k]
-                ranges[name][feature] = (float(np.percentile(values, low, method="lower")),
-                                         float(np.percentile(values, high, method="higher")))
+                ranges[name][feature] = (float(np.percentile(values, config.low, method="lower")),
+                                         float(np.percentile(values, config.high, method="higher")))
         present = features.present.astype(np.int64)  # (N, C - 1)
         cooccurrence = (present.T @ present) > 0  # (C - 1, C - 1)
-        layout_rule = LayoutRule.fit(masks, len(class_names), subjects, k=layout_neighbours, quantile=layout_quantile,
-                                     floor_pixels=layout_floor_pixels) if layout else None
+        layout_rule = LayoutRule.fit(masks, len(class_names), subjects, k=config.layout_neighbours,
+                                     quantile=config.layout_quantile,
+                                     floor_pixels=config.layout_floor_pixels) if config.layout else None
         logger.info("anatomy rules fitted on %d real masks, %d classes", masks.shape[0], len(class_names))
-        return cls(class_names, ranges, cooccurrence, low=low, high=high, tolerance=tolerance,
-                   num_fitted=int(masks.shape[0]), range_rules=range_rules,
-                   min_component_pixels=min_component_pixels, layout=layout_rule, source=source)
+        return cls(class_names, ranges, cooccurrence, low=config.low, high=config.high, tolerance=config.tolerance,
+                   num_fitted=int(masks.shape[0]), range_rules=config.range_rules,
+                   min_component_pixels=config.min_component_pixels, layout=layout_rule, source=source)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able description of the rules (the inverse of :meth:`from_dict`)."""
@@ -310,10 +353,11 @@ class AnatomyRules:
         ranges = {name: None if value is None else {f: tuple(b) for f, b in value.items()}
                   for name, value in data["ranges"].items()}
         layout = LayoutRule.from_dict(data["layout"]) if data.get("layout") else None
-        return cls(class_names, ranges, cooccurrence, low=data.get("low", 0.5), high=data.get("high", 99.5),
-                   tolerance=data.get("tolerance", 1e-6), num_fitted=data.get("num_fitted", 0),
-                   range_rules=data.get("range_rules", tuple(_RULE_FEATURES)),
-                   min_component_pixels=data.get("min_component_pixels", 0), layout=layout,
+        return cls(class_names, ranges, cooccurrence, low=data.get("low", _DEFAULTS.low),
+                   high=data.get("high", _DEFAULTS.high), tolerance=data.get("tolerance", _DEFAULTS.tolerance),
+                   num_fitted=data.get("num_fitted", 0), range_rules=data.get("range_rules", _DEFAULTS.range_rules),
+                   min_component_pixels=data.get("min_component_pixels", _DEFAULTS.min_component_pixels),
+                   layout=layout,
                    source=data.get("source", ""))
 
     def check_batch(self, masks: np.ndarray | Tensor) -> tuple[np.ndarray, dict[str, np.ndarray]]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
@@ -29,7 +29,13 @@ from anatldm.evaluation.controls import flip_left_right, splice_levels
 from anatldm.evaluation.edits import evaluate_edits
 from anatldm.evaluation.protocol import EvaluationProtocol
 from anatldm.evaluation.report import ClaimCriteria, GateThresholds
-from anatldm.metrics import AnatomyRules, PlausibilityRate, PooledEncoderFeatures, make_fid_kid
+from anatldm.metrics import (
+    AnatomyRules,
+    PlausibilityRate,
+    PooledEncoderFeatures,
+    RulesConfig,
+    make_fid_kid,
+)
 from anatldm.models.networks import bottleneck_module
 from anatldm.models.registers import RegisterEdit
 from anatldm.pipelines import AnatomicalLDMPipeline
@@ -72,8 +78,8 @@ class EvaluationTask(AnatomyTask):
             subjects (seed ``calibration_phantom_seed``, disjoint from every evaluation subject);
             0 or folder data: the validation split.
         calibration_phantom_seed: phantom seed of the calibration subjects.
-        rules: options of :meth:`AnatomyRules.fit` (e.g. ``layout: true``, ``range_rules``,
-            ``min_component_pixels``).
+        rules: how the rules are learned (:class:`~anatldm.metrics.RulesConfig`, e.g. ``layout:
+            true``, ``range_rules``, ``min_component_pixels``; ``None``: its defaults).
         gate: the judge's pre-registered gate (``None``: :class:`GateThresholds` defaults).
         claim: the claim's success criteria (``None``: no verdict).
         num_bootstrap: bootstrap resamples of mean statistics.
@@ -97,7 +103,7 @@ class EvaluationTask(AnatomyTask):
         num_samples: int | None = None, sampler: SamplerName = "ddim", num_inference_steps: int = 50,
         seed: int = 0, sample_batch_size: int = 16,
         calibration: Literal["judge", "ground_truth"] = "judge", calibration_subjects: int = 0,
-        calibration_phantom_seed: int = 2, rules: dict[str, Any] | None = None,
+        calibration_phantom_seed: int = 2, rules: RulesConfig | None = None,
         gate: GateThresholds | None = None, claim: ClaimCriteria | None = None,
         num_bootstrap: int = 1000, num_bootstrap_costly: int = 200, confidence: float = 0.95,
         kid_subset_size: int = 100, max_training_slices: int = 2000, inception_weights: str | None = None,
@@ -168,7 +174,8 @@ class EvaluationTask(AnatomyTask):
                                                            hp.calibration_phantom_seed)
         labels = masks if hp.calibration == "ground_truth" else self._segment_all(images)
         source = f"{'ground truth' if hp.calibration == 'ground_truth' else 'judge predictions'} of {what}"
-        self.rules = AnatomyRules.fit(labels, self.class_names, subjects=subjects, source=source, **(hp.rules or {}))
+        self.rules = AnatomyRules.fit(labels, self.class_names, subjects=subjects, source=source,
+                                      config=results.as_dataclass(RulesConfig, hp.rules))
         self.lateralised = self.rules.lateralised_classes(labels)
         logger.info("rules: %s; lateralised classes (the flip control): %s", source,
                     [self.class_names[c] for c in self.lateralised] or "none")

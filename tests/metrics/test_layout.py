@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from anatldm.evaluation import flip_left_right, splice_levels
-from anatldm.metrics import AnatomyRules, LayoutRule, remove_small_components
+from anatldm.metrics import AnatomyRules, LayoutRule, RulesConfig, remove_small_components
 from tests.metrics.synthetic import CLASS_NAMES, LIVER, SPLEEN, synthetic_masks
 
 TOPOLOGY = {"range_rules": ["components", "holes"], "low": 0.0, "high": 100.0}
@@ -30,8 +30,8 @@ def _noisy_judge(masks: np.ndarray, seed: int) -> np.ndarray:
 def calibrated() -> AnatomyRules:
     masks = _noisy_judge(synthetic_masks(400, seed=0), seed=1)
     subjects = np.repeat(np.arange(20), 20)
-    return AnatomyRules.fit(masks, CLASS_NAMES, subjects=subjects, min_component_pixels=3, layout=True, **TOPOLOGY,
-                            source="judge predictions of 20 synthetic subjects")
+    return AnatomyRules.fit(masks, CLASS_NAMES, RulesConfig(min_component_pixels=3, layout=True, **TOPOLOGY),
+                            subjects=subjects, source="judge predictions of 20 synthetic subjects")
 
 
 def test_calibrated_rules_pass_real_slices_and_fail_flipped_ones(calibrated: AnatomyRules) -> None:
@@ -88,7 +88,8 @@ def test_bad_layout_settings() -> None:
     with pytest.raises(ValueError, match="subjects has 3 entries for 10 masks"):
         LayoutRule.fit(masks, len(CLASS_NAMES), subjects=[0, 1, 2])
     with pytest.raises(ValueError, match="range_rules"):
-        AnatomyRules.fit(masks, CLASS_NAMES, range_rules=["size"])
+        AnatomyRules(CLASS_NAMES, {name: None for name in CLASS_NAMES[1:]}, np.zeros((len(CLASS_NAMES) - 1,) * 2, dtype=bool),
+                     range_rules=["size"])
 
 
 def test_controls_flip_columns_and_splice_distant_levels() -> None:

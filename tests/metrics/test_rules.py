@@ -7,7 +7,8 @@ import pytest
 import torch
 from scipy import ndimage
 
-from anatldm.metrics import AnatomyRules, anatomy_features
+from anatldm.errors import ConfigError
+from anatldm.metrics import AnatomyRules, RulesConfig, anatomy_features
 from tests.metrics.synthetic import BONE, CLASS_NAMES, KIDNEY, LIVER, LUNG, synthetic_masks
 
 
@@ -83,7 +84,6 @@ def test_absent_class_is_not_a_violation_but_an_unseen_class_is() -> None:
     ({"class_names": ["background"]}, "at least one foreground"),
     ({"class_names": ["background", "a", "a"]}, "unique"),
     ({"class_names": ["background", "a/b", "c"]}, "free of '/'"),
-    ({"low": 60.0, "high": 40.0}, "percentiles"),
     ({"masks": np.zeros((2, 4, 4), dtype=np.float32)}, "integer"),
     ({"masks": np.full((2, 4, 4), 7)}, r"\[7, 7\]"),
     ({"masks": np.zeros((4, 4), dtype=np.int64)}, r"\(N, H, W\)"),
@@ -92,6 +92,39 @@ def test_fit_errors(kwargs: dict, match: str) -> None:
     arguments = {"masks": np.zeros((2, 4, 4), dtype=np.int64), "class_names": ["background", "a", "b"]} | kwargs
     with pytest.raises(ValueError, match=match):
         AnatomyRules.fit(**arguments)
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"low": -1.0}, "model.rules.low must lie in [0, 100), got -1.0"),
+    ({"low": 60.0, "high": 40.0}, "model.rules.high must lie in (model.rules.low = 60.0, 100], got 40.0"),
+    ({"high": 100.5}, "model.rules.high must lie in"),
+    ({"tolerance": -0.1}, "model.rules.tolerance must be >= 0"),
+    ({"range_rules": ["components", "size"]}, "model.rules.range_rules: ['size'] are not among"),
+    ({"min_component_pixels": -2}, "model.rules.min_component_pixels must be >= 0, got -2"),
+    ({"layout_neighbours": 0}, "model.rules.layout_neighbours must be at least 1, got 0"),
+    ({"layout_quantile": 0.0}, "model.rules.layout_quantile must lie in (0, 1], got 0.0"),
+    ({"layout_floor_pixels": -1.0}, "model.rules.layout_floor_pixels must be >= 0"),
+])
+def test_rules_config_names_the_bad_key_in_one_line(fields: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        RulesConfig(**fields)
+    assert str(error.value).startswith(message) and "\n" not in str(error.value)
+
+
+def test_fit_follows_its_config(caplog: pytest.LogCaptureFixture) -> None:
+    masks = synthetic_masks(100, seed=4)
+    config = RulesConfig(range_rules=["holes", "components"], low=0.0, high=100.0, tolerance=0.0)
+    with caplog.at_level("WARNING"):
+        rules = AnatomyRules.fit(masks, CLASS_NAMES, config)
+    assert not caplog.records  # no class is absent: nothing to warn about
+    assert rules.range_rules == ["components", "holes"] and (rules.low, rules.high, rules.tolerance) == (0.0, 100.0, 0.0)
+    assert rules.rule_names == [f"{name}/{rule}" for name in CLASS_NAMES[1:] for rule in ("components", "holes")] + \
+        ["cooccurrence"]
+    present = anatomy_features(masks, len(CLASS_NAMES)).area[:, LIVER - 1]
+    assert rules.ranges["liver"]["area"] == (present[present > 0].min(), present.max())  # low 0, high 100: the extremes
+    defaults = AnatomyRules.fit(masks, CLASS_NAMES)
+    assert defaults.to_dict() == AnatomyRules.fit(masks, CLASS_NAMES, RulesConfig()).to_dict()
+    assert defaults.range_rules == ["components", "holes", "area", "centroid"] and defaults.layout is None
 
 
 def test_from_dict_errors(rules: AnatomyRules) -> None:

@@ -33,9 +33,10 @@ def _eval_config(checkpoints: dict, out: Path, **overrides) -> Path:
     return path
 
 
-def test_report_has_every_field(checkpoints: dict, tmp_path: Path) -> None:
+def test_report_has_every_field(checkpoints: dict, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     out = tmp_path / "report"
-    main(["test", "--config", str(_eval_config(checkpoints, out))])
+    with caplog.at_level("WARNING", logger="anatldm"):
+        main(["test", "--config", str(_eval_config(checkpoints, out))])
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert report["feature_source"].startswith("judge") and report["num_samples_per_model"] == 10
     assert set(report["results"]) == {"register", "baseline"}
@@ -63,6 +64,9 @@ def test_report_has_every_field(checkpoints: dict, tmp_path: Path) -> None:
     assert report["real_floor"]["fid"]["value"] >= 0 and report["pairs"][0]["name"] == "register vs baseline"
     rules = json.loads((out / "rules.json").read_text(encoding="utf-8"))
     assert rules["class_names"][0] == "background"
+    absent = [r.getMessage() for r in caplog.records if "is absent from all" in r.getMessage()]
+    unseen = [name for name, ranges in rules["ranges"].items() if ranges is None]
+    assert len(absent) == len(unseen), absent  # one warning per class the calibration lacks, none from the checks
     for png in ("samples_register.png", "samples_register_head.png", "samples_baseline.png"):
         assert (out / png).stat().st_size > 5000
 
@@ -71,7 +75,8 @@ def test_report_has_every_field(checkpoints: dict, tmp_path: Path) -> None:
     ({"baseline": "nope"}, "model.baseline 'nope' is not one of the generators"),
     ({"segmenter": "/nonexistent.ckpt"}, "model.segmenter: checkpoint /nonexistent.ckpt not found"),
     ({"num_samples": 0}, "model.num_samples must be at least 1"),
-    ({"rules": {"layout_neighbour": 3}}, "model.rules: "),
+    ({"rules": {"layout_neighbour": 3}}, "model.rules: Option 'layout_neighbour' is not accepted"),
+    ({"rules": {"layout_quantile": 1.5}}, "model.rules.layout_quantile must lie in (0, 1], got 1.5"),
     ({"claim": {"arm": "baseline"}}, "model.claim.arm 'baseline' must be a generator other than model.baseline"),
     ({"generators": {"register": ["a.ckpt", "b.ckpt"], "baseline": "c.ckpt"}},
      "arms compared with a baseline need one checkpoint per training seed each"),
