@@ -11,6 +11,7 @@ discriminator on. Peak memory is the rise of the process's resident set size (Li
 
 from __future__ import annotations
 
+import argparse
 import os
 import statistics
 import sys
@@ -104,5 +105,6 @@ def run() -> list[dict]:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     for row in run():
         sys.stdout.write(f"{row['benchmark']:<40} {row['value']:>10.1f} {row['unit']:<4} {row['note']}\n")

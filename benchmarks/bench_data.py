@@ -11,6 +11,7 @@ compare with ``ldm/train_step_register`` of ``bench_ldm.py`` (16 samples per ste
 
 from __future__ import annotations
 
+import argparse
 import tempfile
 import time
 
@@ -69,5 +70,6 @@ def _without_augmentation(settings: dict, workers: int) -> AnatomyDataModule:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     for row in run():
         print(f"{row['benchmark']:<34} {row['value']:>10.4g} {row['unit']:<10} {row['note']}")

@@ -18,6 +18,7 @@ transformer block with self-attention, cross-attention and feed-forward at every
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import tempfile
 import time
@@ -148,5 +149,6 @@ def run() -> list[dict]:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     for row in run():
         print(f"{row['benchmark']:<34} {row['value']:>10.4g} {row['unit']:<7} {row['note']}")

@@ -7,6 +7,7 @@ Rows: anatomy-rule check of 1000 label maps (the plausibility rate), 500 MS-SSIM
 
 from __future__ import annotations
 
+import argparse
 import time
 
 import numpy as np
@@ -66,5 +67,6 @@ def run() -> list[dict]:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     for row in run():
         print(row)

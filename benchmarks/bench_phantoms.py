@@ -7,6 +7,7 @@ numbers do not depend on how many cores the machine has or what else this proces
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -67,8 +68,11 @@ def run() -> list[dict]:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--worker":
-        _worker(sys.argv[2])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--worker", metavar="FAMILY", help="time one family in this process (what run() starts)")
+    options = parser.parse_args()
+    if options.worker:
+        _worker(options.worker)
     else:
         for row in run():
             print(row)

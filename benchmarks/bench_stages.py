@@ -10,6 +10,7 @@ are skipped until ``make quickstart`` has produced it.
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 import tempfile
@@ -88,5 +89,6 @@ def run() -> list[dict]:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     for row in run():
         print(f"{row['benchmark']:<24} {row['value']:>8.4g} {row['unit']:<4} {row['note']}")

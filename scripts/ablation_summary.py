@@ -10,8 +10,8 @@ specificity and target area change of each edit, and the gate.
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
 from anatldm.atomic import write_text_atomic
@@ -82,20 +82,29 @@ def table(summaries: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str]) -> None:
-    if argv[:1] == ["--table"]:
-        folder, out = Path(argv[1]), Path(argv[2])
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--table", nargs=2, metavar=("FOLDER", "OUT.json"),
+                        help="write the table of every summary in FOLDER instead of one summary")
+    parser.add_argument("variant", nargs="?", help="the variant's name")
+    parser.add_argument("run_dir", nargs="?", type=Path, help="the variant's run folder")
+    parser.add_argument("out", nargs="?", type=Path, help="where its summary goes (JSON)")
+    options = parser.parse_args(argv)
+    if options.table:
+        folder, out = map(Path, options.table)
         summaries = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
         write_text_atomic(out, json.dumps({s["variant"]: s for s in summaries}, indent=1))
         write_text_atomic(out.with_suffix(".md"), table(summaries))
         print(table(summaries))
         return
-    variant, run_dir, out = argv
-    summary = summarise(variant, Path(run_dir))
+    if options.out is None:
+        parser.error("VARIANT RUN_DIR OUT.json are required without --table")
+    variant, out = options.variant, options.out
+    summary = summarise(variant, options.run_dir)
     write_text_atomic(Path(out), json.dumps(summary, indent=1))
     print(f"{variant}: plausibility change {_interval(summary['relative_plausibility_change'])}, "
           f"KID ratio {summary['kid_ratio']:.3f}, gate {'passed' if summary['gate_passed'] else 'FAILED'}")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()
