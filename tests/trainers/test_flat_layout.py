@@ -14,8 +14,8 @@ import yaml
 
 from anatldm.cli import main
 from anatldm.trainers import AnatomicalLDMTask
-from anatldm.trainers.flat_layout import FLAT_TO_NESTED, is_flat_layout, nest_flat_hyperparameters
 from anatldm.trainers.base import load_task
+from anatldm.trainers.flat_layout import FLAT_TO_NESTED, is_flat_layout, nest_flat_hyperparameters
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "legacy_ldm"
 ANATLDM = str(Path(sys.executable).parent / "anatldm")
