@@ -6,7 +6,6 @@ import dataclasses
 import json
 import logging
 from pathlib import Path
-from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -25,6 +24,7 @@ from anatldm.interpret import (
     save_association,
     save_attention_panels,
 )
+from anatldm.pipelines.ldm import AnatomicalLDMPipelineOutput
 from anatldm.visualize import save_overlay_grid
 
 __all__ = ["EMAWeightAveraging", "SampleWriter", "to_raw_intensity"]
@@ -46,7 +46,8 @@ class SampleWriter(BasePredictionWriter):
     under a temporary name and renamed, so an interrupted run leaves no half-written file.
     Slices are stored as one-slice RAS+ volumes in the orientation of the training data.
 
-    With ``save_attention`` (models with registers): ``sample_<seed>_attention.png`` for the
+    With ``model.sampling.record_attention: true`` (models with registers; the predictions then
+    carry the attention maps): ``sample_<seed>_attention.png`` for the
     first ``attention_panels`` samples (each register's cross-attention map per level and
     averaged over levels, averaged over heads and the model's last ``attention_steps`` steps),
     and over all samples as generated (register edits included) the register-class association
@@ -57,20 +58,18 @@ class SampleWriter(BasePredictionWriter):
     Args:
         output_dir: folder of the outputs, created if needed.
         grid_size: samples shown in ``samples.png``.
-        save_attention: record and save register attention maps and the association table.
         attention_panels: samples (per process) that get an attention PNG.
-        segmenter: ``SegmenterTask`` checkpoint for the association with segmenter masks.
+        segmenter: ``SegmenterTask`` checkpoint for the association with segmenter masks (needs
+            ``model.sampling.record_attention: true``).
     """
 
-    def __init__(self, output_dir: str = "samples", grid_size: int = 16, save_attention: bool = False,
-                 attention_panels: int = 16, segmenter: str | None = None) -> None:
+    def __init__(self, output_dir: str = "samples", grid_size: int = 16, attention_panels: int = 16,
+                 segmenter: str | None = None) -> None:
         super().__init__(write_interval="batch")
-        if segmenter is not None and not save_attention:
-            raise ConfigError("SampleWriter.segmenter is only used with save_attention: true")
         check_output_folder(output_dir, "SampleWriter.output_dir")
         self.output_dir = Path(output_dir)
         self.grid_size = grid_size
-        self.save_attention = save_attention
+        self._edits: tuple[list, list[dict]] = ([], [])  # the sampling's edits and the registers they touched
         self.attention_panels = attention_panels
         self.segmenter_path = segmenter
         self._grid: list[tuple[np.ndarray, np.ndarray | None, int]] = []
@@ -79,9 +78,11 @@ class SampleWriter(BasePredictionWriter):
         self._panels = 0
 
     def on_predict_start(self, trainer, pl_module) -> None:
-        self._grid, self._associations, self._panels = [], {}, 0
-        if self.save_attention:
+        self._grid, self._associations, self._panels, self._edits = [], {}, 0, ([], [])
+        if pl_module.pipeline.sampling.record_attention:
             self._start_attention(pl_module)
+        elif self.segmenter_path is not None:
+            raise ConfigError("SampleWriter.segmenter is only used with model.sampling.record_attention: true")
         self.output_dir.mkdir(parents=True, exist_ok=True)
         if trainer.is_global_zero:
             write_text_atomic(self.output_dir / "classes.json", json.dumps(pl_module.pipeline.class_names))
@@ -90,7 +91,8 @@ class SampleWriter(BasePredictionWriter):
         pipeline = pl_module.pipeline
         registers = pipeline.denoiser.registers
         if registers is None:
-            raise ConfigError("SampleWriter.save_attention: this model has no register bank (num_registers is 0)")
+            raise ConfigError("model.sampling.record_attention: this model has no register bank "
+                              "(model.denoiser.registers.num_registers is 0)")
         if self.segmenter_path is not None:
             from anatldm.trainers.base import load_task  # a trainer module: import when used
             from anatldm.trainers.segmenter import SegmenterTask
@@ -100,40 +102,40 @@ class SampleWriter(BasePredictionWriter):
             if self._segmenter.hparams.num_classes != len(pipeline.class_names):
                 raise ConfigError(f"SampleWriter.segmenter: {self.segmenter_path} has "
                                   f"{self._segmenter.hparams.num_classes} classes, the model {len(pipeline.class_names)}")
-        pl_module.record_attention = True
         sources = (["head"] if pipeline.denoiser.head is not None else []) + (["segmenter"] if self._segmenter else [])
         self._associations = {source: RegisterAssociation(registers.num_registers, len(pipeline.class_names))
                               .to(pl_module.device) for source in sources}
 
-    def write_on_batch_end(self, trainer, pl_module, prediction: dict[str, Any], batch_indices, batch,
+    def write_on_batch_end(self, trainer, pl_module, prediction: AnatomicalLDMPipelineOutput, batch_indices, batch,
                            batch_idx: int, dataloader_idx: int = 0) -> None:
-        images = prediction["image"][:, 0].float().cpu().numpy()  # (B, H, W) in [-1, 1]
-        masks = None if prediction["mask"] is None else prediction["mask"].cpu().numpy().astype(np.uint8)
+        images = prediction.images[:, 0].float().cpu().numpy()  # (B, H, W) in [-1, 1]
+        masks = None if prediction.masks is None else prediction.masks.cpu().numpy().astype(np.uint8)
+        self._edits = (prediction.sampling.edits if prediction.sampling else [], prediction.applied_edits)
         normalization = pl_module.pipeline.normalization
         spacing = normalization.get("spacing") or [1.0, 1.0]
         affine = np.diag([float(spacing[1]), float(spacing[0]), 1.0, 1.0])  # columns = x, rows = y
         raw = to_raw_intensity(images, normalization)
-        for index, seed in enumerate(prediction["seed"].tolist()):
+        for index, seed in enumerate(prediction.seeds):
             stem = f"sample_{int(seed):06d}"
             _save_nifti(display_to_ras(raw[index][None]), affine, self.output_dir / f"{stem}_image.nii.gz")
             if masks is not None:
                 _save_nifti(display_to_ras(masks[index][None]), affine, self.output_dir / f"{stem}_label.nii.gz")
             if len(self._grid) < self.grid_size:
                 self._grid.append((images[index], None if masks is None else masks[index], int(seed)))
-        if self.save_attention:
+        if prediction.attention is not None:
             self._write_attention(pl_module, prediction, images, masks)
 
-    def _write_attention(self, pl_module, prediction: dict[str, Any], images: np.ndarray,
+    def _write_attention(self, pl_module, prediction: AnatomicalLDMPipelineOutput, images: np.ndarray,
                          masks: np.ndarray | None) -> None:
         pipeline = pl_module.pipeline
-        maps = attention_at_image_size(prediction["attention"], pipeline.image_size)  # level -> (B, K, H, W)
+        maps = attention_at_image_size(prediction.attention, pipeline.image_size)  # level -> (B, K, H, W)
         if "head" in self._associations:
-            self._associations["head"].update(maps["mean"], prediction["mask"])
+            self._associations["head"].update(maps["mean"], prediction.masks)
         if "segmenter" in self._associations:
             with torch.no_grad():
-                segmented = self._segmenter(prediction["image"].float()).argmax(1)
+                segmented = self._segmenter(prediction.images.float()).argmax(1)
             self._associations["segmenter"].update(maps["mean"], segmented)
-        for index, seed in enumerate(prediction["seed"].tolist()):
+        for index, seed in enumerate(prediction.seeds):
             if self._panels >= self.attention_panels:
                 break
             self._panels += 1
@@ -145,18 +147,17 @@ class SampleWriter(BasePredictionWriter):
     def on_predict_end(self, trainer, pl_module) -> None:
         tables = {source: metric.compute() for source, metric in self._associations.items()}  # collective
         class_names = pl_module.pipeline.class_names
-        pl_module.record_attention = False
+        edits, applied = self._edits
         if trainer.is_global_zero:
             for source, table in tables.items():
                 save_association(table.cpu(), class_names, self.output_dir,
                                  source=("anatomy head" if source == "head" else "segmenter")
-                                 + (", edited bank (see edits.json)" if pl_module.register_edits else ""),
+                                 + (", edited bank (see edits.json)" if edits else ""),
                                  num_samples=int(self._associations[source].num_samples),
                                  stem="association" if source == "head" else "association_segmenter")
-            if pl_module.register_edits:
-                edits = [dataclasses.asdict(edit) for edit in pl_module.register_edits]
-                write_text_atomic(self.output_dir / "edits.json",
-                             json.dumps({"edits": edits, "resolved": pl_module.applied_edits}, indent=1))
+            if edits:
+                write_text_atomic(self.output_dir / "edits.json", json.dumps(
+                    {"edits": [dataclasses.asdict(edit) for edit in edits], "resolved": applied}, indent=1))
         if not self._grid:
             return
         images = np.stack([g[0] for g in self._grid])

@@ -38,6 +38,12 @@ from anatldm.errors import (
 )
 from anatldm.resume import CheckpointOnSigterm, StepSeeding
 from anatldm.trainers import AnatomyTask
+from anatldm.trainers.flat_layout import (
+    FLAT_TO_NESTED,
+    is_flat_layout,
+    moved_key_error,
+    nest_flat_hyperparameters,
+)
 
 __all__ = ["main"]
 
@@ -141,6 +147,8 @@ def _check_checkpoint(path: str, model_class_path: str | None) -> None:
     module, _, name = model_class_path.rpartition(".")
     model_class = getattr(importlib.import_module(module), name)
     hparams = checkpoint.get("hyper_parameters") or {}
+    if name == "AnatomicalLDMTask" and is_flat_layout(hparams):
+        hparams = nest_flat_hyperparameters(hparams)  # an old checkpoint: converted on load
     accepted = set(inspect.signature(model_class.__init__).parameters)
     foreign = sorted(set(hparams) - accepted - {"_instantiator", "_class_path"})
     saved_class = hparams.get("_class_path")
@@ -149,8 +157,50 @@ def _check_checkpoint(path: str, model_class_path: str | None) -> None:
                           f"{foreign or saved_class} belong to another stage)")
 
 
+def _check_moved_keys(args: list[str]) -> None:
+    """A key of ``AnatomicalLDMTask``'s previous flat layout (``model.init_args.num_registers``)
+    in a config file or on the command line: one line naming its new nested key."""
+    configs = []
+    for path in [value for option, value in zip(args, args[1:], strict=False) if option == "--config"] + \
+            [arg.split("=", 1)[1] for arg in args if arg.startswith("--config=")]:
+        try:
+            configs.append(yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {})
+        except (OSError, yaml.YAMLError):
+            continue  # reported by _check_yaml_files or jsonargparse
+    models = [config["model"] for config in configs if isinstance(config, dict) and isinstance(config.get("model"), dict)]
+    class_paths = [str(model.get("class_path", "")) for model in models]
+    class_paths += [value for option, value in zip(args, args[1:], strict=False) if option in ("--model", "--model.class_path")]
+    if not any(path.rpartition(".")[2] == "AnatomicalLDMTask" for path in class_paths):
+        return
+    for model in models:
+        for prefix, section in (("model.init_args", model.get("init_args")), ("model", model)):
+            for name in section if isinstance(section, dict) else ():
+                if name in FLAT_TO_NESTED:
+                    raise moved_key_error(prefix, name)
+    for arg in args:
+        option = arg.split("=", 1)[0]
+        for prefix in ("--model.init_args.", "--model."):
+            if option.startswith(prefix) and option[len(prefix):] in FLAT_TO_NESTED:
+                raise moved_key_error(prefix[2:-1], option[len(prefix):])
+
+
 class AnatLDMCLI(LightningCLI):
     """Stock LightningCLI plus checks of every input before Lightning writes its run folder."""
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning's, with the hyperparameters of a flat-layout ``AnatomicalLDMTask``
+        checkpoint nested first (:mod:`anatldm.trainers.flat_layout`)."""
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not ckpt_path or not Path(ckpt_path).is_file():
+            return super()._parse_ckpt_path()
+        hparams = torch.load(ckpt_path, weights_only=True, map_location="cpu", mmap=True).get("hyper_parameters") or {}
+        if not (str(hparams.get("_class_path", "")).endswith("AnatomicalLDMTask") and is_flat_layout(hparams)):
+            return super()._parse_ckpt_path()
+        hparams = nest_flat_hyperparameters(hparams)
+        hparams.pop("_instantiator", None)
+        model = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        self.config = self.parser.parse_object({subcommand: {"model": model}}, self.config)
 
     def parse_arguments(self, parser, args) -> None:
         super().parse_arguments(parser, args)
@@ -213,6 +263,7 @@ def export_main(args: list[str]) -> str:
     saved) as a pipeline folder that needs neither Lightning nor the autoencoder bundle."""
     import argparse
 
+    from anatldm.diffusion.sampling import SamplingConfig
     from anatldm.diffusion.schedulers import SAMPLERS
     from anatldm.trainers import AnatomicalLDMTask
     from anatldm.trainers.base import load_task
@@ -226,12 +277,11 @@ def export_main(args: list[str]) -> str:
     options = parser.parse_args(args)
     check_output_folder(options.out, "--out")
     task = load_task(AnatomicalLDMTask, options.ckpt_path, "--ckpt_path")
-    if options.sampler:
-        task.sampler_name = options.sampler
-    if options.num_inference_steps is not None:
-        if options.num_inference_steps < 1:
-            raise ConfigError(f"--num_inference_steps must be at least 1, got {options.num_inference_steps}")
-        task.num_inference_steps = options.num_inference_steps
+    overrides = {"sampler": options.sampler, "num_inference_steps": options.num_inference_steps}
+    try:
+        task.pipeline.sampling = task.pipeline.settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ConfigError as err:  # named by its option here: --num_inference_steps
+        raise ConfigError(str(err).replace(f"{SamplingConfig.key}.", "--")) from None
     path = task.pipeline.save_pretrained(options.out, extra={"source": {
         "checkpoint": str(options.ckpt_path), "autoencoder": str(task.hparams.autoencoder)}})
     return f"wrote {path} (load it with AnatomicalLDMPipeline.from_pretrained)"
@@ -256,6 +306,7 @@ def main(args: list[str] | None = None) -> None:
             _help_with_data_options(args[0])
             raise SystemExit(0)
         _check_yaml_files(args)
+        _check_moved_keys(args)
         _lightning_cli(args)
     except SIGTERMException:  # pre-empted: CheckpointOnSigterm saved last.ckpt (fit); outputs so far are complete
         print(f"anatldm: stopped by SIGTERM; resume with: anatldm {' '.join(args)} --ckpt_path last"

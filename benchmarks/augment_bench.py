@@ -108,15 +108,14 @@ def low_data_subset(subjects: np.ndarray, fraction: float, seed: int = 0) -> np.
 def synthesize(checkpoint: str, count: int, sampler: str, steps: int, autoencoder: str | None,
                judge: SegmenterTask | None, seed: int, batch_size: int = 50) -> tuple[np.ndarray, np.ndarray]:
     """``count`` samples (seeds ``seed ..``): masks from the head, or from ``judge`` when given."""
-    overrides = {"sampler": sampler, "num_inference_steps": steps}
+    overrides = {"sampling": {"sampler": sampler, "num_inference_steps": steps}}
     if autoencoder:
         overrides["autoencoder"] = autoencoder
     model = AnatomicalLDMTask.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True, **overrides).eval()
     images, masks = [], []
-    for start in range(0, count, batch_size):
-        out = model.generate(list(range(seed + start, seed + min(count, start + batch_size))))
-        image = out["image"].float().clamp(-1, 1)  # (B, 1, H, W)
-        mask = judge(image).argmax(1) if judge is not None else out["mask"]
+    for out in model.pipeline.generate_batches(range(seed, seed + count), batch_size):
+        image = out.images.float().clamp(-1, 1)  # (B, 1, H, W)
+        mask = judge(image).argmax(1) if judge is not None else out.masks
         if mask is None:
             raise SystemExit(f"{checkpoint}: no anatomy head; its samples need the judge's pseudo-labels")
         images.append(image[:, 0].numpy())

@@ -26,8 +26,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from anatldm.diffusion import make_sampler, make_train_scheduler, sample_latents
 from anatldm.diffusion.sampling import initial_noise
-from anatldm.losses import AnatomyLoss
-from anatldm.models.denoiser import AnatomicalDenoiser
+from anatldm.losses import AnatomyLoss, AnatomyLossConfig
+from anatldm.models.denoiser import AnatomicalDenoiser, DenoiserConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense, vendor datasheets
@@ -40,13 +40,9 @@ def _args(name: str) -> dict:
 
 def _denoiser(config: str) -> AnatomicalDenoiser:
     a = _args(config)
-    return AnatomicalDenoiser(
-        in_channels=3, channels=a["channels"], num_res_blocks=a["num_res_blocks"],
-        attention_levels=a["attention_levels"], norm_num_groups=a["norm_num_groups"],
-        num_head_channels=a["num_head_channels"], num_registers=a["num_registers"], register_dim=a["register_dim"],
-        register_levels=a["register_levels"], register_heads=a["register_heads"],
-        num_classes=NUM_CLASSES if a["anatomy_weight"] > 0 else 0, head_levels=a["head_levels"],
-        head_channels=a["head_channels"])
+    head = AnatomyLossConfig(**a.get("anatomy_loss", {})).enabled
+    return AnatomicalDenoiser.from_config(DenoiserConfig(**a["denoiser"]), spatial_dims=2, in_channels=3,
+                                          num_classes=NUM_CLASSES if head else 0)
 
 
 def _autoencoder() -> AutoencoderKL:

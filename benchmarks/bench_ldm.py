@@ -76,18 +76,19 @@ def _alternate(steps: dict) -> dict[str, float]:
 
 def _denoiser_designs(batch_size: int = 16) -> dict[str, float]:
     """Denoiser-only step time: no registers, our registers, MONAI's transformer conditioning."""
-    args = _init_args("ldm.yaml")
+    args = _init_args("ldm.yaml")["denoiser"]
+    registers = args["registers"]
     common = {"spatial_dims": 2, "in_channels": 4, "out_channels": 4, "channels": args["channels"],
               "num_res_blocks": args["num_res_blocks"], "attention_levels": args["attention_levels"],
               "norm_num_groups": args["norm_num_groups"], "num_head_channels": args["num_head_channels"]}
     from anatldm.models.denoiser import AnatomicalDenoiser
 
     plain = AnatomicalDenoiser(num_registers=0, **{k: v for k, v in common.items() if k != "out_channels"})
-    ours = AnatomicalDenoiser(num_registers=args["num_registers"], register_dim=args["register_dim"],
-                              register_levels=args["register_levels"], register_heads=args["register_heads"],
+    ours = AnatomicalDenoiser(num_registers=registers["num_registers"], register_dim=registers["dim"],
+                              register_levels=registers["levels"], register_heads=registers["heads"],
                               **{k: v for k, v in common.items() if k != "out_channels"})
-    monai = DiffusionModelUNet(with_conditioning=True, cross_attention_dim=args["register_dim"], **common)
-    bank = torch.nn.Parameter(torch.randn(args["num_registers"], args["register_dim"]) * 0.02)
+    monai = DiffusionModelUNet(with_conditioning=True, cross_attention_dim=registers["dim"], **common)
+    bank = torch.nn.Parameter(torch.randn(registers["num_registers"], registers["dim"]) * 0.02)
     x, t = torch.randn(batch_size, 4, 16, 16), torch.randint(0, 1000, (batch_size,))
 
     def make(forward, parameters):
@@ -113,11 +114,13 @@ def run() -> list[dict]:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     with tempfile.TemporaryDirectory() as tmp:
         bundle = str(_bundle(Path(tmp)))
-        variants = {"register": {}, "read_write": {"register_mode": "read_write"},
-                    "attention": {"register_supervision": "attention"},
-                    "read_write_attention": {"register_mode": "read_write", "register_supervision": "attention"}}
-        tasks = {name: AnatomicalLDMTask(**{**_init_args("ldm.yaml"), "autoencoder": bundle, **options})
-                 for name, options in variants.items()}
+        variants = {"register": {}, "read_write": {"mode": "read_write"}, "attention": {"supervision": "attention"},
+                    "read_write_attention": {"mode": "read_write", "supervision": "attention"}}
+        tasks = {}
+        for name, options in variants.items():
+            args = _init_args("ldm.yaml")
+            args["denoiser"]["registers"].update(options)
+            tasks[name] = AnatomicalLDMTask(**{**args, "autoencoder": bundle})
         register = tasks["register"]
         baseline = AnatomicalLDMTask(**{**_init_args("ldm_baseline.yaml"), "autoencoder": bundle})
         images = torch.rand(16, 1, 64, 64) * 2 - 1

@@ -67,11 +67,14 @@ def run(checkpoint: Path = QUICKSTART / "ldm" / "checkpoints" / "last.ckpt",
             metrics.fid.update(real[start:start + BATCH], real=True)
             metrics.kid.update(real[start:start + BATCH], real=True)
         seconds, passed = 0.0, []
-        for start in range(0, count, BATCH):
-            seeds = range(start, min(start + BATCH, count))
+        batches = model.pipeline.generate_batches(range(count), BATCH, sampler=sampler, num_inference_steps=steps)
+        while True:
             begin = time.perf_counter()
-            images = model.generate(seeds, sampler=sampler, num_inference_steps=steps)["image"]
+            out = next(batches, None)
             seconds += time.perf_counter() - begin
+            if out is None:
+                break
+            images = out.images
             metrics.fid.update(images, real=False)
             metrics.kid.update(images, real=False)
             with torch.no_grad():

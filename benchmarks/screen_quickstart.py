@@ -52,8 +52,7 @@ def screen_autoencoder(path: str, judge, rules: AnatomyRules, images: torch.Tens
 def screen_ldm(path: str, judge, rules: AnatomyRules, samples: int, batch: int = 64) -> dict:
     pipeline = AnatomicalLDMPipeline.from_pretrained(path).eval()
     passed, dice = [], []
-    for start in range(0, samples, batch):
-        out = pipeline.generate(seeds=range(start, min(start + batch, samples)))
+    for out in pipeline.generate_batches(range(samples), batch):
         labels = judge(out.images).argmax(1)
         passed.append(rules.check_batch(labels)[0])
         if out.masks is not None:
@@ -62,7 +61,8 @@ def screen_ldm(path: str, judge, rules: AnatomyRules, samples: int, batch: int =
             dice.append((2 * overlap / total.clamp(min=1)).numpy())
     passed = np.concatenate(passed)
     rate = float(passed.mean())
-    row = {"model": path, "samples": samples, "sampler": pipeline.sampler, "steps": pipeline.num_inference_steps,
+    row = {"model": path, "samples": samples, "sampler": pipeline.sampling.sampler,
+           "steps": pipeline.sampling.num_inference_steps,
            "plausibility_rate": round(rate, 3),
            "half_width_95": round(1.96 * float(np.sqrt(rate * (1 - rate) / samples)), 3)}
     if dice:

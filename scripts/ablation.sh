@@ -20,9 +20,9 @@ options() {  # the variant's options, as CLI overrides of configs/claim/ldm.yaml
   case "$1" in
     literal)    echo "" ;;  # no training: the claim run's register models (trained before the fixes)
     fixes)      echo "" ;;
-    timestep)   echo "--model.init_args.anatomy_timestep_weighting snr_cutoff --model.init_args.anatomy_snr_cutoff 0.05" ;;
-    read_write) echo "--model.init_args.register_mode read_write" ;;
-    attention)  echo "--model.init_args.register_supervision attention --model.init_args.supervised_registers_per_class 2" ;;
+    timestep)   echo "--model.init_args.anatomy_loss.timestep_weighting snr_cutoff --model.init_args.anatomy_loss.snr_cutoff 0.05" ;;
+    read_write) echo "--model.init_args.denoiser.registers.mode read_write" ;;
+    attention)  echo "--model.init_args.denoiser.registers.supervision attention --model.init_args.denoiser.registers.supervised_per_class 2" ;;
     combined)   [[ -n "${COMBINED:-}" ]] || { echo "ablation: COMBINED must hold the adopted options" >&2; exit 2; }
                 echo "$COMBINED" ;;
     *) echo "unknown variant '$1' (literal, fixes, timestep, read_write, attention, combined)" >&2; exit 2 ;;

@@ -5,8 +5,8 @@
 #   make claim            # skips stages whose outputs exist
 #   make claim FORCE=1    # redoes every stage
 #   make claim HALF=0     # without the 50 %-of-training evaluation
-#   make claim EXTRA_ARMS=1  # also the optional arms: head only (num_registers 0, anatomy_weight 2)
-#                            # and registers only (num_registers 16, anatomy_weight 0), 3 seeds each,
+#   make claim EXTRA_ARMS=1  # also the optional arms: head only (denoiser.registers.num_registers 0, anatomy_loss.weight 2)
+#                            # and registers only (denoiser.registers.num_registers 16, anatomy_loss.weight 0), 3 seeds each,
 #                            # evaluated beside the two main arms (report: runs/claim/extra/)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -56,8 +56,8 @@ if [[ "$EXTRA_ARMS" != 0 ]]; then  # the optional arms: what each half of the me
   for s in "${SEEDS[@]}"; do
     for arm in head_only registers_only; do
       case "$arm" in
-        head_only)      opts=(--model.init_args.num_registers 0 --model.init_args.anatomy_weight 2.0) ;;
-        registers_only) opts=(--model.init_args.num_registers 16 --model.init_args.anatomy_weight 0.0) ;;
+        head_only)      opts=(--model.init_args.denoiser.registers.num_registers 0 --model.init_args.anatomy_loss.weight 2.0) ;;
+        registers_only) opts=(--model.init_args.denoiser.registers.num_registers 16 --model.init_args.anatomy_loss.weight 0.0) ;;
       esac
       config="$RUNS/configs/ldm_${arm}_seed$s.yaml"
       sed -e "s#$RUNS/ldm_seed0#$RUNS/ldm_${arm}_seed$s#g" -e "s/^seed_everything: 0$/seed_everything: $s/" \

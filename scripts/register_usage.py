@@ -28,14 +28,14 @@ def main() -> None:
     if model.denoiser.registers is None:
         raise SystemExit(f"{args.checkpoint}: no register bank (a baseline)")
     seeds = list(range(args.samples))
-    learned = model.generate(seeds, sampler="ddim", num_inference_steps=args.steps, attention_steps=5)
-    ablated = model.generate(seeds, sampler="ddim", num_inference_steps=args.steps,
-                             registers=model.edited_registers([RegisterEdit("ablate")]))
-    change = (learned["image"] - ablated["image"]).abs().mean().item()
+    settings = {"sampler": "ddim", "num_inference_steps": args.steps, "attention_steps": 5}
+    learned = model.pipeline.generate(seeds, return_attention=True, **settings)
+    ablated = model.pipeline.generate(seeds, register_edits=[RegisterEdit("ablate")], **settings)
+    change = (learned.images - ablated.images).abs().mean().item()
     print(f"{args.checkpoint}: {model.denoiser.registers.num_registers} registers, token norm "
           f"{model.denoiser.registers.tokens.norm(dim=1).mean().item():.3f} (mean)")
     print(f"mean |image change| when every register is ablated: {change:.5f}")
-    for level, maps in sorted(learned["attention"].items()):
+    for level, maps in sorted(learned.attention.items()):
         relative = maps * maps.shape[1]
         print(f"{level}: K x attention share in [{relative.min().item():.3f}, {relative.max().item():.3f}]")
 

@@ -88,15 +88,16 @@ def stage_checkpoints(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactor
     ``register`` (LDM with 4 registers and the head), ``baseline`` (no registers, no head),
     ``segmenter`` (6 CT-phantom classes); ``root`` holds their phantom data and slice cache.
     """
-    from tests.conf import TINY_DENOISER
+    from tests.conf import ldm_args
 
     root = tmp_path_factory.mktemp("stages")
-    ldm = {"autoencoder": str(tiny_bundle), **TINY_DENOISER, "preview_every_n_epochs": 0}
+    ldm = {"autoencoder": str(tiny_bundle), **ldm_args(training__preview_every_n_epochs=0)}
     return {
         "register": _fit_tiny_stage(root, "register", {"class_path": "AnatomicalLDMTask",
-                                                       "init_args": {**ldm, "num_registers": 4}}),
+                                                       "init_args": ldm_args(ldm, denoiser__registers__num_registers=4)}),
         "baseline": _fit_tiny_stage(root, "baseline", {"class_path": "AnatomicalLDMTask",
-                                                       "init_args": {**ldm, "num_registers": 0, "anatomy_weight": 0.0}}),
+                                                       "init_args": ldm_args(ldm, denoiser__registers__num_registers=0,
+                                                                                     anatomy_loss__weight=0.0)}),
         "segmenter": _fit_tiny_stage(root, "segmenter", {"class_path": "SegmenterTask", "init_args": {
             "num_classes": 6, "channels": [8, 16, 32], "strides": [2, 2]}}),
         "root": root,

@@ -30,7 +30,7 @@ import yaml
 
 from anatldm.cli import main
 from anatldm.models.autoencoder_bundle import BUNDLE_CONFIG, BUNDLE_WEIGHTS
-from tests.conf import TINY_DATA, TINY_DENOISER, VAE_DATA, VAE_MODEL
+from tests.conf import TINY_DATA, VAE_DATA, VAE_MODEL, ldm_args
 from tests.conftest import labelled_volume, write_nifti
 
 ANATLDM = str(Path(sys.executable).parent / "anatldm")
@@ -118,8 +118,8 @@ def base_config(stage: str, root: Path, artefacts: dict[str, Path]) -> dict:
     cache = str(artefacts["root"] / "cache")  # the phantom slices the stage checkpoints were trained on
     data = {"class_path": "AnatomyDataModule", "init_args": {**TINY_DATA, "cache_dir": cache}}
     trainer = {**TRAINER, "default_root_dir": str(root / "out" / "run")}
-    ldm = {"autoencoder": str(artefacts["bundle"]), **TINY_DENOISER, "preview_every_n_epochs": 0,
-           "num_registers": 4}
+    ldm = {"autoencoder": str(artefacts["bundle"]),
+           **ldm_args(training__preview_every_n_epochs=0, denoiser__registers__num_registers=4)}
     if stage == "vae":
         return {"trainer": trainer, "data": {"class_path": "AnatomyDataModule",
                                              "init_args": {**VAE_DATA, "cache_dir": cache}},
@@ -142,7 +142,8 @@ def base_config(stage: str, root: Path, artefacts: dict[str, Path]) -> dict:
         return {"trainer": {**trainer, "logger": False, "callbacks": [
                     {"class_path": "SampleWriter", "init_args": {"output_dir": str(root / "out" / "samples")}}]},
                 "model": {"class_path": "AnatomicalLDMTask", "init_args": {
-                    "autoencoder": str(artefacts["bundle"]), "sampler": "ddim", "num_inference_steps": 1}},
+                    "autoencoder": str(artefacts["bundle"]),
+                    "sampling": {"sampler": "ddim", "num_inference_steps": 1}}},
                 "data": {"class_path": "SampleSeeds", "init_args": {"num_samples": 2, "batch_size": 2}},
                 "ckpt_path": str(artefacts["register"])}
     if stage == "synthesize":  # predict with the nnU-Net / MONAI DatasetWriter
@@ -150,7 +151,8 @@ def base_config(stage: str, root: Path, artefacts: dict[str, Path]) -> dict:
                     {"class_path": "DatasetWriter", "init_args": {"output_dir": str(root / "out" / "export"),
                                                                   "dataset_id": 501, "dataset_name": "Synth"}}]},
                 "model": {"class_path": "AnatomicalLDMTask", "init_args": {
-                    "autoencoder": str(artefacts["bundle"]), "sampler": "ddim", "num_inference_steps": 1}},
+                    "autoencoder": str(artefacts["bundle"]),
+                    "sampling": {"sampler": "ddim", "num_inference_steps": 1}}},
                 "data": {"class_path": "SampleSeeds", "init_args": {"num_samples": 2, "batch_size": 2}},
                 "ckpt_path": str(artefacts["register"])}
     if stage == "inspect":
@@ -306,31 +308,38 @@ CASES: list[tuple[str, str, Breaks, str]] = [
     ("vae-image-size-not-divisible", "vae", setting("data.init_args.image_size", 33), "data.image_size"),
     ("vae-max-epochs-negative", "vae", setting("trainer.max_epochs", -2), "max_epochs"),
     ("ldm-learning-rate-negative", "ldm", setting("model.init_args.lr", -1e-4), "model.lr"),
-    ("ldm-min-snr-gamma-zero", "ldm", setting("model.init_args.min_snr_gamma", 0), "model.min_snr_gamma"),
-    ("ldm-anatomy-weight-negative", "ldm", setting("model.init_args.anatomy_weight", -1.0), "anatomy_weight"),
-    ("ldm-anatomy-warmup-above-one", "ldm", setting("model.init_args.anatomy_warmup_fraction", 1.5),
-     "anatomy_warmup_fraction"),
-    ("ldm-num-registers-negative", "ldm", setting("model.init_args.num_registers", -2), "num_registers"),
-    ("ldm-register-level-out-of-range", "ldm", setting("model.init_args.register_levels", [5]), "register_levels"),
-    ("ldm-groups-do-not-divide-channels", "ldm", setting("model.init_args.norm_num_groups", 5), "model"),
-    ("ldm-num-train-timesteps-zero", "ldm", setting("model.init_args.num_train_timesteps", 0),
-     "num_train_timesteps"),
+    ("ldm-min-snr-gamma-zero", "ldm", setting("model.init_args.noise_schedule.min_snr_gamma", 0),
+     "model.noise_schedule.min_snr_gamma"),
+    ("ldm-anatomy-weight-negative", "ldm", setting("model.init_args.anatomy_loss.weight", -1.0),
+     "model.anatomy_loss.weight"),
+    ("ldm-anatomy-warmup-above-one", "ldm", setting("model.init_args.anatomy_loss.warmup_fraction", 1.5),
+     "model.anatomy_loss.warmup_fraction"),
+    ("ldm-num-registers-negative", "ldm", setting("model.init_args.denoiser.registers.num_registers", -2),
+     "model.denoiser.registers.num_registers"),
+    ("ldm-register-level-out-of-range", "ldm", setting("model.init_args.denoiser.registers.levels", [5]),
+     "model.denoiser.registers.levels"),
+    ("ldm-groups-do-not-divide-channels", "ldm", setting("model.init_args.denoiser.norm_num_groups", 5), "model"),
+    ("ldm-num-train-timesteps-zero", "ldm", setting("model.init_args.noise_schedule.num_train_timesteps", 0),
+     "model.noise_schedule.num_train_timesteps"),
+    ("ldm-old-flat-key", "ldm", setting("model.init_args.num_registers", 4),
+     "model.init_args.num_registers moved to model.init_args.denoiser.registers.num_registers"),
     ("ldm-image-size-differs-from-bundle", "ldm", setting("data.init_args.image_size", 48), "image_size"),
     ("segmenter-one-class", "segmenter", setting("model.init_args.num_classes", 1), "model.num_classes"),
     ("segmenter-learning-rate-negative", "segmenter", setting("model.init_args.lr", -1e-3), "model.lr"),
     ("segmenter-strides-do-not-fit-channels", "segmenter", setting("model.init_args.strides", [2]),
      "model.strides"),
     # -- sampler settings
-    ("predict-unknown-sampler", "predict", setting("model.init_args.sampler", "euler_a"), "sampler"),
-    ("predict-zero-steps", "predict", setting("model.init_args.num_inference_steps", 0), "num_inference_steps"),
+    ("predict-unknown-sampler", "predict", setting("model.init_args.sampling.sampler", "euler_a"), "sampler"),
+    ("predict-zero-steps", "predict", setting("model.init_args.sampling.num_inference_steps", 0),
+     "model.sampling.num_inference_steps"),
     ("predict-num-samples-zero", "predict", setting("data.init_args.num_samples", 0), "data.num_samples"),
     ("predict-batch-size-negative", "predict", setting("data.init_args.batch_size", -1), "data.batch_size"),
     ("predict-seed-negative", "predict", setting("data.init_args.seed", -3), "data.seed"),
     ("predict-register-index-out-of-range", "predict",
-     setting("model.init_args.register_edits", [{"operation": "scale", "registers": [99], "factor": 2.0}]),
+     setting("model.init_args.sampling.register_edits", [{"operation": "scale", "registers": [99], "factor": 2.0}]),
      "register_edits"),
     ("predict-unknown-register-edit", "predict",
-     setting("model.init_args.register_edits", [{"operation": "shuffle"}]), "register_edits"),
+     setting("model.init_args.sampling.register_edits", [{"operation": "shuffle"}]), "register_edits"),
     ("eval-unknown-sampler", "eval", setting("model.init_args.sampler", "heun"), "sampler"),
     ("eval-zero-steps", "eval", setting("model.init_args.num_inference_steps", 0), "model.num_inference_steps"),
     ("eval-num-samples-zero", "eval", setting("model.init_args.num_samples", 0), "model.num_samples"),
@@ -414,11 +423,11 @@ CASES: list[tuple[str, str, Breaks, str]] = [
      "register.copy.ckpt"),
     ("predict-checkpoint-of-the-segmenter", "predict", setting("ckpt_path", "{segmenter}"), "segmenter"),
     ("predict-register-edits-on-a-baseline", "predict", all_of(
-        setting("ckpt_path", "{baseline}"), setting("model.init_args.register_edits", [{"operation": "ablate"}])),
+        setting("ckpt_path", "{baseline}"), setting("model.init_args.sampling.register_edits", [{"operation": "ablate"}])),
      "register_edits"),
-    ("predict-register-source-is-a-baseline", "predict", setting("model.init_args.register_edits", [
+    ("predict-register-source-is-a-baseline", "predict", setting("model.init_args.sampling.register_edits", [
         {"operation": "interpolate", "source": "{baseline}", "alpha": 0.5}]), "baseline"),
-    ("predict-register-source-missing", "predict", setting("model.init_args.register_edits", [
+    ("predict-register-source-missing", "predict", setting("model.init_args.sampling.register_edits", [
         {"operation": "interpolate", "source": "/nonexistent/other.ckpt", "alpha": 0.5}]), "/nonexistent/other.ckpt"),
     ("eval-generator-missing", "eval", setting("model.init_args.generators.register", "/nonexistent/ldm.ckpt"),
      "model.generators.register"),

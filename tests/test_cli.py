@@ -132,3 +132,31 @@ def test_full_size_ema_forgets_the_initialisation(config: str) -> None:
     start = ema.get("update_starting_at_step") or 0
     assert 0.01 * steps <= start <= 0.1 * steps, (start, steps)
     assert ema["decay"] ** (steps - start) < 0.01
+
+
+def test_the_ldm_task_takes_typed_groups_documented_in_its_own_docstring() -> None:
+    """At most 12 arguments, each in the task's docstring; no ``*_DOC`` constant stands in for one."""
+    import inspect
+    import re
+
+    import anatldm
+    from anatldm.trainers import AnatomicalLDMTask
+
+    parameters = [name for name in inspect.signature(AnatomicalLDMTask.__init__).parameters if name != "self"]
+    assert len(parameters) <= 12
+    args = AnatomicalLDMTask.__doc__.split("Args:", 1)[1]
+    assert all(re.search(rf"^\s+{name}:", args, re.MULTILINE) for name in parameters)
+    sources = Path(anatldm.__file__).parent.rglob("*.py")
+    offenders = [str(p) for p in sources if re.search(r"^\w+_DOC\s*=|__doc__\s*=", p.read_text(encoding="utf-8"), re.M)]
+    assert not offenders
+
+
+def test_print_config_shows_the_nested_ldm_groups(capsys) -> None:
+    root = Path(__file__).parents[1]
+    with pytest.raises(SystemExit) as done:
+        main(["fit", "--config", str(root / "configs" / "ldm.yaml"), "--print_config"])
+    assert not done.value.code
+    model = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]
+    assert set(model) == {"autoencoder", "denoiser", "anatomy_loss", "noise_schedule", "lr", "weight_decay",
+                          "training", "sampling"}
+    assert model["denoiser"]["registers"]["num_registers"] == 16 and model["denoiser"]["head"]["channels"] == 64

@@ -31,7 +31,7 @@ import yaml
 
 from anatldm.cli import main
 from anatldm.models.autoencoder_bundle import BUNDLE_CONFIG
-from tests.conf import TINY_DATA, TINY_DENOISER, VAE_DATA, VAE_MODEL
+from tests.conf import TINY_DATA, VAE_DATA, VAE_MODEL, ldm_args
 
 pytestmark = pytest.mark.ddp
 
@@ -132,8 +132,8 @@ def test_segmenter(tmp_path: Path, cache_dir: str) -> None:
 
 def test_latent_diffusion(tmp_path: Path, cache_dir: str, tiny_bundle: Path) -> None:
     """Validation of the seeded initial denoiser: noise and timesteps are drawn per slice."""
-    model = {"class_path": "AnatomicalLDMTask", "init_args": {"autoencoder": str(tiny_bundle), **TINY_DENOISER,
-                                                              "num_registers": 4, "preview_every_n_epochs": 0}}
+    model = {"class_path": "AnatomicalLDMTask", "init_args": {"autoencoder": str(tiny_bundle), **ldm_args(
+        denoiser__registers__num_registers=4, training__preview_every_n_epochs=0)}}
     runs = validate_on_one_and_two_processes(tmp_path, cache_dir, model)
     assert_same_metrics(runs[1], runs[2], ["val/diffusion_loss", "val/anatomy_loss", "val/anatomy_dice"])
 

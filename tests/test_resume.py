@@ -29,10 +29,11 @@ MODELS = {
                                   "num_res_blocks": 1, "discriminator_channels": 8, "discriminator_layers": 2,
                                   "adversarial_warmup_steps": 2, "scale_factor_batches": 2, "lr_schedule": "cosine"}},
     "ldm": {"class_path": "AnatomicalLDMTask",
-            "init_args": {"channels": [16, 32], "attention_levels": [False, True], "norm_num_groups": 8,
-                          "num_head_channels": 8, "num_registers": 4, "register_dim": 16, "register_levels": [0, 1],
-                          "head_levels": [0, 1], "head_channels": 16, "preview_every_n_epochs": 0,
-                          "anatomy_warmup_fraction": 0.3}},
+            "init_args": {"denoiser": {"channels": [16, 32], "attention_levels": [False, True], "norm_num_groups": 8,
+                                       "num_head_channels": 8,
+                                       "registers": {"num_registers": 4, "dim": 16, "levels": [0, 1]},
+                                       "head": {"levels": [0, 1], "channels": 16}},
+                          "training": {"preview_every_n_epochs": 0}, "anatomy_loss": {"warmup_fraction": 0.3}}},
 }
 
 

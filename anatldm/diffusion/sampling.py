@@ -4,15 +4,85 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
+from anatldm.diffusion.schedulers import SAMPLERS, SamplerName
+from anatldm.errors import ConfigError
 from anatldm.models.denoiser import AnatomicalDenoiser
+from anatldm.models.registers import RegisterEdit
 
-__all__ = ["SampleOutput", "initial_noise", "sample_latents", "step_generators"]
+__all__ = ["SampleOutput", "SamplingConfig", "initial_noise", "sample_latents", "step_generators"]
+
+
+@dataclass
+class SamplingConfig:
+    """How samples are drawn (YAML ``model.init_args.sampling``): inference-only, so a sampling
+    config changes them freely while the architecture comes from the checkpoint.
+
+    Args:
+        sampler: ``"ddpm"``, ``"ddim"``, ``"dpm_solver++"``, ``"dpm_solver++_sde"`` or ``"unipc"``.
+        num_inference_steps: denoiser calls per sample.
+        register_edits: edits of the register bank applied when sampling (controllable
+            generation), by register index or by class (``classes: [liver]``).
+        anatomy_edits: shorthand for edits by anatomy, class name -> factor: the
+            ``registers_per_class`` registers most associated with the class are scaled by the
+            factor (0 ablates them), e.g. ``{liver: 1.5, kidney: 0}``; applied after ``register_edits``.
+        registers_per_class: registers edited per named class (with ``register_supervision:
+            attention``, a class's own ``supervised_per_class`` registers instead).
+        association: ``association.json`` (written by ``anatldm predict`` with ``SampleWriter``)
+            giving the register-class association; ``None`` computes it on first use from
+            ``association_samples`` unedited samples (seeds from 1,000,000) and the head's masks.
+        association_samples: calibration samples when ``association`` is ``None``.
+        record_attention: record the register attention maps while sampling (``SampleWriter``
+            then writes attention panels and the register-class association).
+        attention_steps: the recorded maps are averaged over this many last sampling steps.
+    """
+
+    #: where these settings sit in a config: errors name ``<key>.<field>``
+    key = "model.sampling"
+
+    sampler: SamplerName = "ddim"
+    num_inference_steps: int = 50
+    register_edits: list[RegisterEdit] = field(default_factory=list)
+    anatomy_edits: dict[str, float] = field(default_factory=dict)
+    registers_per_class: int = 2
+    association: str | None = None
+    association_samples: int = 32
+    record_attention: bool = False
+    attention_steps: int = 5
+
+    def __post_init__(self) -> None:
+        key = self.key
+        self.register_edits = [as_register_edit(edit, f"{key}.register_edits") for edit in self.register_edits or []]
+        self.anatomy_edits = dict(self.anatomy_edits or {})
+        if self.sampler not in SAMPLERS:
+            raise ConfigError(f"{key}.sampler must be one of {', '.join(SAMPLERS)}, got '{self.sampler}'")
+        for name in ("num_inference_steps", "registers_per_class", "association_samples", "attention_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{key}.{name} must be at least 1, got {getattr(self, name)}")
+        for name, factor in self.anatomy_edits.items():
+            if factor < 0:
+                raise ConfigError(f"{key}.anatomy_edits.{name}: the factor must be >= 0 (0 ablates), got {factor}")
+
+    @property
+    def edits(self) -> list[RegisterEdit]:
+        """``register_edits``, then ``anatomy_edits`` as edits by class."""
+        return self.register_edits + [RegisterEdit("scale", classes=[name], factor=float(factor))
+                                      for name, factor in self.anatomy_edits.items()]
+
+
+def as_register_edit(edit: RegisterEdit | dict, key: str) -> RegisterEdit:
+    """A register edit from a config mapping (``{operation: scale, classes: [liver], factor: 2}``)."""
+    if isinstance(edit, RegisterEdit):
+        return edit
+    try:
+        return RegisterEdit(**edit)
+    except TypeError as err:
+        raise ConfigError(f"{key}: {edit} is not a register edit ({err})") from None
 
 #: mixed with a sample's seed to seed its step noise, a stream distinct from its initial noise (the
 #: same seed would repeat the initial noise as the first step's noise; torch's CPU generator reads
@@ -78,8 +148,6 @@ def sample_latents(
             (:func:`step_generators`, batch-independent samples).
         progress: called with ``(step, total)`` after each step.
     """
-    if num_inference_steps < 1:
-        raise ValueError(f"num_inference_steps must be at least 1, got {num_inference_steps}")
     scheduler.set_timesteps(num_inference_steps, device=noise.device)
     latents = noise * scheduler.init_noise_sigma
     output = None

@@ -116,9 +116,8 @@ class EvaluationProtocol:
         kid.update(self.floor_images[:2].to(self.device), real=True)  # KID needs a real set; only fakes are read
         kept = {"image": [], "segmenter_mask": [], "head_mask": []}
         has_head = generator.denoiser.head is not None
-        for start in range(0, len(seeds), hp.sample_batch_size):
-            generated = generator.generate(seeds[start:start + hp.sample_batch_size], sampler=hp.sampler,
-                                           num_inference_steps=hp.num_inference_steps)
+        for generated in generator.generate_batches(seeds, hp.sample_batch_size, sampler=hp.sampler,
+                                                    num_inference_steps=hp.num_inference_steps):
             images = generated.images.float()  # (B, 1, H, W)
             masks = self.segment(images)
             plausibility.update(masks)
@@ -151,14 +150,14 @@ class EvaluationProtocol:
         hp = self.settings
         areas, plausibility = CatMetric().to(self.device), PlausibilityRate(self.rules).to(self.device)
         kept_images, kept_masks = [], []
-        for start in range(0, len(seeds), hp.sample_batch_size):
-            out = generator.generate(seeds[start:start + hp.sample_batch_size], sampler=hp.sampler,
-                                     num_inference_steps=hp.num_inference_steps, registers=registers)
+        batches = generator.generate_batches(seeds, hp.sample_batch_size, sampler=hp.sampler,
+                                             num_inference_steps=hp.num_inference_steps, registers=registers)
+        for index, out in enumerate(batches):
             images = out.images.float()
             masks = self.segment(images)
             areas.update(area_fractions(masks, len(self.class_names)))
             plausibility.update(masks)
-            if start == 0:
+            if index == 0:
                 kept_images, kept_masks = images[:8].cpu(), masks[:8].cpu()
         return areas.compute().cpu(), plausibility.per_sample().cpu(), kept_images, kept_masks
 

@@ -49,6 +49,7 @@ from anatldm.export.nnunet import (
     check_export_target,
     label_dtype,
 )
+from anatldm.pipelines.ldm import AnatomicalLDMPipelineOutput
 from anatldm.visualize import save_overlay_grid
 
 __all__ = ["DatasetWriter"]
@@ -198,6 +199,7 @@ class DatasetWriter(BasePredictionWriter):
             self._segmenter.to(pl_module.device)
         self.normalization = dict(pl_module.pipeline.normalization)
         self.affine = slice_affine(self.normalization)
+        self._generation = (None, [])  # the sampling settings and resolved edits of the outputs
         preset = self.normalization.get("preset")
         self.resolved_channel = self.channel_name or {"ct": "CT", "mri": "MRI"}.get(preset, "image")
         self._reference: MemorisationReference | None = None
@@ -250,17 +252,18 @@ class DatasetWriter(BasePredictionWriter):
             logger.info("memorisation audit: %d training slices, %d held-out slices, threshold RMSE %.4f",
                         len(train), len(held_out), self._reference.threshold)
 
-    def write_on_batch_end(self, trainer, pl_module, prediction: dict[str, Any], batch_indices, batch,
+    def write_on_batch_end(self, trainer, pl_module, prediction: AnatomicalLDMPipelineOutput, batch_indices, batch,
                            batch_idx: int, dataloader_idx: int = 0) -> None:
-        images = prediction["image"][:, 0].float().cpu().numpy()  # (B, H, W) in [-1, 1]
+        images = prediction.images[:, 0].float().cpu().numpy()  # (B, H, W) in [-1, 1]
+        self._generation = (prediction.sampling, prediction.applied_edits)
         if self._segmenter is not None:
             with torch.no_grad():
-                masks = self._segmenter(prediction["image"].float().to(pl_module.device)).argmax(1)
+                masks = self._segmenter(prediction.images.float().to(pl_module.device)).argmax(1)
         else:
-            masks = prediction["mask"]
+            masks = prediction.masks
         masks = masks.cpu().numpy().astype(label_dtype(len(self.class_names)))  # (B, H, W)
         raw = to_raw_intensity(images, self.normalization)
-        seeds = [int(seed) for seed in prediction["seed"].tolist()]
+        seeds = list(prediction.seeds)
         if self._reference is not None:
             distance, nearest = self._reference.nearest(images)
             for offset in np.flatnonzero(distance < self._reference.threshold):
@@ -333,6 +336,8 @@ class DatasetWriter(BasePredictionWriter):
     # -- the data card -----------------------------------------------------------------------
     def _card(self, pl_module, audit: dict | None, num_synthetic: int, num_real: int) -> dict:
         hp, pipeline = pl_module.hparams, pl_module.pipeline
+        sampling, applied = self._generation
+        sampling = sampling or pipeline.sampling  # the settings the samples were drawn with
         rows, columns = in_plane_spacing(self.normalization)
         height, width = pipeline.image_size
         shape = tuple(slice_to_volume(np.zeros((height, width)), self.normalization).shape)
@@ -378,12 +383,12 @@ class DatasetWriter(BasePredictionWriter):
             "generation": {
                 "seeds": {"first": min(seeds) if seeds else None, "last": max(seeds) if seeds else None,
                           "count": len(seeds), "all": seeds},
-                "sampler": pipeline.sampler, "num_inference_steps": pipeline.num_inference_steps,
+                "sampler": sampling.sampler, "num_inference_steps": sampling.num_inference_steps,
                 "labels": ("the model's anatomy head (argmax of its logits at the end of sampling)" if self.labels == "head"
                            else f"pseudo-labels of the segmenter {self.segmenter_path} (sha256 "
                                 f"{file_sha256(self.segmenter_path)})"),
-                "register_edits": [dataclasses.asdict(edit) for edit in pl_module.register_edits],
-                "register_edits_resolved": pl_module.applied_edits,
+                "register_edits": [dataclasses.asdict(edit) for edit in sampling.edits],
+                "register_edits_resolved": applied,
             },
             "classes": [{"value": index, "name": name, "cases": int((counts[:, index] > 0).sum()),
                          "pixels": int(counts[:, index].sum())} for index, name in enumerate(self.class_names)],

@@ -3,13 +3,46 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from monai.networks.layers import Conv
 from torch import nn
 
-__all__ = ["AnatomicalSegmentationHead"]
+from anatldm.errors import ConfigError
+
+__all__ = ["DEFAULT_HEAD_CHANNELS", "AnatomicalSegmentationHead", "HeadConfig"]
+
+#: width of the anatomy head
+DEFAULT_HEAD_CHANNELS = 64
+
+
+@dataclass
+class HeadConfig:
+    """The anatomy head of the denoiser (YAML ``model.init_args.denoiser.head``).
+
+    The head exists exactly when its loss does: ``model.anatomy_loss.weight > 0`` builds it,
+    ``weight: 0`` builds none (the baseline), so a head is never left untrained and there is
+    no second switch to keep consistent.
+
+    Args:
+        levels: decoder levels (0 = latent resolution) whose features the head fuses (2-3 recommended).
+        channels: width of the head's fusion block.
+    """
+
+    #: where these settings sit in a config: errors name ``<key>.<field>``
+    key = "model.denoiser.head"
+
+    levels: tuple[int, ...] = (0, 1, 2)
+    channels: int = DEFAULT_HEAD_CHANNELS
+
+    def __post_init__(self) -> None:
+        self.levels = tuple(int(level) for level in self.levels)
+        if not self.levels:
+            raise ConfigError(f"{self.key}.levels must name at least one level")
+        if self.channels < 1:
+            raise ConfigError(f"{self.key}.channels must be at least 1, got {self.channels}")
 
 
 class AnatomicalSegmentationHead(nn.Module):

@@ -10,32 +10,104 @@ standard LDM denoiser, which makes the baseline comparison exact.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from monai.networks.nets import DiffusionModelUNet
 from torch import nn
 
-from anatldm.models.anatomy_head import AnatomicalSegmentationHead
-from anatldm.models.registers import DEFAULT_REGISTER_INIT_STD, AnatomicalRegisterBank
+from anatldm.config import as_config
+from anatldm.errors import ConfigError
+from anatldm.models.anatomy_head import (
+    DEFAULT_HEAD_CHANNELS,
+    AnatomicalSegmentationHead,
+    HeadConfig,
+)
+from anatldm.models.registers import (
+    DEFAULT_REGISTER_DIM,
+    DEFAULT_REGISTER_INIT_STD,
+    AnatomicalRegisterBank,
+    RegisterConfig,
+    RegisterMode,
+)
 
 __all__ = ["DEFAULT_ATTENTION_LEVELS", "DEFAULT_CHANNELS", "DEFAULT_HEAD_CHANNELS", "DEFAULT_REGISTER_DIM",
-           "DEFAULT_REGISTER_INIT_STD", "AnatomicalDenoiser", "DenoiserOutput", "RegisterCrossAttention", "RegisterMode", "RegisterWrite"]
+           "DEFAULT_REGISTER_INIT_STD", "AnatomicalDenoiser", "DenoiserConfig", "DenoiserOutput",
+           "RegisterCrossAttention", "RegisterMode", "RegisterWrite"]
 
 
-RegisterMode = Literal["read", "read_write"]
-
-# architecture defaults, defined once: ``AnatomicalLDMTask`` uses them as its own
 #: UNet channels per level
 DEFAULT_CHANNELS: tuple[int, ...] = (128, 256, 512)
 #: UNet self-attention per level
 DEFAULT_ATTENTION_LEVELS: tuple[bool, ...] = (False, True, True)
-#: register token width ``D``
-DEFAULT_REGISTER_DIM = 256
-#: width of the anatomy head
-DEFAULT_HEAD_CHANNELS = 64
+
+
+@dataclass
+class DenoiserConfig:
+    """The denoiser UNet, its register bank and its anatomy head (YAML ``model.init_args.denoiser``).
+
+    A new setting of the bank or of the head is one field of :class:`RegisterConfig` or
+    :class:`HeadConfig` (with its check and its line below) and its use in
+    :class:`AnatomicalDenoiser`; nothing else lists them.
+
+    Args:
+        channels: UNet channels per level.
+        num_res_blocks: residual blocks per level.
+        attention_levels: UNet self-attention per level (kept identical in the baseline).
+        norm_num_groups: GroupNorm groups throughout.
+        num_head_channels: channels per self-attention head of the UNet.
+        registers: the register bank (:class:`~anatldm.models.registers.RegisterConfig`).
+        head: the anatomy head (:class:`~anatldm.models.anatomy_head.HeadConfig`).
+    """
+
+    #: where these settings sit in a config: errors name ``<key>.<field>``
+    key = "model.denoiser"
+
+    channels: tuple[int, ...] = DEFAULT_CHANNELS
+    num_res_blocks: int = 2
+    attention_levels: tuple[bool, ...] = DEFAULT_ATTENTION_LEVELS
+    norm_num_groups: int = 32
+    num_head_channels: int = 32
+    registers: RegisterConfig = field(default_factory=RegisterConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+
+    def __post_init__(self) -> None:
+        self.channels = tuple(int(c) for c in self.channels)
+        self.attention_levels = tuple(bool(a) for a in self.attention_levels)
+        self.registers = as_config(RegisterConfig, self.registers)
+        self.head = as_config(HeadConfig, self.head)
+        key, num_levels = self.key, len(self.channels)
+        if not self.channels or min(self.channels) < 1:
+            raise ConfigError(f"{key}.channels must be positive, one per level, got {list(self.channels)}")
+        if len(self.attention_levels) != num_levels:
+            raise ConfigError(f"{key}.attention_levels has {len(self.attention_levels)} entries for the "
+                              f"{num_levels} levels of {key}.channels")
+        for name in ("num_res_blocks", "norm_num_groups", "num_head_channels"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{key}.{name} must be at least 1, got {getattr(self, name)}")
+        for name, levels in (("registers.levels", self.registers.levels), ("head.levels", self.head.levels)):
+            bad = [level for level in levels if not 0 <= level < num_levels]
+            if bad:
+                raise ConfigError(f"{key}.{name} {bad} out of range for the {num_levels} levels of {key}.channels")
+
+    def denoiser_kwargs(self, spatial_dims: int, in_channels: int, num_classes: int) -> dict[str, Any]:
+        """The :class:`AnatomicalDenoiser` keyword arguments (``num_classes``: 0 builds no head);
+        what a pipeline folder stores."""
+        registers, head = self.registers, self.head
+        return {"spatial_dims": spatial_dims, "in_channels": in_channels, "channels": list(self.channels),
+                "num_res_blocks": self.num_res_blocks, "attention_levels": list(self.attention_levels),
+                "norm_num_groups": self.norm_num_groups, "num_head_channels": self.num_head_channels,
+                "num_registers": registers.num_registers, "register_dim": registers.dim,
+                "register_init_std": registers.init_std, "register_levels": list(registers.levels),
+                "register_heads": registers.heads, "register_encoder": registers.encoder,
+                "register_mode": registers.mode, "num_classes": num_classes, "head_levels": list(head.levels),
+                "head_channels": head.channels}
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (the hyperparameters a checkpoint stores)."""
+        return asdict(self)
 
 
 @dataclass
@@ -177,19 +249,19 @@ class AnatomicalDenoiser(nn.Module):
         spatial_dims: int = 2,
         in_channels: int = 4,
         channels: Sequence[int] = DEFAULT_CHANNELS,
-        num_res_blocks: int = 2,
+        num_res_blocks: int = DenoiserConfig.num_res_blocks,
         attention_levels: Sequence[bool] = DEFAULT_ATTENTION_LEVELS,
-        norm_num_groups: int = 32,
-        num_head_channels: int = 32,
-        num_registers: int = 16,
+        norm_num_groups: int = DenoiserConfig.norm_num_groups,
+        num_head_channels: int = DenoiserConfig.num_head_channels,
+        num_registers: int = RegisterConfig.num_registers,
         register_dim: int = DEFAULT_REGISTER_DIM,
         register_init_std: float = DEFAULT_REGISTER_INIT_STD,
-        register_levels: Sequence[int] = (1, 2),
-        register_heads: int = 4,
-        register_encoder: bool = False,
-        register_mode: RegisterMode = "read",
+        register_levels: Sequence[int] = RegisterConfig.levels,
+        register_heads: int = RegisterConfig.heads,
+        register_encoder: bool = RegisterConfig.encoder,
+        register_mode: RegisterMode = RegisterConfig.mode,
         num_classes: int = 0,
-        head_levels: Sequence[int] = (0, 1, 2),
+        head_levels: Sequence[int] = HeadConfig.levels,
         head_channels: int = DEFAULT_HEAD_CHANNELS,
     ) -> None:
         super().__init__()
@@ -234,6 +306,12 @@ class AnatomicalDenoiser(nn.Module):
         hooked |= {("up", lv) for lv in (*self.register_levels, *self.head_levels)}
         for side, level in sorted(hooked):
             self._block(side, level).register_forward_hook(self._make_hook(side, level))
+
+    @classmethod
+    def from_config(cls, config: DenoiserConfig, spatial_dims: int, in_channels: int,
+                    num_classes: int) -> AnatomicalDenoiser:
+        """The denoiser of ``config`` on ``in_channels``-channel latents; ``num_classes`` 0 builds no head."""
+        return cls(**config.denoiser_kwargs(spatial_dims, in_channels, num_classes))
 
     def _block(self, side: str, level: int) -> nn.Module:
         """The last residual block of a level, on the encoder or the decoder side."""

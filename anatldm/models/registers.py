@@ -9,10 +9,15 @@ from typing import Literal
 import torch
 from torch import nn
 
+from anatldm.errors import ConfigError
+
 __all__ = [
+    "DEFAULT_REGISTER_DIM",
     "DEFAULT_REGISTER_INIT_STD",
     "AnatomicalRegisterBank",
+    "RegisterConfig",
     "RegisterEdit",
+    "RegisterMode",
     "ablate_registers",
     "apply_register_edits",
     "interpolate_registers",
@@ -23,6 +28,69 @@ __all__ = [
 #: standard deviation of the registers' normal initialisation: the one default of the bank, of
 #: ``AnatomicalDenoiser`` and of ``AnatomicalLDMTask`` (see ``AnatomicalDenoiser``'s docstring)
 DEFAULT_REGISTER_INIT_STD = 1.0
+#: register token width ``D``
+DEFAULT_REGISTER_DIM = 256
+
+RegisterMode = Literal["read", "read_write"]
+
+
+@dataclass
+class RegisterConfig:
+    """The register bank of the denoiser (YAML ``model.init_args.denoiser.registers``).
+
+    Args:
+        num_registers: register tokens ``K``; 0 builds the standard LDM baseline (no bank).
+        dim: register width ``D``.
+        init_std: standard deviation of the registers' normal initialisation. Tokens enter the
+            keys without a norm, so small tokens give near-uniform attention (every register
+            read everywhere, a bias rather than a memory); 1.0 gives attention logits of about
+            unit scale at the start.
+        levels: UNet levels (0 = latent resolution) whose decoder blocks cross-attend to the registers.
+        heads: heads of the register cross-attention.
+        encoder: the encoder blocks of ``levels`` cross-attend too.
+        mode: ``"read"`` (the same bank for every sample, the method's literal form) or
+            ``"read_write"`` (the tokens first read each register level's features, then the
+            features read the updated tokens; :class:`~anatldm.models.denoiser.RegisterWrite`).
+        supervision: ``"none"``, or ``"attention"``: class ``c`` owns ``supervised_per_class``
+            registers (the rest are free) and :class:`~anatldm.losses.RegisterAttentionLoss`
+            aligns their attention with the class's mask; edits by class then use these
+            registers (no association calibration). Needs the anatomy head.
+        supervision_weight: weight of that loss in the training objective.
+        supervised_per_class: registers owned by each foreground class with ``supervision: attention``.
+    """
+
+    #: where these settings sit in a config: errors name ``<key>.<field>``
+    key = "model.denoiser.registers"
+
+    num_registers: int = 16
+    dim: int = DEFAULT_REGISTER_DIM
+    init_std: float = DEFAULT_REGISTER_INIT_STD
+    levels: tuple[int, ...] = (1, 2)
+    heads: int = 4
+    encoder: bool = False
+    mode: RegisterMode = "read"
+    supervision: Literal["none", "attention"] = "none"
+    supervision_weight: float = 0.5
+    supervised_per_class: int = 2
+
+    def __post_init__(self) -> None:
+        self.levels = tuple(int(level) for level in self.levels)
+        key = self.key
+        if self.num_registers < 0:
+            raise ConfigError(f"{key}.num_registers must be >= 0, got {self.num_registers}")
+        for name in ("dim", "heads", "supervised_per_class"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{key}.{name} must be at least 1, got {getattr(self, name)}")
+        if not self.init_std > 0:
+            raise ConfigError(f"{key}.init_std must be positive, got {self.init_std}")
+        if self.mode not in ("read", "read_write"):
+            raise ConfigError(f"{key}.mode must be 'read' or 'read_write', got '{self.mode}'")
+        if self.supervision not in ("none", "attention"):
+            raise ConfigError(f"{key}.supervision must be 'none' or 'attention', got '{self.supervision}'")
+        if self.supervision != "none" and not self.num_registers:
+            raise ConfigError(f"{key}.supervision needs a register bank, but num_registers is 0")
+        if self.supervision_weight < 0:
+            raise ConfigError(f"{key}.supervision_weight must be >= 0, got {self.supervision_weight}")
 
 
 class AnatomicalRegisterBank(nn.Module):

@@ -1,28 +1,35 @@
 """``AnatomicalLDMPipeline``: a trained anatomical LDM as a plain ``nn.Module``, no Lightning.
 
-It holds what sampling needs: the frozen autoencoder, the denoiser (register bank + anatomy
-head), the latent scale factor, the class names, the intensity normalisation, the image size and
-the noise-schedule config. ``generate`` returns one (image, mask) pair per seed, optionally with
-edited registers and the register attention maps; :meth:`save_pretrained` /
-:meth:`from_pretrained` write and read a self-contained folder (:mod:`anatldm.pipelines.pretrained`).
+It holds components and configs only: the frozen autoencoder, the denoiser (register bank +
+anatomy head), the latent scale factor, the class names, the intensity normalisation, the image
+size, the noise-schedule config and the default :class:`~anatldm.diffusion.sampling.SamplingConfig`.
+``generate`` returns one :class:`AnatomicalLDMPipelineOutput` (images, masks, attention, applied
+edits, seeds), which travels unchanged to the writers and the evaluation; :meth:`save_pretrained`
+/ :meth:`from_pretrained` write and read a self-contained folder (:mod:`anatldm.pipelines.pretrained`).
 
-``AnatomicalLDMTask`` trains the same networks and samples through its pipeline, so samples of
-a task and of its exported pipeline are the same for the same seeds.
+``AnatomicalLDMTask`` trains the same networks and samples through its pipeline (``task.pipeline``
+shares the task's modules), so samples of a task and of its exported pipeline are the same for
+the same seeds.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from functools import partial
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from anatldm.diffusion.sampling import initial_noise, sample_latents, step_generators
+from anatldm.diffusion.sampling import (
+    SamplingConfig,
+    as_register_edit,
+    initial_noise,
+    sample_latents,
+    step_generators,
+)
 from anatldm.diffusion.schedulers import make_sampler, make_train_scheduler
 from anatldm.errors import ConfigError
 from anatldm.interpret.edits import (
@@ -36,14 +43,15 @@ from anatldm.interpret.edits import (
 from anatldm.models.denoiser import AnatomicalDenoiser
 from anatldm.models.registers import RegisterEdit
 
-__all__ = ["AnatomicalLDMPipeline", "AnatomicalLDMPipelineOutput"]
+__all__ = ["AnatomicalLDMPipeline", "AnatomicalLDMPipelineOutput", "as_register_edit"]
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class AnatomicalLDMPipelineOutput:
-    """What :meth:`AnatomicalLDMPipeline.generate` returns.
+    """What :meth:`AnatomicalLDMPipeline.generate` returns (and ``AnatomicalLDMTask.predict_step``,
+    unchanged, to ``SampleWriter`` and ``DatasetWriter``).
 
     Attributes:
         images: ``(B, 1, *S)`` in [-1, 1] (the normalised training scale).
@@ -52,6 +60,7 @@ class AnatomicalLDMPipelineOutput:
             ``attention_steps`` steps, when asked for.
         applied_edits: the registers each edit by class touched (``[{"classes", "registers"}]``).
         seeds: the seed of each sample.
+        sampling: the settings the samples were drawn with (edits included).
     """
 
     images: Tensor
@@ -59,6 +68,7 @@ class AnatomicalLDMPipelineOutput:
     attention: dict[str, Tensor] | None = None
     applied_edits: list[dict] = field(default_factory=list)
     seeds: list[int] = field(default_factory=list)
+    sampling: SamplingConfig | None = None
 
 
 class AnatomicalLDMPipeline(nn.Module):
@@ -68,6 +78,7 @@ class AnatomicalLDMPipeline(nn.Module):
 
         pipeline = AnatomicalLDMPipeline.from_pretrained("runs/ldm/pipeline")
         out = pipeline.generate(num_samples=16)  # out.images (16, 1, H, W), out.masks (16, H, W)
+        out = pipeline.generate(range(4), sampler="ddpm", num_inference_steps=100)  # per-call settings
 
     Args:
         autoencoder: the frozen ``AutoencoderKL``.
@@ -81,14 +92,9 @@ class AnatomicalLDMPipeline(nn.Module):
         denoiser_config: the ``AnatomicalDenoiser`` constructor arguments.
         register_groups: registers bound to each foreground class in training
             (``register_supervision: attention``); edits by class then use them.
-        sampler: default sampler of :meth:`generate`.
-        num_inference_steps: default denoiser calls per sample.
-        registers_per_class: registers edited per named class (without ``register_groups``).
+        sampling: default settings of :meth:`generate` (sampler, steps, edits, association).
         association: the ``(K, C)`` register-class table of edits by class; ``None``: read from
-            ``association_path`` or computed on first use from ``association_samples`` samples.
-        association_path: an ``association.json`` to read the table from.
-        association_samples: calibration samples (seeds from :attr:`association_seed`).
-        attention_steps: attention maps are averaged over this many last sampling steps.
+            ``sampling.association`` or computed on first use from ``sampling.association_samples`` samples.
     """
 
     #: first seed of the calibration samples of the register-class association
@@ -106,13 +112,8 @@ class AnatomicalLDMPipeline(nn.Module):
         autoencoder_config: dict[str, Any],
         denoiser_config: dict[str, Any],
         register_groups: list[list[int]] | None = None,
-        sampler: str = "ddim",
-        num_inference_steps: int = 50,
-        registers_per_class: int = 2,
+        sampling: SamplingConfig | None = None,
         association: Tensor | None = None,
-        association_path: str | None = None,
-        association_samples: int = 32,
-        attention_steps: int = 5,
     ) -> None:
         super().__init__()
         self.autoencoder = autoencoder
@@ -125,13 +126,9 @@ class AnatomicalLDMPipeline(nn.Module):
         self.autoencoder_config = dict(autoencoder_config)
         self.denoiser_config = dict(denoiser_config)
         self.register_groups = register_groups
-        self.sampler = sampler
-        self.num_inference_steps = num_inference_steps
-        self.registers_per_class = registers_per_class
+        self.sampling = sampling if sampling is not None else SamplingConfig()
         self.association = association
-        self.association_path = association_path
-        self.association_samples = association_samples
-        self.attention_steps = attention_steps
+        self._edited: tuple[tuple, EditedRegisters] | None = None  # the last edited bank, keyed by edits and weights
         self.train_scheduler = make_train_scheduler(**self.scheduler_config)
         downsampling = 2 ** (len(self.autoencoder_config["channels"]) - 1)
         self.latent_shape = (int(self.autoencoder_config["latent_channels"]),
@@ -158,52 +155,62 @@ class AnatomicalLDMPipeline(nn.Module):
         return self.autoencoder.decode_stage_2_outputs(latents / self.scale_factor).clamp(-1, 1)
 
     # -- register control ---------------------------------------------------------------------
-    def check_edits(self, edits: Sequence[RegisterEdit], key: str = "register_edits") -> None:
-        """Class names, indices and sources of ``edits``, checked before any sampling; errors are
-        one-line :class:`~anatldm.errors.ConfigError` naming ``key``."""
-        edits = [as_register_edit(edit, key) for edit in edits]
+    def check_edits(self, edits: Sequence[RegisterEdit] | None = None,
+                    key: str = "model.sampling.register_edits") -> None:
+        """Class names, indices and sources of ``edits`` (default: those of :attr:`sampling`),
+        checked before any sampling; errors are one-line :class:`~anatldm.errors.ConfigError` naming ``key``."""
+        edits = [as_register_edit(edit, key) for edit in (self.sampling.edits if edits is None else edits)]
         if edits and self.denoiser.registers is None:
-            raise ConfigError(f"{key} needs a register bank, but num_registers is 0")
+            raise ConfigError(f"{key} needs a register bank, but model.denoiser.registers.num_registers is 0")
         for edit in edits:
             for name in edit.classes or []:
                 if name not in self.class_names:
                     raise ConfigError(f"{key}: unknown class '{name}'; known classes: {', '.join(self.class_names)}")
-        if self.denoiser.head is None and any(e.classes for e in edits) and not self.association_path \
+        if self.denoiser.head is None and any(e.classes for e in edits) and not self.sampling.association \
                 and self.association is None:
             raise ConfigError(f"{key}: edits by class need the anatomy head's masks or an association file "
-                              "(model.association); this model has no head")
-        try:
-            edit_registers(self.denoiser.registers.tokens, [e for e in edits if not e.classes])
-        except ValueError as err:
-            raise ConfigError(f"{key}: {err}") from None
+                              "(model.sampling.association); this model has no head")
+        if edits:
+            try:
+                edit_registers(self.denoiser.registers.tokens, [e for e in edits if not e.classes])
+            except ValueError as err:
+                raise ConfigError(f"{key}: {err}") from None
 
-    def edit_registers(self, edits: Sequence[RegisterEdit], key: str = "register_edits",
+    def edit_registers(self, edits: Sequence[RegisterEdit | dict], key: str = "model.sampling.register_edits",
                        load_bank: Callable[[str], Tensor] = load_register_bank) -> EditedRegisters:
         """The bank after ``edits`` and the registers each edit by class touched (pure: the
         model is not changed). Edits by class take the bound registers or those of
         :meth:`register_association`."""
         if self.denoiser.registers is None:
-            raise ConfigError(f"{key} needs a register bank, but num_registers is 0")
-        resolve = partial(class_registers, class_names=self.class_names, register_groups=self.register_groups,
-                          association=self.register_association, per_class=self.registers_per_class)
+            raise ConfigError(f"{key} needs a register bank, but model.denoiser.registers.num_registers is 0")
+        edits = [as_register_edit(e, key) for e in edits]
+        tokens = self.denoiser.registers.tokens
+        cache_key = (repr(edits), tokens.data_ptr(), tokens._version, load_bank)
+        if self._edited is not None and self._edited[0] == cache_key:
+            return self._edited[1]  # a source bank is a checkpoint read: once per run, not per batch
         try:
-            return edit_registers(self.denoiser.registers.tokens, [as_register_edit(e, key) for e in edits],
-                                  lambda names: resolve(names), load_bank)
+            edited = edit_registers(tokens, edits, lambda names: self._class_registers(names), load_bank)
         except NoRegisterForClassError:
             raise
         except ValueError as err:
             raise ConfigError(f"{key}: {err}") from None
+        self._edited = (cache_key, edited)
+        return edited
+
+    def _class_registers(self, names: Sequence[str]) -> list[int]:
+        return class_registers(names, class_names=self.class_names, register_groups=self.register_groups,
+                               association=self.register_association, per_class=self.sampling.registers_per_class)
 
     def register_association(self) -> Tensor:
         """The ``(K, C)`` register-class correlation table of edits by class (cached): given,
-        read from ``association_path``, or computed from ``association_samples`` unedited samples
-        and the head's masks (:meth:`compute_association`)."""
+        read from ``sampling.association``, or computed from ``sampling.association_samples``
+        unedited samples and the head's masks (:meth:`compute_association`)."""
         if self.association is None:
-            if self.association_path:
-                self.association = load_association(self.association_path, self.class_names,
+            if self.sampling.association:
+                self.association = load_association(self.sampling.association, self.class_names,
                                                     self.denoiser.registers.num_registers)
             else:
-                seeds = range(self.association_seed, self.association_seed + self.association_samples)
+                seeds = range(self.association_seed, self.association_seed + self.sampling.association_samples)
                 self.association = self.compute_association(seeds)
         return self.association
 
@@ -222,68 +229,85 @@ class AnatomicalLDMPipeline(nn.Module):
             raise ConfigError("the register-class association needs the anatomy head's masks or a segmenter; "
                               "this model has no head")
         association = RegisterAssociation(self.denoiser.registers.num_registers, len(self.class_names))
-        seeds = list(seeds)
-        for start in range(0, len(seeds), batch_size):
-            out = self.generate(seeds[start:start + batch_size], registers=self.denoiser.registers.tokens,
-                                return_attention=True)
+        unedited = replace(self.sampling, register_edits=[], anatomy_edits={})
+        for out in self.generate_batches(seeds, batch_size, unedited, return_attention=True):
             masks = out.masks if masks_from is None else masks_from(out.images)
             maps = attention_at_image_size(out.attention, self.image_size)["mean"]  # (B, K, H, W)
             association.update(maps.cpu(), masks.cpu())
         return association.compute()
 
     # -- sampling -----------------------------------------------------------------------------
+    def settings(self, sampling: SamplingConfig | None = None, **overrides: Any) -> SamplingConfig:
+        """``sampling`` (default :attr:`sampling`) with ``overrides`` of its fields, checked once."""
+        sampling = self.sampling if sampling is None else sampling
+        if not overrides:
+            return sampling
+        unknown = sorted(set(overrides) - set(SamplingConfig.__dataclass_fields__))
+        if unknown:
+            raise TypeError(f"unknown sampling settings {unknown}; SamplingConfig has "
+                            f"{', '.join(SamplingConfig.__dataclass_fields__)}")
+        return replace(sampling, **overrides)
+
+    def generate_batches(self, seeds: Sequence[int], batch_size: int, sampling: SamplingConfig | None = None,
+                         **kwargs: Any):
+        """:meth:`generate` over ``seeds`` in batches of ``batch_size`` (the one seed-batching
+        loop); yields one output per batch. A sample depends only on its seed, not on its batch."""
+        seeds = [int(s) for s in seeds]
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        for start in range(0, len(seeds), batch_size):
+            yield self.generate(seeds[start:start + batch_size], sampling, **kwargs)
+
     @torch.no_grad()
     def generate(
         self,
         seeds: Sequence[int] | None = None,
+        sampling: SamplingConfig | None = None,
+        *,
         num_samples: int | None = None,
-        sampler: str | None = None,
-        num_inference_steps: int | None = None,
-        register_edits: Sequence[RegisterEdit | dict] | None = None,
-        return_attention: bool = False,
+        return_attention: bool | None = None,
         registers: Tensor | None = None,
-        attention_steps: int | None = None,
+        **overrides: Any,
     ) -> AnatomicalLDMPipelineOutput:
         """Sample one (image, mask) pair per seed; sample ``i`` depends only on ``seeds[i]``.
 
         Args:
             seeds: one per sample; ``None``: ``0 .. num_samples - 1``.
+            sampling: the settings (sampler, steps, edits); default :attr:`sampling`.
             num_samples: samples when ``seeds`` is not given (default 1).
-            sampler: ``"ddpm"``, ``"ddim"``, ``"dpm_solver++"``, ``"dpm_solver++_sde"`` or
-                ``"unipc"``; default :attr:`sampler`.
-            num_inference_steps: denoiser calls per sample; default :attr:`num_inference_steps`.
-            register_edits: edits of the register bank (by index or by class) for these samples.
             return_attention: also return the register attention maps (over the last
-                ``attention_steps`` steps, default :attr:`attention_steps`).
-            registers: an already edited ``(K, D)`` bank instead of ``register_edits``.
-            attention_steps: steps the attention maps are averaged over.
+                ``sampling.attention_steps`` steps); default ``sampling.record_attention``.
+            registers: an already edited ``(K, D)`` bank instead of the edits of ``sampling``.
+            **overrides: fields of :class:`~anatldm.diffusion.sampling.SamplingConfig` for this
+                call (``sampler="ddpm"``, ``num_inference_steps=20``, ``register_edits=[...]``).
         """
         if seeds is None:
             seeds = range(1 if num_samples is None else num_samples)
         elif num_samples is not None and num_samples != len(seeds):
             raise ValueError(f"num_samples {num_samples} differs from the {len(seeds)} seeds given")
         seeds = [int(s) for s in seeds]
+        sampling = self.settings(sampling, **overrides)
         applied: list[dict] = []
-        if register_edits:
-            if registers is not None:
-                raise ValueError("give either register_edits or registers, not both")
-            edited = self.edit_registers(register_edits)
+        if registers is None and sampling.edits:
+            edited = self.edit_registers(sampling.edits)
             registers, applied = edited.tokens, edited.applied
-        if attention_steps is None:
-            attention_steps = self.attention_steps if return_attention else 0
+        if return_attention is None:
+            return_attention = sampling.record_attention
         noise = initial_noise(seeds, self.latent_shape, self.device)
-        scheduler = make_sampler(sampler or self.sampler, self.train_scheduler)
+        scheduler = make_sampler(sampling.sampler, self.train_scheduler)
         generator = step_generators(seeds)  # per sample: a sample does not depend on its batch
         was_training = self.denoiser.training
         self.denoiser.eval()
         try:
-            output = sample_latents(self.denoiser, scheduler, noise, num_inference_steps or self.num_inference_steps,
-                                    mask_size=self.image_size, registers=registers, attention_steps=attention_steps,
+            output = sample_latents(self.denoiser, scheduler, noise, sampling.num_inference_steps,
+                                    mask_size=self.image_size, registers=registers,
+                                    attention_steps=sampling.attention_steps if return_attention else 0,
                                     generator=generator)
         finally:
             self.denoiser.train(was_training)
         masks = output.anatomy_logits.argmax(1) if output.anatomy_logits is not None else None
-        return AnatomicalLDMPipelineOutput(self.decode(output.latents), masks, output.attention, applied, seeds)
+        return AnatomicalLDMPipelineOutput(self.decode(output.latents), masks, output.attention, applied, seeds,
+                                           sampling)
 
     def forward(self, *args: Any, **kwargs: Any) -> AnatomicalLDMPipelineOutput:
         """``pipeline(num_samples=16)`` is :meth:`generate`."""
@@ -305,12 +329,3 @@ class AnatomicalLDMPipeline(nn.Module):
 
         return load_pipeline(path, device, cls)
 
-
-def as_register_edit(edit: RegisterEdit | dict, key: str) -> RegisterEdit:
-    """A register edit from a config mapping (``{operation: scale, classes: [liver], factor: 2}``)."""
-    if isinstance(edit, RegisterEdit):
-        return edit
-    try:
-        return RegisterEdit(**edit)
-    except TypeError as err:
-        raise ConfigError(f"{key}: {edit} is not a register edit ({err})") from None

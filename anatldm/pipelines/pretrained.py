@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from anatldm import __version__
 from anatldm.atomic import write_atomic, write_text_atomic
+from anatldm.diffusion.sampling import SamplingConfig
 from anatldm.diffusion.schedulers import SAMPLERS, make_train_scheduler
 from anatldm.errors import ConfigError, read_json_object
 from anatldm.models.autoencoder_bundle import NETWORK_CLASS as AUTOENCODER_CLASS
@@ -68,7 +69,7 @@ def save_pipeline(pipeline, folder: str | Path, extra: dict[str, Any] | None = N
         "class_names": list(pipeline.class_names),
         "image_size": list(pipeline.image_size),
         "normalization": jsonable(pipeline.normalization),
-        "sampling": {key: getattr(pipeline, key) for key in SAMPLING_FIELDS},
+        "sampling": {key: getattr(pipeline.sampling, key) for key in SAMPLING_FIELDS},
         "register_groups": jsonable(pipeline.register_groups),
         "association": None if association is None else association.float().cpu().tolist(),
         "anatldm_version": __version__,
@@ -170,7 +171,7 @@ def load_pipeline(path: str | Path, device: str | torch.device = "cpu", cls: typ
                    image_size=metadata["image_size"], normalization=metadata["normalization"],
                    scheduler_config=metadata["scheduler"], autoencoder_config=metadata["autoencoder"]["config"],
                    denoiser_config=metadata["denoiser"]["config"], register_groups=metadata["register_groups"],
-                   association=association, **{key: sampling[key] for key in SAMPLING_FIELDS})
+                   association=association, sampling=SamplingConfig(**{key: sampling[key] for key in SAMPLING_FIELDS}))
     weights_path = json_path.parent / str(metadata["weights"])
     if not weights_path.is_file():
         raise ConfigError(f"{weights_path}: weights file missing (named by {json_path})")

@@ -31,9 +31,57 @@ logger = logging.getLogger(__name__)
 
 
 class AutoencoderTask(AnatomyTask):
-    # the class documentation with every hyperparameter (``Args:``, read by ``--help``) is
-    # ae_stage.AUTOENCODER_TASK_DOC, next to their checks
-    __doc__ = ae_stage.AUTOENCODER_TASK_DOC
+    """KL-regularised autoencoder with a PatchGAN discriminator (Rombach et al. 2022).
+
+    Wires MONAI's ``AutoencoderKL`` (Pinaya et al. 2022, https://arxiv.org/abs/2209.07162),
+    ``PatchDiscriminator`` and ``PatchAdversarialLoss`` into Lightning's manual-optimisation GAN
+    pattern: one generator step (L1 + KL [+ perceptual] [+ adversarial]) and, once the
+    adversarial warm-up is over, one discriminator step per batch. Losses are computed in
+    float32, so ``bf16-mixed`` is safe. Nothing is 2D-only: ``spatial_dims: 3`` trains on volumes.
+
+    At the end of fit, ``scale_factor = 1 / std(z_mu)`` is measured on
+    ``scale_factor_batches`` batches' worth of training slices spread evenly over the split (no
+    augmentation; sums all-reduced across ranks) and the bundle is written to ``export_dir``.
+
+    With the discriminator on, ``trainer.max_steps`` counts the steps of both optimisers
+    (Lightning's rule for manual optimisation); ``max_epochs`` is the simpler stop criterion.
+    Under DDP use ``strategy: ddp_find_unused_parameters_true``: the two networks take turns, so
+    each backward pass leaves the other network's parameters without gradients.
+
+    Args:
+        spatial_dims: 2 for slices, 3 for volumes.
+        in_channels: image channels (also the output channels).
+        channels: feature channels per resolution level; ``len(channels) - 1`` downsamplings.
+        latent_channels: channels of the latent ``z``.
+        num_res_blocks: residual blocks per level.
+        norm_num_groups: GroupNorm groups; every entry of ``channels`` must be divisible by it.
+        attention_levels: self-attention per level; ``None`` means none.
+        with_nonlocal_attention: the attention block in the lowest-resolution middle block of
+            the encoder and decoder.
+        reconstruction_loss: ``"l1"`` (default, as in the LDM paper) or ``"l2"``.
+        generator_lr: Adam learning rate of the autoencoder.
+        discriminator_lr: Adam learning rate of the discriminator.
+        lr_schedule: ``"constant"``, or ``"cosine"``: both learning rates decay to 0 over the
+            training batches Lightning expects (``trainer.estimated_stepping_batches``: batches
+            times epochs, or ``max_steps`` when that is set).
+        kl_weight: weight of the KL term (summed over latent elements).
+        adv_weight: weight of the adversarial terms; 0 trains no discriminator at all.
+        adversarial_warmup_steps: training batches before the discriminator is switched on.
+        discriminator_layers: convolution layers of the PatchGAN discriminator.
+        discriminator_channels: channels of its first layer (doubled per layer).
+        perceptual_weight: weight of the perceptual loss (only with ``perceptual_weights_path``).
+        perceptual_weights_path: a local torchvision ResNet-50 state dict for MONAI's perceptual
+            loss (needs torchvision). ``None`` switches the perceptual loss off; nothing is ever
+            downloaded.
+        gradient_clip_val: max gradient norm of each optimiser step; ``None`` or 0 disables it
+            (``trainer.gradient_clip_val`` cannot be used with manual optimisation).
+        scale_factor_batches: training batches used to measure the latent scale factor.
+        export_dir: bundle folder; ``None`` means ``<trainer.log_dir>/export``.
+        num_logged_images: rows of the reconstruction grid logged to TensorBoard.
+        max_nonfinite_steps: training stops with an error after this many batches in a row with a
+            non-finite generator or discriminator loss (each one is skipped: no update of either
+            network, a warning, ``train/nonfinite_steps``).
+    """
 
     def __init__(
         self,

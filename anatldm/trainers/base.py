@@ -10,6 +10,7 @@ import torch
 from lightning.pytorch import LightningDataModule, LightningModule
 from torch import Tensor, nn
 
+from anatldm.config import plain
 from anatldm.errors import (
     CheckpointMismatchError,
     ConfigError,
@@ -51,6 +52,8 @@ class AnatomyTask(LightningModule):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=list(self.ignore))
+        for name, value in self.hparams.items():  # config dataclasses as plain data (weights-only checkpoints)
+            self.hparams[name] = plain(value)
         #: training steps skipped for a non-finite loss: in total, and in a row (kept in checkpoints)
         self.nonfinite_steps = 0
         self.consecutive_nonfinite_steps = 0
@@ -105,16 +108,20 @@ class AnatomyTask(LightningModule):
         else:
             self.consecutive_nonfinite_steps = 0
         self.log("train/nonfinite_steps", float(self.nonfinite_steps), batch_size=1)
-        limit = int(self.hparams.get("max_nonfinite_steps", 10))
+        limit, key = self.nonfinite_limit()
         if self.consecutive_nonfinite_steps >= limit:
             callback = self.trainer.checkpoint_callback
             last = getattr(callback, "last_model_path", "") or getattr(callback, "best_model_path", "")
             kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written before"
             raise TrainingDivergedError(
                 f"training stopped at step {self.global_step}: {self.consecutive_nonfinite_steps} steps in a row had "
-                f"a non-finite loss (model.init_args.max_nonfinite_steps={limit}); {kept}. Lower the learning rate, "
+                f"a non-finite loss ({key}={limit}); {kept}. Lower the learning rate, "
                 f"train in precision 32 or check the data")
         return nonfinite
+
+    def nonfinite_limit(self) -> tuple[int, str]:
+        """Skipped non-finite steps in a row before training stops, and the config key that sets it."""
+        return int(self.hparams.get("max_nonfinite_steps", 10)), "model.init_args.max_nonfinite_steps"
 
     # -- checkpoints -------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -13,20 +13,27 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 from torchmetrics.segmentation import DiceScore
 
+from anatldm.config import as_config
 from anatldm.diffusion import make_train_scheduler
 from anatldm.diffusion import training as ldm_stage
 from anatldm.diffusion.latents import PosteriorCache
-from anatldm.diffusion.schedulers import SamplerName
+from anatldm.diffusion.sampling import SamplingConfig
+from anatldm.diffusion.schedulers import NoiseScheduleConfig
+from anatldm.diffusion.training import TrainingOptions
 from anatldm.errors import ConfigError
 from anatldm.interpret.edits import load_register_bank
-from anatldm.losses import AnatomyLoss, RegisterAttentionLoss, TimestepWeighting
-from anatldm.models import denoiser as net
+from anatldm.losses import (
+    AnatomyLoss,
+    AnatomyLossConfig,
+    AnatomyWeightSchedule,
+    RegisterAttentionLoss,
+    TimestepWeighting,
+)
 from anatldm.models.autoencoder_bundle import load_autoencoder_bundle
-from anatldm.models.denoiser import AnatomicalDenoiser, RegisterMode
-from anatldm.models.registers import RegisterEdit
-from anatldm.pipelines import AnatomicalLDMPipeline
-from anatldm.pipelines.task import PipelineSampling
+from anatldm.models.denoiser import AnatomicalDenoiser, DenoiserConfig
+from anatldm.pipelines import AnatomicalLDMPipeline, AnatomicalLDMPipelineOutput
 from anatldm.trainers.base import AnatomyTask, fused_adam
+from anatldm.trainers.flat_layout import is_flat_layout, nest_flat_hyperparameters
 from anatldm.visualize import sample_grid
 
 __all__ = ["AnatomicalLDMTask", "load_register_bank"]
@@ -34,86 +41,137 @@ __all__ = ["AnatomicalLDMTask", "load_register_bank"]
 logger = logging.getLogger(__name__)
 
 
-class AnatomicalLDMTask(PipelineSampling, AnatomyTask):
-    # the class documentation with every hyperparameter (``Args:``, read by ``--help``) is
-    # ldm_stage.LDM_TASK_DOC, next to their checks
-    __doc__ = ldm_stage.LDM_TASK_DOC
+class AnatomicalLDMTask(AnatomyTask):
+    """Anatomical latent diffusion model (docs/method.md, 'Model' and 'Training objective').
 
+    A frozen KL autoencoder (an export bundle of :class:`AutoencoderTask`) maps slices to
+    latents scaled by its ``scale_factor``. :class:`~anatldm.models.denoiser.AnatomicalDenoiser`
+    predicts the noise while cross-attending to a learnable register bank, and its anatomy head
+    predicts the clean slice's label map from the noisy latent. Loss::
+
+        L = L_diffusion + anatomy_loss.weight(step) * DiceCE_w(head logits, mask)
+            [+ registers.supervision_weight * L_attention(register attention, mask)]
+
+    with the progressive :class:`~anatldm.losses.AnatomyWeightSchedule`, ``w`` the per-sample
+    timestep weights of :class:`~anatldm.losses.TimestepWeighting` and ``L_attention`` the
+    optional :class:`~anatldm.losses.RegisterAttentionLoss` (docs/method.md).
+    ``denoiser.registers.num_registers: 0`` and ``anatomy_loss.weight: 0`` give the standard LDM
+    baseline, without a single register or head parameter. EMA weights come from the
+    ``EMAWeightAveraging`` callback (in ``anatldm.callbacks``; see the configs): they are swapped
+    in for validation and written to checkpoints.
+
+    Sampling needs no mask: every sample comes out as an (image, mask) pair, the mask read from
+    one more head call on the final (clean) latents at t = 0. :attr:`pipeline` (an
+    :class:`~anatldm.pipelines.AnatomicalLDMPipeline` sharing this task's modules) samples;
+    ``predict_step`` returns its output unchanged.
+
+    A checkpoint of the previous flat layout (``num_registers``, ``anatomy_weight``, ... as
+    arguments) loads as it did (:mod:`anatldm.trainers.flat_layout`).
+
+    Args:
+        autoencoder: path of the autoencoder export bundle (folder or ``autoencoder.json``).
+        denoiser: the UNet, its register bank (``denoiser.registers``) and its anatomy head
+            (``denoiser.head``); :class:`~anatldm.models.denoiser.DenoiserConfig`.
+        anatomy_loss: the anatomy loss and its progressive weight; ``weight: 0`` builds no head;
+            :class:`~anatldm.losses.AnatomyLossConfig`.
+        noise_schedule: the forward process and the diffusion loss weighting;
+            :class:`~anatldm.diffusion.schedulers.NoiseScheduleConfig`.
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        training: previews, gradient-norm logging, non-finite-step limit, latent cache;
+            :class:`~anatldm.diffusion.training.TrainingOptions`.
+        sampling: sampler, steps, register edits and attention recording of previews and
+            ``predict``; :class:`~anatldm.diffusion.sampling.SamplingConfig`. Inference-only: not
+            saved as hyperparameters, so a sampling config changes it while the architecture
+            comes from the checkpoint.
+    """
 
     #: inference-only settings: not hyperparameters, so a sampling config can change them
-    ignore = ("sampler", "num_inference_steps", "register_edits", "anatomy_edits", "registers_per_class",
-              "association", "association_samples", "attention_steps")
+    ignore = ("sampling",)
 
     def __init__(
         self,
         autoencoder: str,
-        channels: tuple[int, ...] = net.DEFAULT_CHANNELS, num_res_blocks: int = 2,
-        attention_levels: tuple[bool, ...] = net.DEFAULT_ATTENTION_LEVELS, norm_num_groups: int = 32,
-        num_head_channels: int = 32, num_registers: int = 16, register_dim: int = net.DEFAULT_REGISTER_DIM,
-        register_init_std: float = net.DEFAULT_REGISTER_INIT_STD, register_levels: tuple[int, ...] = (1, 2),
-        register_heads: int = 4, register_encoder: bool = False, register_mode: RegisterMode = "read",
-        register_supervision: Literal["none", "attention"] = "none", register_supervision_weight: float = 0.5,
-        supervised_registers_per_class: int = 2, head_levels: tuple[int, ...] = (0, 1, 2),
-        head_channels: int = net.DEFAULT_HEAD_CHANNELS,
-        anatomy_weight: float = 2.0, anatomy_weight_min: float = 0.5, anatomy_warmup_fraction: float = 0.2,
-        anatomy_decay: Literal["cosine", "linear", "constant"] = "cosine",
-        anatomy_timestep_weighting: Literal["none", "alpha_bar", "snr_cutoff"] = "none",
-        anatomy_snr_cutoff: float = 0.05, anatomy_dice_batch: bool = False, num_train_timesteps: int = 1000,
-        beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "scaled_linear",
-        beta_start: float = 0.0015, beta_end: float = 0.0195,
-        prediction_type: Literal["epsilon", "v_prediction"] = "epsilon", min_snr_gamma: float | None = 5.0,
-        lr: float = 1e-4, weight_decay: float = 0.0,
-        preview_every_n_epochs: int = 1, num_preview_samples: int = 8, grad_norm_every_n_steps: int = 50,
-        max_nonfinite_steps: int = 10, cache_latents: bool = False,
-        sampler: SamplerName = "ddim", num_inference_steps: int = 50,
-        register_edits: list[RegisterEdit] | None = None, anatomy_edits: dict[str, float] | None = None,
-        registers_per_class: int = 2, association: str | None = None, association_samples: int = 32,
-        attention_steps: int = 5,
+        denoiser: DenoiserConfig = DenoiserConfig(),
+        anatomy_loss: AnatomyLossConfig = AnatomyLossConfig(),
+        noise_schedule: NoiseScheduleConfig = NoiseScheduleConfig(),
+        lr: float = 1e-4,
+        weight_decay: float = 0.0,
+        training: TrainingOptions = TrainingOptions(),
+        sampling: SamplingConfig = SamplingConfig(),
     ) -> None:
-        ldm_stage.check_ldm_arguments(**locals())
-        self.set_sampling(sampler, num_inference_steps, register_edits, anatomy_edits, registers_per_class,
-                          association, association_samples, attention_steps)
-        self.record_attention = False  # set by SampleWriter(save_attention=True) for predict
-        self._predict_registers: Tensor | None = None
+        self.denoiser_config = as_config(DenoiserConfig, denoiser)
+        self.anatomy_loss_config = as_config(AnatomyLossConfig, anatomy_loss)
+        self.noise_schedule = as_config(NoiseScheduleConfig, noise_schedule)
+        self.training_options = as_config(TrainingOptions, training)
+        self._initial_sampling = as_config(SamplingConfig, sampling)  # then the pipeline's: task.pipeline.sampling
+        if not lr > 0:
+            raise ConfigError(f"model.lr must be positive, got {lr}")
+        if weight_decay < 0:
+            raise ConfigError(f"model.weight_decay must be >= 0, got {weight_decay}")
+        registers = self.denoiser_config.registers
+        if registers.supervision != "none" and not self.anatomy_loss_config.enabled:
+            raise ConfigError(f"{registers.key}.supervision needs the anatomy head's classes "
+                              f"(model.anatomy_loss.weight > 0, got {self.anatomy_loss_config.weight})")
+        if self._initial_sampling.edits and not registers.num_registers:
+            edited = "register_edits" if self._initial_sampling.register_edits else "anatomy_edits"
+            raise ConfigError(f"{SamplingConfig.key}.{edited} needs a register bank, but "
+                              f"{registers.key}.num_registers is 0")
         super().__init__()
-        self.anatomy_schedule = None  # an AnatomyWeightSchedule, built when fit starts
-        self.posterior_cache = PosteriorCache() if cache_latents else None
+        self.anatomy_schedule: AnatomyWeightSchedule | None = None  # built when fit starts
+        self.posterior_cache = PosteriorCache() if self.training_options.cache_latents else None
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict=None,
+                             **kwargs: Any) -> AnatomicalLDMTask:
+        """Lightning's ``load_from_checkpoint``; a checkpoint of the flat layout has its
+        hyperparameters nested first (:func:`~anatldm.trainers.flat_layout.nest_flat_hyperparameters`)."""
+        hyperparameters = torch.load(checkpoint_path, map_location="cpu", weights_only=True,
+                                     mmap=True).get("hyper_parameters") or {}
+        if is_flat_layout(hyperparameters):
+            nested = nest_flat_hyperparameters(hyperparameters)
+            kwargs = {**{key: value for key, value in nested.items() if not key.startswith("_")}, **kwargs}
+        return super().load_from_checkpoint(checkpoint_path, map_location=map_location, hparams_file=hparams_file,
+                                            strict=strict, **kwargs)
 
     # -- construction ------------------------------------------------------------------------
     def configure_models(self) -> None:
-        hp = self.hparams
-        self.autoencoder, self.bundle = load_autoencoder_bundle(hp.autoencoder)
+        self.autoencoder, self.bundle = load_autoencoder_bundle(self.hparams.autoencoder)
         self.autoencoder.requires_grad_(False)
         self.register_buffer("scale_factor", torch.tensor(float(self.bundle["scale_factor"])))
         self.class_names = list(self.bundle["class_names"])
         self.image_size = tuple(self.bundle["image_size"])
         config = self.bundle["config"]
-        self.denoiser_config = ldm_stage.denoiser_config(hp, config, len(self.class_names) if hp.anatomy_weight > 0 else 0)
+        num_classes = len(self.class_names) if self.anatomy_loss_config.enabled else 0
+        denoiser_kwargs = self.denoiser_config.denoiser_kwargs(config.get("spatial_dims", 2), config["latent_channels"],
+                                                               num_classes)
         try:
-            self.denoiser = AnatomicalDenoiser(**self.denoiser_config)
+            self.denoiser = AnatomicalDenoiser(**denoiser_kwargs)
         except ValueError as err:
-            raise ConfigError(f"model: {err}") from None
-        self.scheduler_config = ldm_stage.scheduler_config(hp)
-        self.train_scheduler = make_train_scheduler(**self.scheduler_config)
+            raise ConfigError(f"model.denoiser: {err}") from None
+        self.train_scheduler = make_train_scheduler(**self.noise_schedule.scheduler_kwargs())
         self.register_groups: list[list[int]] | None = ldm_stage.supervised_register_groups(
-            hp, self.denoiser.registers.num_registers if self.denoiser.registers is not None else 0, len(self.class_names))
+            self.denoiser_config.registers, len(self.class_names))
         # the sampling half (not a submodule: the networks' weights stay under the task's keys)
-        object.__setattr__(self, "_pipeline", AnatomicalLDMPipeline(
+        object.__setattr__(self, "pipeline", AnatomicalLDMPipeline(
             self.autoencoder, self.denoiser, float(self.scale_factor), self.class_names, self.image_size,
-            self.bundle.get("normalization", {}), self.scheduler_config, config, self.denoiser_config,
-            register_groups=self.register_groups))
-        self.latent_shape = self._pipeline.latent_shape
-        if self.register_edits:  # fail on a bad edit now, not after a long sampling run
-            self.check_edits()
+            self.bundle.get("normalization", {}), self.noise_schedule.scheduler_kwargs(), config, denoiser_kwargs,
+            register_groups=self.register_groups, sampling=self._initial_sampling))
+        # the pipeline decodes with the scale factor of the weights loaded (a checkpoint's, not the bundle's)
+        self.register_load_state_dict_post_hook(
+            lambda module, incompatible: setattr(module.pipeline, "scale_factor", float(module.scale_factor)))
+        self.latent_shape = self.pipeline.latent_shape
+        if self._initial_sampling.edits:  # fail on a bad edit now, not after a long sampling run
+            self.pipeline.check_edits()
 
     def configure_losses(self) -> None:
-        hp, head = self.hparams, self.denoiser.head is not None
-        self.anatomy_loss = AnatomyLoss(batch=hp.anatomy_dice_batch) if head else None
+        loss, head = self.anatomy_loss_config, self.denoiser.head is not None
+        self.anatomy_loss = AnatomyLoss(batch=loss.dice_batch) if head else None
         # validation: per-slice Dice and no timestep weights, so that a batch's loss is a mean of
         # per-slice terms and the number does not depend on the batch size or the number of ranks
         self.eval_anatomy_loss = AnatomyLoss(batch=False) if head else None
-        self.timestep_weighting = TimestepWeighting(hp.anatomy_timestep_weighting,
-                                                    self.train_scheduler.alphas_cumprod, hp.anatomy_snr_cutoff)
+        self.timestep_weighting = TimestepWeighting(loss.timestep_weighting, self.train_scheduler.alphas_cumprod,
+                                                    loss.snr_cutoff)
         self.register_loss = (RegisterAttentionLoss(self.register_groups, self.denoiser.registers.num_registers)
                               if self.register_groups is not None else None)
 
@@ -141,8 +199,9 @@ class AnatomicalLDMTask(PipelineSampling, AnatomyTask):
 
     def on_fit_start(self) -> None:
         self.check_inputs(self.trainer.datamodule)
-        ldm_stage.check_cache_latents(self.hparams.cache_latents, self.trainer.datamodule)
-        self.anatomy_schedule = ldm_stage.anatomy_weight_schedule(self.hparams, self.trainer.estimated_stepping_batches)
+        ldm_stage.check_cache_latents(self.training_options.cache_latents, self.trainer.datamodule)
+        self.anatomy_schedule = AnatomyWeightSchedule.from_config(self.anatomy_loss_config,
+                                                                  self.trainer.estimated_stepping_batches)
 
     def on_train_end(self) -> None:
         """Export the pipeline (:meth:`AnatomicalLDMPipeline.save_pretrained`) to
@@ -158,9 +217,8 @@ class AnatomicalLDMTask(PipelineSampling, AnatomyTask):
         """Losses of one batch (:func:`anatldm.diffusion.training.diffusion_losses`); ``per_slice``:
         every loss a plain mean of per-slice terms, as validation reports them."""
         return ldm_stage.diffusion_losses(
-            batch, autoencoder=self.autoencoder, encode=self.encode, scale_factor=self.scale_factor,
-            denoiser=self.denoiser, scheduler=self.train_scheduler, prediction_type=self.hparams.prediction_type,
-            min_snr_gamma=self.hparams.min_snr_gamma, timestep_weighting=self.timestep_weighting,
+            batch, autoencoder=self.autoencoder, scale_factor=self.scale_factor, denoiser=self.denoiser,
+            scheduler=self.train_scheduler, noise_schedule=self.noise_schedule, timestep_weighting=self.timestep_weighting,
             anatomy_loss=self.eval_anatomy_loss if per_slice else self.anatomy_loss, register_loss=self.register_loss,
             posterior_cache=self.posterior_cache if self.training else None, generator=generator,
             max_timestep=max_timestep, seeds=seeds, per_slice=per_slice)
@@ -174,11 +232,11 @@ class AnatomicalLDMTask(PipelineSampling, AnatomyTask):
             weight = self.anatomy_schedule(self.global_step)
             terms["anatomy_loss"] = weight * losses["anatomy_loss"]
         if self.register_loss is not None:
-            terms["register_loss"] = self.hparams.register_supervision_weight * losses["register_loss"]
+            terms["register_loss"] = self.denoiser_config.registers.supervision_weight * losses["register_loss"]
         loss = torch.stack(list(terms.values())).sum()
         if self.skip_nonfinite_loss(loss, buffers):
             return None  # no backward, no optimizer update; the EMA keeps averaging finite weights
-        every = self.hparams.grad_norm_every_n_steps
+        every = self.training_options.grad_norm_every_n_steps
         if every and self.global_step % every == 0 and self.trainer.world_size == 1:
             self._log_gradient_norms(terms, batch_size)
         if self.anatomy_loss is not None:
@@ -226,19 +284,19 @@ class AnatomicalLDMTask(PipelineSampling, AnatomyTask):
             self.log("val/anatomy_dice", self.val_dice, batch_size=batch_size)
 
     def on_validation_epoch_end(self) -> None:
-        every = self.hparams.preview_every_n_epochs
+        every = self.training_options.preview_every_n_epochs
         if not every or self.trainer.sanity_checking or (self.current_epoch + 1) % every:
             return
         if not self.trainer.is_global_zero or not isinstance(self.logger, TensorBoardLogger):
             return
-        grid = sample_grid(self.generate(range(self.hparams.num_preview_samples)), self.class_names)
+        preview = self.pipeline.generate(range(self.training_options.num_preview_samples), return_attention=False)
+        grid = sample_grid({"image": preview.images, "mask": preview.masks}, self.class_names)
         self.logger.experiment.add_image("samples", grid, self.global_step, dataformats="HWC")
 
-    # -- sampling (PipelineSampling: through the pipeline) ------------------------------------
-    def on_predict_start(self) -> None:
-        self._predict_registers = self.edited_registers()  # once, not per batch (a source is a checkpoint read)
+    # -- sampling (through the pipeline) ----------------------------------------------------
+    def predict_step(self, batch: dict, batch_idx: int) -> AnatomicalLDMPipelineOutput:
+        """One (image, mask) pair per seed of ``batch["seed"]``, as the pipeline returns them."""
+        return self.pipeline.generate(batch["seed"].tolist())
 
-    def predict_step(self, batch: dict, batch_idx: int) -> dict[str, Any]:
-        samples = self.generate(batch["seed"].tolist(), registers=self._predict_registers,
-                                attention_steps=self.attention_steps if self.record_attention else 0)
-        return {**samples, "seed": batch["seed"]}
+    def nonfinite_limit(self) -> tuple[int, str]:
+        return self.training_options.max_nonfinite_steps, f"{TrainingOptions.key}.max_nonfinite_steps"

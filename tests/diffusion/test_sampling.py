@@ -6,8 +6,10 @@ import pytest
 import torch
 
 from anatldm.diffusion import make_sampler, make_train_scheduler, sample_latents
-from anatldm.diffusion.sampling import initial_noise, step_generators
+from anatldm.diffusion.sampling import SamplingConfig, initial_noise, step_generators
+from anatldm.errors import ConfigError
 from anatldm.models.denoiser import AnatomicalDenoiser
+from anatldm.models.registers import RegisterEdit
 
 TINY = {"in_channels": 4, "channels": (8, 16), "attention_levels": (False, False), "norm_num_groups": 4,
         "num_head_channels": 4, "num_registers": 4, "register_dim": 8, "register_levels": (1,),
@@ -68,9 +70,21 @@ def test_one_ddim_step_is_the_closed_form() -> None:
     torch.testing.assert_close(out.latents, expected, rtol=1e-4, atol=1e-4)
 
 
-def test_zero_steps_is_an_error() -> None:
-    with pytest.raises(ValueError, match="num_inference_steps"):
-        sample_latents(_denoiser(), make_sampler("ddim", make_train_scheduler()), initial_noise([0], (4, 8, 8)), 0)
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"num_inference_steps": 0}, "model.sampling.num_inference_steps must be at least 1, got 0"),
+    ({"sampler": "euler"}, "model.sampling.sampler must be one of"),
+    ({"attention_steps": 0}, "model.sampling.attention_steps must be at least 1"),
+    ({"anatomy_edits": {"liver": -1.0}}, "model.sampling.anatomy_edits.liver: the factor must be >= 0"),
+    ({"register_edits": [{"operation": "scale", "factr": 2}]}, "model.sampling.register_edits: .* is not a register edit"),
+])
+def test_a_bad_sampling_setting_is_one_config_error_naming_its_key(settings: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        SamplingConfig(**settings)
+
+
+def test_anatomy_edits_follow_the_register_edits() -> None:
+    sampling = SamplingConfig(register_edits=[{"operation": "ablate", "registers": [0]}], anatomy_edits={"liver": 0.0})
+    assert sampling.edits == [RegisterEdit("ablate", registers=[0]), RegisterEdit("scale", classes=["liver"], factor=0.0)]
 
 
 def test_attention_is_a_mean_over_the_recorded_steps() -> None:

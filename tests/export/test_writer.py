@@ -22,7 +22,7 @@ def predict_config(tmp_path: Path, checkpoint: Path, bundle: Path, writer: dict 
                     "callbacks": [{"class_path": "DatasetWriter", "init_args": {
                         "output_dir": str(tmp_path / "out"), "dataset_id": 42, "dataset_name": "Tiny", **(writer or {})}}]},
         "model": {"class_path": "AnatomicalLDMTask",
-                  "init_args": {"autoencoder": str(bundle), "sampler": "ddim", "num_inference_steps": 2}},
+                  "init_args": {"autoencoder": str(bundle), "sampling": {"sampler": "ddim", "num_inference_steps": 2}}},
         "data": {"class_path": "SampleSeeds", "init_args": {"num_samples": num_samples, "batch_size": 4, "seed": 3}},
         "ckpt_path": str(checkpoint),
     }

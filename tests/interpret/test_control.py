@@ -48,8 +48,9 @@ def constructed_model(bundle: Path, **overrides):
     removes it: the association (register 0 <-> liver) and the direction are known.
     """
     torch.manual_seed(0)
-    model = task(bundle, num_registers=2, register_heads=1, register_levels=[0], registers_per_class=1,
-                 association_samples=4, attention_steps=2, **overrides).eval()
+    model = task(bundle, denoiser__registers__num_registers=2, denoiser__registers__heads=1,
+                 denoiser__registers__levels=[0], sampling__registers_per_class=1, sampling__association_samples=4,
+                 sampling__attention_steps=2, **overrides).eval()
     attention = model.denoiser.register_attention["up0"]
     with torch.no_grad():
         model.denoiser.registers.tokens[1] = 0.0
@@ -61,50 +62,53 @@ def constructed_model(bundle: Path, **overrides):
     return model
 
 
-def liver_area(model, seeds) -> float:
-    return float(area_fractions(model.generate(seeds)["mask"], len(CT_ABDOMEN_CLASSES))[:, LIVER - 1].mean())
+def liver_area(model, seeds, **sampling) -> float:
+    masks = model.pipeline.generate(seeds, **sampling).masks
+    return float(area_fractions(masks, len(CT_ABDOMEN_CLASSES))[:, LIVER - 1].mean())
 
 
 def test_scaling_the_registers_of_a_class_moves_its_area_in_that_direction(tiny_bundle: Path) -> None:
     model = constructed_model(tiny_bundle)
-    table = model.register_association()
+    table = model.pipeline.register_association()
     assert table.shape == (2, len(CT_ABDOMEN_CLASSES)) and table[0, LIVER] > 0.3 > table[1, LIVER]
     seeds = [0, 1, 2, 3]
     base = liver_area(model, seeds)
     assert 0.05 < base < 0.95
-    model.register_edits = [RegisterEdit("scale", classes=["liver"], factor=1.5)]
-    grown = liver_area(model, seeds)
-    assert model.applied_edits == [{"classes": ["liver"], "registers": [0]}]
-    model.register_edits = [RegisterEdit("ablate", classes=["liver"])]
-    ablated = liver_area(model, seeds)
+    scaled = [RegisterEdit("scale", classes=["liver"], factor=1.5)]
+    grown = liver_area(model, seeds, register_edits=scaled)
+    assert model.pipeline.generate(seeds[:1], register_edits=scaled).applied_edits == \
+        [{"classes": ["liver"], "registers": [0]}]
+    ablated = liver_area(model, seeds, register_edits=[RegisterEdit("ablate", classes=["liver"])])
     assert grown > base + 0.05 and ablated < base - 0.05, (base, grown, ablated)
 
 
 def test_a_class_no_register_carries_is_its_own_error(tiny_bundle: Path) -> None:
-    model = constructed_model(tiny_bundle, register_edits=[RegisterEdit("scale", classes=["spleen"], factor=2.0)])
+    model = constructed_model(tiny_bundle,
+                              sampling__register_edits=[RegisterEdit("scale", classes=["spleen"], factor=2.0)])
     with pytest.raises(NoRegisterForClassError, match="no register carries 'spleen'"):
-        model.edited_registers()  # the head never marks the spleen: no register can carry it
+        model.pipeline.generate([0])  # the head never marks the spleen: no register can carry it
 
 
 def test_anatomy_edits_shorthand_matches_explicit_edit(tiny_bundle: Path) -> None:
-    shorthand = constructed_model(tiny_bundle, anatomy_edits={"liver": 1.5})
-    explicit = constructed_model(tiny_bundle, register_edits=[RegisterEdit("scale", classes=["liver"], factor=1.5)])
-    torch.testing.assert_close(shorthand.generate([5])["image"], explicit.generate([5])["image"])
+    shorthand = constructed_model(tiny_bundle, sampling__anatomy_edits={"liver": 1.5})
+    explicit = constructed_model(tiny_bundle,
+                                 sampling__register_edits=[RegisterEdit("scale", classes=["liver"], factor=1.5)])
+    torch.testing.assert_close(shorthand.pipeline.generate([5]).images, explicit.pipeline.generate([5]).images)
 
 
 def test_generated_attention_has_the_right_shape_and_sums_to_one(tiny_bundle: Path) -> None:
-    model = task(tiny_bundle, num_registers=4).eval()
-    out = model.generate([0, 1, 2], attention_steps=2)
-    assert set(out["attention"]) == {"up0", "up1"}
-    for name, maps in out["attention"].items():
+    model = task(tiny_bundle).eval()
+    out = model.pipeline.generate([0, 1, 2], return_attention=True, attention_steps=2)
+    assert set(out.attention) == {"up0", "up1"}
+    for name, maps in out.attention.items():
         latent = model.latent_shape[1] // (2 ** int(name[-1]))
         assert maps.shape == (3, 4, latent, latent)
         torch.testing.assert_close(maps.sum(1), torch.ones(3, latent, latent))
 
 
 @pytest.mark.parametrize("overrides", [
-    {"anatomy_edits": {"livre": 2.0}},
-    {"register_edits": [RegisterEdit("ablate", classes=["kidneys"])]},
+    {"sampling__anatomy_edits": {"livre": 2.0}},
+    {"sampling__register_edits": [RegisterEdit("ablate", classes=["kidneys"])]},
 ])
 def test_unknown_class_lists_the_known_ones(tiny_bundle: Path, overrides: dict) -> None:
     with pytest.raises(ConfigError, match="unknown class .*; known classes: background, liver, spleen, kidney"):
@@ -113,28 +117,29 @@ def test_unknown_class_lists_the_known_ones(tiny_bundle: Path, overrides: dict) 
 
 def test_bad_anatomy_edit_settings(tiny_bundle: Path) -> None:
     with pytest.raises(ConfigError, match="factor must be >= 0"):
-        task(tiny_bundle, anatomy_edits={"liver": -1.0})
-    with pytest.raises(ConfigError, match="needs a register bank"):
-        task(tiny_bundle, num_registers=0, anatomy_edits={"liver": 2.0})
+        task(tiny_bundle, sampling__anatomy_edits={"liver": -1.0})
+    with pytest.raises(ConfigError, match="model.sampling.anatomy_edits needs a register bank"):
+        task(tiny_bundle, denoiser__registers__num_registers=0, sampling__anatomy_edits={"liver": 2.0})
     with pytest.raises(ConfigError, match="either 'registers' or 'classes'"):
-        task(tiny_bundle, register_edits=[RegisterEdit("ablate", registers=[0], classes=["liver"])]).edited_registers()
+        task(tiny_bundle, sampling__register_edits=[RegisterEdit("ablate", registers=[0], classes=["liver"])]
+             ).pipeline.generate([0])
 
 
 def test_predict_saves_attention_association_and_edits(tiny_bundle: Path, tmp_path: Path) -> None:
     config = write_config(tmp_path / "ldm.yaml", tiny_bundle, tmp_path, max_epochs=1, limit_train_batches=2,
                           limit_val_batches=1)
-    main(["fit", "--config", str(config), "--model.init_args.preview_every_n_epochs", "0"])
+    main(["fit", "--config", str(config), "--model.init_args.training.preview_every_n_epochs", "0"])
     checkpoint = next((tmp_path / "tb").rglob("*.ckpt"))
     out = tmp_path / "samples"
     sample = {
         "trainer": {"accelerator": "cpu", "devices": 1, "logger": False, "default_root_dir": str(tmp_path),
                     "callbacks": [{"class_path": "SampleWriter",
-                                   "init_args": {"output_dir": str(out), "save_attention": True,
-                                                 "attention_panels": 2}}]},
+                                   "init_args": {"output_dir": str(out), "attention_panels": 2}}]},
         "model": {"class_path": "AnatomicalLDMTask",
-                  "init_args": {"autoencoder": str(tiny_bundle), "sampler": "ddim", "num_inference_steps": 2,
-                                "attention_steps": 2, "association_samples": 2,
-                                "register_edits": [{"operation": "scale", "registers": [1], "factor": 2.0}]}},
+                  "init_args": {"autoencoder": str(tiny_bundle), "sampling": {
+                      "sampler": "ddim", "num_inference_steps": 2, "record_attention": True, "attention_steps": 2,
+                      "association_samples": 2,
+                      "register_edits": [{"operation": "scale", "registers": [1], "factor": 2.0}]}}},
         "data": {"class_path": "SampleSeeds", "init_args": {"num_samples": 3, "batch_size": 2, "seed": 7}},
         "ckpt_path": str(checkpoint),
     }
@@ -152,7 +157,7 @@ def test_predict_saves_attention_association_and_edits(tiny_bundle: Path, tmp_pa
     bad = tmp_path / "bad"
     result = subprocess.run([ANATLDM, "predict", "--config", str(tmp_path / "sample.yaml"),
                              "--trainer.callbacks.init_args.output_dir", str(bad),
-                             "--model.init_args.anatomy_edits", "{spleeen: 2.0}"],
+                             "--model.init_args.sampling.anatomy_edits", "{spleeen: 2.0}"],
                             capture_output=True, text=True, encoding="utf-8", timeout=300)
     last = result.stderr.strip().splitlines()[-1]
     assert result.returncode == 2 and last.startswith("anatldm: error: ")

@@ -3,7 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from anatldm.losses import AnatomyLoss, AnatomyWeightSchedule
+from anatldm.errors import ConfigError
+from anatldm.losses import AnatomyLoss, AnatomyLossConfig, AnatomyWeightSchedule
 
 
 @pytest.mark.parametrize("decay, halfway", [("cosine", 1.25), ("linear", 1.25), ("constant", 2.0)])
@@ -108,3 +109,21 @@ def test_register_groups_and_attention_loss() -> None:
     assert loss({"up1": torch.nn.functional.avg_pool2d(aligned, 2)}, mask).item() < 0.01
     weights = torch.tensor([1.0, 0.0])
     torch.testing.assert_close(loss({"up0": aligned}, mask, weights), loss({"up0": aligned[:1]}, mask[:1]))
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"weight": -1.0}, "model.anatomy_loss.weight and model.anatomy_loss.weight_min must be >= 0"),
+    ({"warmup_fraction": 1.5}, "model.anatomy_loss.warmup_fraction must lie in \\[0, 1\\]"),
+    ({"decay": "step"}, "model.anatomy_loss.decay must be 'cosine', 'linear' or 'constant'"),
+    ({"timestep_weighting": "snr"}, "model.anatomy_loss.timestep_weighting must be"),
+    ({"snr_cutoff": 0.0}, "model.anatomy_loss.snr_cutoff must be positive"),
+])
+def test_a_bad_anatomy_loss_setting_names_its_key(settings: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        AnatomyLossConfig(**settings)
+
+
+def test_the_schedule_of_a_config_caps_its_minimum_at_its_maximum() -> None:
+    schedule = AnatomyWeightSchedule.from_config(AnatomyLossConfig(weight=0.3, weight_min=0.5, decay="linear"), 0)
+    assert (schedule.lambda_max, schedule.lambda_min, schedule.total_steps) == (0.3, 0.3, 1)
+    assert not AnatomyLossConfig(weight=0.0).enabled and AnatomyLossConfig().enabled

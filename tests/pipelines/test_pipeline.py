@@ -16,13 +16,14 @@ from anatldm.errors import ConfigError
 from anatldm.models.registers import RegisterEdit
 from anatldm.pipelines import AnatomicalLDMPipeline
 from anatldm.trainers import AnatomicalLDMTask
-from tests.conf import TINY_DENOISER
+from tests.conf import ldm_args
 
 
 def trained_looking_task(bundle: Path, **overrides) -> AnatomicalLDMTask:
     """A tiny task whose register attention and UNet output are non-zero, as after training."""
     torch.manual_seed(0)
-    task = AnatomicalLDMTask(autoencoder=str(bundle), **{**TINY_DENOISER, "num_registers": 4, **overrides}).eval()
+    args = ldm_args(**{"denoiser__registers__num_registers": 4, **overrides})
+    task = AnatomicalLDMTask(autoencoder=str(bundle), **args).eval()
     for p in [*task.denoiser.register_attention.parameters(), *task.denoiser.unet.out.parameters()]:
         torch.nn.init.normal_(p, std=0.3)
     return task
@@ -49,24 +50,26 @@ def test_library_packages_do_not_import_the_trainers() -> None:
 
 @pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
 def test_samples_are_the_tasks_for_the_same_seeds(tiny_bundle: Path, sampler: str) -> None:
-    task = trained_looking_task(tiny_bundle, register_mode="read_write")
-    expected = task.generate([3, 4, 5], sampler=sampler, attention_steps=2)
+    task = trained_looking_task(tiny_bundle, denoiser__registers__mode="read_write", sampling__sampler=sampler,
+                                sampling__record_attention=True, sampling__attention_steps=2)
+    expected = task.predict_step({"seed": torch.tensor([3, 4, 5])}, 0)
     out = task.pipeline.generate([3, 4, 5], sampler=sampler, return_attention=True, attention_steps=2)
-    assert torch.equal(out.images, expected["image"]) and torch.equal(out.masks, expected["mask"])
-    assert out.attention.keys() == expected["attention"].keys()
-    assert all(torch.equal(out.attention[k], expected["attention"][k]) for k in out.attention)
-    assert out.seeds == [3, 4, 5] and out.applied_edits == []
+    assert torch.equal(out.images, expected.images) and torch.equal(out.masks, expected.masks)
+    assert out.attention.keys() == expected.attention.keys()
+    assert all(torch.equal(out.attention[k], expected.attention[k]) for k in out.attention)
+    assert out.seeds == expected.seeds == [3, 4, 5] and out.applied_edits == expected.applied_edits == []
 
 
 def test_edits_are_the_tasks_and_say_what_they_touched(tiny_bundle: Path) -> None:
-    task = trained_looking_task(tiny_bundle, num_registers=12, register_supervision="attention",
-                                supervised_registers_per_class=2)
-    task.register_edits = [RegisterEdit("scale", classes=["liver"], factor=3.0)]
-    expected = task.generate([1, 2])
-    out = task.pipeline.generate([1, 2], register_edits=[{"operation": "scale", "classes": ["liver"], "factor": 3.0}])
-    assert torch.equal(out.images, expected["image"])
-    assert out.applied_edits == task.applied_edits == [{"classes": ["liver"], "registers": [0, 1]}]
-    assert not torch.equal(out.images, task.pipeline.generate([1, 2]).images)
+    task = trained_looking_task(tiny_bundle, denoiser__registers__num_registers=12,
+                                denoiser__registers__supervision="attention", denoiser__registers__supervised_per_class=2,
+                                sampling__anatomy_edits={"liver": 3.0})
+    expected = task.predict_step({"seed": torch.tensor([1, 2])}, 0)
+    out = task.pipeline.generate([1, 2], register_edits=[{"operation": "scale", "classes": ["liver"], "factor": 3.0}],
+                                 anatomy_edits={})
+    assert torch.equal(out.images, expected.images)
+    assert out.applied_edits == expected.applied_edits == [{"classes": ["liver"], "registers": [0, 1]}]
+    assert not torch.equal(out.images, task.pipeline.generate([1, 2], anatomy_edits={}).images)
     with pytest.raises(ConfigError, match="register_edits: unknown class 'livre'"):
         task.pipeline.check_edits([RegisterEdit("ablate", classes=["livre"])])
 
@@ -120,7 +123,7 @@ def test_fit_exports_the_pipeline_and_export_writes_the_same(stage_checkpoints: 
     assert "wrote" in capsys.readouterr().out
     exported = AnatomicalLDMPipeline.from_pretrained(tmp_path / "exported")
     assert torch.equal(fitted.generate([0, 1]).images, exported.generate([0, 1]).images)
-    assert exported.denoiser.registers.num_registers == 4 and exported.num_inference_steps == 3
+    assert exported.denoiser.registers.num_registers == 4 and exported.sampling.num_inference_steps == 3
 
 
 def test_export_of_a_foreign_checkpoint_is_one_line(stage_checkpoints: dict, tmp_path: Path,

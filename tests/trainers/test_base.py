@@ -113,7 +113,7 @@ def sample_config(path: Path, checkpoint: Path, bundle: Path, out: Path, num_sam
                     "enable_progress_bar": False,
                     "callbacks": [{"class_path": "SampleWriter", "init_args": {"output_dir": str(out)}}]},
         "model": {"class_path": "AnatomicalLDMTask",
-                  "init_args": {"autoencoder": str(bundle), "sampler": "ddpm", "num_inference_steps": steps}},
+                  "init_args": {"autoencoder": str(bundle), "sampling": {"sampler": "ddpm", "num_inference_steps": steps}}},
         "data": {"class_path": "SampleSeeds", "init_args": {"num_samples": num_samples, "batch_size": 1}},
         "ckpt_path": str(checkpoint),
     }))

@@ -18,7 +18,7 @@ from anatldm.data.phantoms import CT_ABDOMEN_CLASSES
 from anatldm.errors import ConfigError
 from anatldm.models.registers import RegisterEdit
 from anatldm.trainers import AnatomicalLDMTask
-from tests.conf import TINY_DATA, TINY_DENOISER
+from tests.conf import TINY_DATA, ldm_args
 
 ANATLDM = str(Path(sys.executable).parent / "anatldm")
 
@@ -30,7 +30,8 @@ def bundle(tiny_bundle: Path) -> Path:
 
 
 def task(bundle: Path, **overrides) -> AnatomicalLDMTask:
-    return AnatomicalLDMTask(autoencoder=str(bundle), **{**TINY_DENOISER, "num_registers": 4, **overrides})
+    """The tiny task with 4 registers; ``overrides`` by path (``anatomy_loss__weight=0.0``)."""
+    return AnatomicalLDMTask(autoencoder=str(bundle), **ldm_args(**{"denoiser__registers__num_registers": 4, **overrides}))
 
 
 def write_config(path: Path, bundle: Path, root: Path, model: dict | None = None, **trainer) -> Path:
@@ -41,7 +42,8 @@ def write_config(path: Path, bundle: Path, root: Path, model: dict | None = None
                     "callbacks": [{"class_path": "anatldm.callbacks.EMAWeightAveraging",
                                    "init_args": {"decay": 0.9}}], **trainer},
         "model": {"class_path": "AnatomicalLDMTask",
-                  "init_args": {"autoencoder": str(bundle), **TINY_DENOISER, "num_registers": 4, **(model or {})}},
+                  "init_args": {"autoencoder": str(bundle),
+                                **ldm_args(**{"denoiser__registers__num_registers": 4, **(model or {})})}},
         "data": {"class_path": "AnatomyDataModule", "init_args": {**TINY_DATA, "cache_dir": str(root / "cache")}},
     }
     path.write_text(yaml.safe_dump(config))
@@ -49,7 +51,7 @@ def write_config(path: Path, bundle: Path, root: Path, model: dict | None = None
 
 
 def test_baseline_holds_no_register_or_head_parameter(bundle: Path) -> None:
-    baseline = task(bundle, num_registers=0, anatomy_weight=0.0)
+    baseline = task(bundle, denoiser__registers__num_registers=0, anatomy_loss__weight=0.0)
     assert baseline.denoiser.registers is None and baseline.denoiser.head is None
     assert all(name.startswith("unet.") for name, _ in baseline.denoiser.named_parameters())
     full = task(bundle)
@@ -58,7 +60,8 @@ def test_baseline_holds_no_register_or_head_parameter(bundle: Path) -> None:
         {n: p.shape for n, p in baseline.denoiser.unet.named_parameters()}
 
 
-@pytest.mark.parametrize("model", [{}, {"num_registers": 0, "anatomy_weight": 0.0}, {"prediction_type": "v_prediction"}])
+@pytest.mark.parametrize("model", [{}, {"denoiser__registers__num_registers": 0, "anatomy_loss__weight": 0.0},
+                                   {"noise_schedule__prediction_type": "v_prediction"}])
 def test_fast_dev_run_fit(bundle: Path, tmp_path: Path, model: dict) -> None:
     config = write_config(tmp_path / "ldm.yaml", bundle, tmp_path, model)
     main(["fit", "--config", str(config), "--trainer.fast_dev_run", "1"])
@@ -76,7 +79,8 @@ def test_fit_then_predict_writes_nifti_pairs(bundle: Path, tmp_path: Path) -> No
         "trainer": {"accelerator": "cpu", "devices": 1, "logger": False, "default_root_dir": str(tmp_path),
                     "callbacks": [{"class_path": "SampleWriter", "init_args": {"output_dir": str(out)}}]},
         "model": {"class_path": "AnatomicalLDMTask",
-                  "init_args": {"autoencoder": str(bundle), "sampler": "dpm_solver++", "num_inference_steps": 2}},
+                  "init_args": {"autoencoder": str(bundle),
+                                "sampling": {"sampler": "dpm_solver++", "num_inference_steps": 2}}},
         "data": {"class_path": "SampleSeeds", "init_args": {"num_samples": 3, "batch_size": 2, "seed": 7}},
         "ckpt_path": str(checkpoint),
     }
@@ -100,18 +104,19 @@ def test_register_edits_change_samples_and_identity_does_not(bundle: Path) -> No
         torch.nn.init.normal_(p, std=0.3)
     for p in model.denoiser.unet.out.parameters():
         torch.nn.init.normal_(p, std=0.3)
-    reference = model.generate([3, 4])
-    again = model.generate([3, 4])
-    assert torch.equal(reference["image"], again["image"])  # fixed seeds: same samples
-    model.register_edits = [RegisterEdit("scale", factor=1.0), RegisterEdit("scale", registers=[0], factor=1.0)]
-    assert torch.equal(model.generate([3, 4])["image"], reference["image"])
-    model.register_edits = [RegisterEdit("scale", registers=[0, 1], factor=4.0)]
-    assert not torch.allclose(model.generate([3, 4])["image"], reference["image"])
-    model.register_edits = [RegisterEdit("ablate")]
-    assert not torch.allclose(model.generate([3, 4])["image"], reference["image"])
-    alone = model.generate([4])  # a sample depends on its seed, not on its batch
-    model.register_edits = [RegisterEdit("ablate")]
-    torch.testing.assert_close(alone["image"][0], model.generate([3, 4])["image"][1], atol=1e-5, rtol=1e-4)
+    generate = model.pipeline.generate
+    reference = generate([3, 4])
+    again = generate([3, 4])
+    assert torch.equal(reference.images, again.images)  # fixed seeds: same samples
+    identity = [RegisterEdit("scale", factor=1.0), RegisterEdit("scale", registers=[0], factor=1.0)]
+    assert torch.equal(generate([3, 4], register_edits=identity).images, reference.images)
+    scaled = [RegisterEdit("scale", registers=[0, 1], factor=4.0)]
+    assert not torch.allclose(generate([3, 4], register_edits=scaled).images, reference.images)
+    ablated = [RegisterEdit("ablate")]
+    assert not torch.allclose(generate([3, 4], register_edits=ablated).images, reference.images)
+    alone = generate([4], register_edits=ablated)  # a sample depends on its seed, not on its batch
+    torch.testing.assert_close(alone.images[0], generate([3, 4], register_edits=ablated).images[1],
+                               atol=1e-5, rtol=1e-4)
 
 
 def test_head_learns_on_phantom_slices(bundle: Path, tmp_path: Path) -> None:
@@ -132,15 +137,21 @@ def test_head_learns_on_phantom_slices(bundle: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("overrides, match", [
-    ({"num_inference_steps": 0}, "model.num_inference_steps must be at least 1"),
-    ({"num_registers": 0, "register_edits": [RegisterEdit("ablate")]}, "needs a register bank"),
-    ({"register_edits": [RegisterEdit("scale", registers=[9])]}, "register index 9 out of range"),
-    ({"register_levels": [3]}, "register_levels \\[3\\] out of range"),
-    ({"register_supervision": "attention", "num_registers": 0}, "register_supervision needs a register bank"),
-    ({"register_supervision": "attention", "supervised_registers_per_class": 2},
-     "model.supervised_registers_per_class: 5 classes x 2 registers"),
-    ({"anatomy_snr_cutoff": 0.0}, "model.anatomy_snr_cutoff must be positive"),
-    ({"register_mode": "write"}, "model: register_mode must be 'read' or 'read_write'"),
+    ({"sampling__num_inference_steps": 0}, "model.sampling.num_inference_steps must be at least 1"),
+    ({"denoiser__registers__num_registers": 0, "sampling__register_edits": [RegisterEdit("ablate")]},
+     "model.sampling.register_edits needs a register bank"),
+    ({"sampling__register_edits": [RegisterEdit("scale", registers=[9])]}, "register index 9 out of range"),
+    ({"denoiser__registers__levels": [3]}, "model.denoiser.registers.levels \\[3\\] out of range"),
+    ({"denoiser__registers__supervision": "attention", "denoiser__registers__num_registers": 0},
+     "model.denoiser.registers.supervision needs a register bank"),
+    ({"denoiser__registers__supervision": "attention", "denoiser__registers__supervised_per_class": 2},
+     "model.denoiser.registers.supervised_per_class: 5 classes x 2 registers"),
+    ({"denoiser__registers__supervision": "attention", "anatomy_loss__weight": 0.0},
+     "model.denoiser.registers.supervision needs the anatomy head"),
+    ({"anatomy_loss__snr_cutoff": 0.0}, "model.anatomy_loss.snr_cutoff must be positive"),
+    ({"denoiser__registers__mode": "write"}, "model.denoiser.registers.mode must be 'read' or 'read_write'"),
+    ({"denoiser__registers__nmu_registers": 3}, "model.denoiser.registers: unknown key\\(s\\) nmu_registers"),
+    ({"lr": 0.0}, "model.lr must be positive"),
 ])
 def test_bad_settings(bundle: Path, overrides: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
@@ -173,8 +184,8 @@ def test_fraction_checkpoints_hold_the_ema_weights_at_their_step(bundle: Path, t
                                    "init_args": {"decay": 0.5}},
                                   {"class_path": "anatldm.checkpointing.FractionCheckpoint",
                                    "init_args": {"fractions": [0.25, 0.5], "dirpath": str(tmp_path / "fractions")}}]},
-        "model": {"class_path": "AnatomicalLDMTask", "init_args": {"autoencoder": str(bundle), **TINY_DENOISER,
-                                                                    "preview_every_n_epochs": 0}},
+        "model": {"class_path": "AnatomicalLDMTask", "init_args": {"autoencoder": str(bundle),
+                                                                    **ldm_args(training__preview_every_n_epochs=0)}},
         "data": {"class_path": "AnatomyDataModule", "init_args": {**TINY_DATA, "cache_dir": str(tmp_path / "cache")}},
     }))
     main(["fit", "--config", str(config)])
@@ -191,9 +202,9 @@ def test_recipe_options_train_and_log_gradient_balance(bundle: Path, tmp_path: P
     gradient norm, the clipped share and the register loss."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    model = {"num_registers": 12, "register_mode": "read_write", "register_supervision": "attention",
-             "supervised_registers_per_class": 2, "anatomy_timestep_weighting": "snr_cutoff",
-             "grad_norm_every_n_steps": 1}
+    model = {"denoiser__registers__num_registers": 12, "denoiser__registers__mode": "read_write",
+             "denoiser__registers__supervision": "attention", "denoiser__registers__supervised_per_class": 2,
+             "anatomy_loss__timestep_weighting": "snr_cutoff", "training__grad_norm_every_n_steps": 1}
     config = write_config(tmp_path / "ldm.yaml", bundle, tmp_path, model, max_epochs=1, limit_train_batches=3,
                           limit_val_batches=1, log_every_n_steps=1, gradient_clip_val=1e-3)
     main(["fit", "--config", str(config)])
@@ -207,21 +218,22 @@ def test_recipe_options_train_and_log_gradient_balance(bundle: Path, tmp_path: P
 
 
 def test_edits_by_class_use_the_bound_registers(bundle: Path) -> None:
-    model = task(bundle, num_registers=12, register_supervision="attention", supervised_registers_per_class=2)
+    model = task(bundle, denoiser__registers__num_registers=12, denoiser__registers__supervision="attention",
+                 denoiser__registers__supervised_per_class=2)
     assert model.register_groups == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]
     spleen = CT_ABDOMEN_CLASSES.index("spleen")
-    model.edited_registers([RegisterEdit("scale", classes=["spleen"], factor=2.0)])
-    assert model.applied_edits == [{"classes": ["spleen"], "registers": [2 * spleen - 2, 2 * spleen - 1]}]
-    assert model._association is None  # no calibration sampling was needed
+    edited = model.pipeline.edit_registers([RegisterEdit("scale", classes=["spleen"], factor=2.0)])
+    assert edited.applied == [{"classes": ["spleen"], "registers": [2 * spleen - 2, 2 * spleen - 1]}]
+    assert model.pipeline.association is None  # no calibration sampling was needed
     with pytest.raises(ConfigError, match="owns no registers"):
-        model.edited_registers([RegisterEdit("ablate", classes=["background"])])
+        model.pipeline.edit_registers([RegisterEdit("ablate", classes=["background"])])
 
 
 def test_cache_latents_encodes_each_training_slice_once(bundle: Path, tmp_path: Path) -> None:
     from lightning.pytorch import Trainer
 
     data = AnatomyDataModule(**{**TINY_DATA, "augment": False, "cache_dir": str(tmp_path / "cache")})
-    model = task(bundle, cache_latents=True)
+    model = task(bundle, training__cache_latents=True)
     trainer = Trainer(accelerator="cpu", max_epochs=3, logger=False, enable_checkpointing=False,
                       limit_val_batches=0, enable_progress_bar=False, default_root_dir=str(tmp_path))
     trainer.fit(model, data)
@@ -235,5 +247,5 @@ def test_cache_latents_refuses_augmented_data(bundle: Path, tmp_path: Path) -> N
     data = AnatomyDataModule(**{**TINY_DATA, "augment": True, "cache_dir": str(tmp_path / "cache")})
     trainer = Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
                       enable_progress_bar=False, default_root_dir=str(tmp_path))
-    with pytest.raises(ConfigError, match=r"model.cache_latents needs data.augment: false"):
-        trainer.fit(task(bundle, cache_latents=True), data)
+    with pytest.raises(ConfigError, match=r"model.training.cache_latents needs data.augment: false"):
+        trainer.fit(task(bundle, training__cache_latents=True), data)
