@@ -170,7 +170,7 @@ class DatasetWriter(BasePredictionWriter):
         self._checked_for = id(model)
 
     def _resolve_training_data(self) -> dict:
-        from anatldm.data import AnatomyDataModule
+        from anatldm.datamodules import AnatomyDataModule
 
         stored: dict = {}
         if self.ckpt_path:
@@ -218,7 +218,7 @@ class DatasetWriter(BasePredictionWriter):
         self._builder.start()
 
     def _load_training_data(self) -> None:
-        from anatldm.data import AnatomyDataModule
+        from anatldm.datamodules import AnatomyDataModule
 
         try:
             data = AnatomyDataModule(**self._training_hparams)

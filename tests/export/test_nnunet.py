@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import json
 import shutil
 from pathlib import Path
@@ -181,21 +180,6 @@ def test_memorisation_audit_flags_copies_not_new_samples() -> None:
     assert len(flagged) <= 3  # new samples: flagged by chance at about the quantile's rate
     low, high = summary["flagged_fraction_interval"]
     assert low < summary["flagged_fraction"] == len(flagged) / 22 < high
-
-
-def test_lightning_free_modules() -> None:
-    """Only the callback of anatldm.export imports Lightning (or a trainer)."""
-    folder = Path(__file__).parents[2] / "anatldm" / "export"
-    for path in folder.glob("*.py"):
-        if path.name == "callback.py":
-            continue
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
-            for name in names:
-                assert not name.startswith(("lightning", "pytorch_lightning", "anatldm.trainers")), (path.name, name)
-                assert not (name == "anatldm.data" or name.startswith("anatldm.data.")) or \
-                    name == "anatldm.data.orientation", (path.name, name)
 
 
 def test_nnunet_own_integrity_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
