@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from pathlib import Path
@@ -26,7 +25,7 @@ from anatldm.data.volumes import (
     read_manifest,
 )
 from anatldm.datamodules.samplers import EpochShuffle, ShardSampler
-from anatldm.errors import ConfigError, DataInputError
+from anatldm.errors import ConfigError, DataInputError, read_json
 
 __all__ = ["AnatomyDataModule"]
 
@@ -238,10 +237,9 @@ class AnatomyDataModule(LightningDataModule):
                 raise DataInputError(f"data.class_names is not set and {classes_file} does not exist; "
                                      f"name the classes, background first")
             source = str(classes_file)
-            try:
-                names = list(json.loads(classes_file.read_text(encoding="utf-8")))
-            except json.JSONDecodeError as err:
-                raise DataInputError(f"{classes_file}: not a JSON list of class names ({err})") from None
+            names = read_json(classes_file, DataInputError)
+            if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+                raise DataInputError(f"{classes_file}: expected a JSON list of class names, got {names!r}")
         if len(names) < 2 or len(set(names)) != len(names):
             raise DataInputError(f"{source}: class names must be at least two distinct names (background first), "
                                  f"got {names}")
