@@ -7,17 +7,15 @@ import json
 import logging
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.callbacks import EMAWeightAveraging as LightningEMA
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
-from anatldm.atomic import write_atomic, write_text_atomic
-from anatldm.data.orientation import display_to_ras
+from anatldm.atomic import write_text_atomic
 from anatldm.errors import ConfigError, check_output_folder
-from anatldm.export.geometry import to_raw_intensity
+from anatldm.export.geometry import NiftiSliceWriter, to_raw_intensity
 from anatldm.interpret import (
     RegisterAssociation,
     attention_at_image_size,
@@ -32,10 +30,6 @@ __all__ = ["EMAWeightAveraging", "SampleWriter", "to_raw_intensity"]
 logger = logging.getLogger(__name__)
 
 
-def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
-    write_atomic(path, lambda partial: nib.save(nib.Nifti1Image(array, affine), partial), suffix=".nii.gz")
-
-
 class SampleWriter(BasePredictionWriter):
     """Write each generated pair as NIfTI (image + label map) and a PNG grid of the first ones.
 
@@ -44,7 +38,8 @@ class SampleWriter(BasePredictionWriter):
     ``samples.png`` (up to ``grid_size`` samples with mask outlines), ``edits.json`` when the
     register bank was edited (the edits and the registers they touched). Every file is written
     under a temporary name and renamed, so an interrupted run leaves no half-written file.
-    Slices are stored as one-slice RAS+ volumes in the orientation of the training data.
+    Slices are stored as one-slice RAS+ volumes in the orientation and in-plane spacing of the
+    training data (:class:`~anatldm.export.geometry.NiftiSliceWriter`, the writer of ``DatasetWriter``).
 
     With ``model.sampling.record_attention: true`` (models with registers; the predictions then
     carry the attention maps): ``sample_<seed>_attention.png`` for the
@@ -79,6 +74,7 @@ class SampleWriter(BasePredictionWriter):
 
     def on_predict_start(self, trainer, pl_module) -> None:
         self._grid, self._associations, self._panels, self._edits = [], {}, 0, ([], [])
+        self._slices = NiftiSliceWriter(pl_module.pipeline.normalization)
         if pl_module.pipeline.sampling.record_attention:
             self._start_attention(pl_module)
         elif self.segmenter_path is not None:
@@ -111,15 +107,12 @@ class SampleWriter(BasePredictionWriter):
         images = prediction.images[:, 0].float().cpu().numpy()  # (B, H, W) in [-1, 1]
         masks = None if prediction.masks is None else prediction.masks.cpu().numpy().astype(np.uint8)
         self._edits = (prediction.sampling.edits if prediction.sampling else [], prediction.applied_edits)
-        normalization = pl_module.pipeline.normalization
-        spacing = normalization.get("spacing") or [1.0, 1.0]
-        affine = np.diag([float(spacing[1]), float(spacing[0]), 1.0, 1.0])  # columns = x, rows = y
-        raw = to_raw_intensity(images, normalization)
+        raw = to_raw_intensity(images, pl_module.pipeline.normalization)
         for index, seed in enumerate(prediction.seeds):
             stem = f"sample_{int(seed):06d}"
-            _save_nifti(display_to_ras(raw[index][None]), affine, self.output_dir / f"{stem}_image.nii.gz")
+            self._slices.write(raw[index], self.output_dir / f"{stem}_image.nii.gz")
             if masks is not None:
-                _save_nifti(display_to_ras(masks[index][None]), affine, self.output_dir / f"{stem}_label.nii.gz")
+                self._slices.write(masks[index], self.output_dir / f"{stem}_label.nii.gz")
             if len(self._grid) < self.grid_size:
                 self._grid.append((images[index], None if masks is None else masks[index], int(seed)))
         if prediction.attention is not None:

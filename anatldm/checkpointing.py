@@ -9,7 +9,6 @@ unless the user configured a checkpoint plugin of their own.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from collections.abc import Callable
@@ -20,46 +19,22 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch import Callback
 
+from anatldm.atomic import write_atomic
+
 __all__ = ["AtomicCheckpointIO", "AtomicCheckpointing", "FractionCheckpoint"]
 
 logger = logging.getLogger(__name__)
 
 
-def _fsync_folder(folder: Path) -> None:
-    try:
-        descriptor = os.open(folder, os.O_RDONLY)
-    except OSError:  # some file systems cannot open folders; the rename itself is still atomic
-        return
-    try:
-        with contextlib.suppress(OSError):  # best effort: the rename is atomic without it
-            os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Local checkpoints written atomically (temp file + fsync + ``os.replace``), loaded weights-only.
-
-    The temporary file ``.<name>.tmp-<pid>`` sits beside the target, so the rename never
-    crosses a file system; it is removed if the save fails.
-    """
+    """Local checkpoints written atomically (:func:`anatldm.atomic.write_atomic`: temporary file
+    beside the target, fsync, ``os.replace``), loaded weights-only."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike,
                         storage_options: Any | None = None) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options")
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temporary = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-        try:
-            with open(temporary, "wb") as file:
-                torch.save(checkpoint, file)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temporary, target)
-        finally:
-            temporary.unlink(missing_ok=True)
-        _fsync_folder(target.parent)
+        write_atomic(path, lambda partial: torch.save(checkpoint, partial))
 
     def load_checkpoint(self, path: str | os.PathLike, map_location: Callable | None = lambda storage, loc: storage,
                         weights_only: bool | None = None) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 import anatldm.callbacks  # noqa: F401  (short class paths for callbacks, data modules and tasks)
-import anatldm.data  # noqa: F401
+import anatldm.datamodules  # noqa: F401
 import anatldm.export.callback  # noqa: F401  (DatasetWriter)
 import anatldm.trainers  # noqa: F401
 from anatldm import __version__

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["AnatLDMInputError", "CheckpointMismatchError", "ConfigError", "DataInputError", "TrainingDivergedError",
-           "check_checkpoint_file", "check_output_folder", "read_json_object"]
+           "check_checkpoint_file", "check_output_folder", "read_json", "read_json_object"]
 
 
 class AnatLDMInputError(ValueError):
@@ -65,17 +65,33 @@ def check_checkpoint_file(path: str | os.PathLike, key: str) -> None:
                           f"not a complete archive written by torch.save)")
 
 
+def read_json(path: str | os.PathLike, error: type[AnatLDMInputError] = ConfigError, key: str = "") -> Any:
+    """The JSON value in file ``path``: the one JSON reader of anatldm's inputs.
+
+    A missing or unreadable file and invalid JSON are one-line ``error`` naming the file (after
+    ``key``, the setting that named it, when given).
+    """
+    where = f"{key}: {path}" if key else str(path)
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise error(f"{where}: file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise error(f"{where}: not valid JSON ({err})") from None
+    except OSError as err:
+        raise error(f"{where}: cannot be read ({err.strerror or err})") from None
+
+
 def read_json_object(path: Path, error: type[AnatLDMInputError] = ConfigError, required: Sequence[str] = (),
-                     name_type: bool = True) -> dict[str, Any]:
+                     name_type: bool = True, key: str = "") -> dict[str, Any]:
     """The JSON object in file ``path`` (a metadata file next to weights, a data set's JSON);
     invalid JSON, another JSON type or a missing ``required`` field is one-line ``error``
-    naming the file (``name_type``: the message names the type found)."""
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise error(f"{path}: not valid JSON ({err})") from None
+    naming the file (``name_type``: the message names the type found; ``key``: the setting
+    that named the file, as in :func:`read_json`)."""
+    value = read_json(path, error, key)
+    where = f"{key}: {path}" if key else str(path)
     if not isinstance(value, dict):
-        raise error(f"{path}: expected a JSON object" + (f", got {type(value).__name__}" if name_type else ""))
-    if missing := [key for key in required if key not in value]:
-        raise error(f"{path}: missing field(s) {', '.join(map(repr, missing))}")
+        raise error(f"{where}: expected a JSON object" + (f", got {type(value).__name__}" if name_type else ""))
+    if missing := [name for name in required if name not in value]:
+        raise error(f"{where}: missing field(s) {', '.join(map(repr, missing))}")
     return value

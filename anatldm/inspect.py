@@ -18,7 +18,7 @@ import numpy as np
 import yaml
 from jsonargparse import ArgumentParser
 
-from anatldm.data import AnatomyDataModule
+from anatldm.datamodules import AnatomyDataModule
 from anatldm.errors import ConfigError, check_output_folder
 from anatldm.visualize import save_overlay_grid
 

@@ -40,7 +40,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from anatldm.data import AnatomyDataModule  # noqa: E402
+from anatldm.datamodules import AnatomyDataModule  # noqa: E402
 from anatldm.trainers import AnatomicalLDMTask, SegmenterTask  # noqa: E402
 from anatldm.visualize import save_figure  # noqa: E402
 

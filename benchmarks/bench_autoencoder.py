@@ -23,7 +23,7 @@ import torch
 import yaml
 from lightning.pytorch import Callback, Trainer, seed_everything
 
-from anatldm.data import AnatomyDataModule
+from anatldm.datamodules import AnatomyDataModule
 from anatldm.trainers import AutoencoderTask
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "configs" / "quickstart" / "vae.yaml"

@@ -15,7 +15,7 @@ import argparse
 import tempfile
 import time
 
-from anatldm.data import AnatomyDataModule
+from anatldm.datamodules import AnatomyDataModule
 
 BATCHES = 40
 

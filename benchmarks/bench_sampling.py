@@ -24,7 +24,7 @@ import torch
 import yaml
 
 from anatldm.atomic import write_text_atomic
-from anatldm.data import AnatomyDataModule
+from anatldm.datamodules import AnatomyDataModule
 from anatldm.metrics import AnatomyRules, PooledEncoderFeatures, bootstrap_ci, make_fid_kid
 from anatldm.models.networks import bottleneck_module
 from anatldm.trainers import AnatomicalLDMTask, SegmenterTask

@@ -30,7 +30,7 @@ from torchmetrics.functional.image import (  # noqa: E402
     structural_similarity_index_measure,
 )
 
-from anatldm.data import AnatomyDataModule  # noqa: E402
+from anatldm.datamodules import AnatomyDataModule  # noqa: E402
 from anatldm.models.autoencoder_bundle import load_autoencoder_bundle  # noqa: E402
 from anatldm.visualize import reconstruction_grid  # noqa: E402
 

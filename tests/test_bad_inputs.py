@@ -29,7 +29,7 @@ import torch
 import yaml
 
 from anatldm.cli import main
-from anatldm.models.autoencoder_bundle import BUNDLE_CONFIG, BUNDLE_WEIGHTS
+from anatldm.models.autoencoder_bundle import BUNDLE_CONFIG, BUNDLE_NETWORK_CONFIG, BUNDLE_WEIGHTS
 from tests.conf import TINY_DATA, VAE_DATA, VAE_MODEL, ldm_args
 from tests.conftest import labelled_volume, write_nifti
 
@@ -227,8 +227,6 @@ def edit_bundle_json(**fields: object) -> Callable[[Path], None]:
         for name, value in fields.items():
             if value is None:
                 metadata.pop(name)
-            elif name == "config":
-                metadata["config"].update(value)
             else:
                 metadata[name] = value
         path.write_text(json.dumps(metadata))
@@ -461,12 +459,12 @@ CASES: list[tuple[str, str, Breaks, str]] = [
                                                          "model.init_args.autoencoder", BUNDLE_CONFIG), "scale_factor"),
     ("bundle-json-scale-factor-negative", "ldm", broken_artefact(
         "bundle", edit_bundle_json(scale_factor=-1.0), "model.init_args.autoencoder", BUNDLE_CONFIG), "scale_factor"),
-    ("bundle-json-config-differs-from-weights", "ldm", broken_artefact(
-        "bundle", edit_bundle_json(config={"latent_channels": 3}), "model.init_args.autoencoder", BUNDLE_CONFIG),
+    ("bundle-config-differs-from-weights", "ldm", broken_artefact(
+        "bundle", edit_bundle_json(latent_channels=3), "model.init_args.autoencoder", BUNDLE_NETWORK_CONFIG),
      BUNDLE_WEIGHTS),
-    ("bundle-json-network-differs", "ldm", broken_artefact(
-        "bundle", edit_bundle_json(network="monai.networks.nets.VQVAE"), "model.init_args.autoencoder", BUNDLE_CONFIG),
-     "network"),
+    ("bundle-network-differs", "ldm", broken_artefact(
+        "bundle", edit_bundle_json(_class_name="monai.networks.nets.VQVAE"), "model.init_args.autoencoder",
+        BUNDLE_NETWORK_CONFIG), "_class_name"),
     ("bundle-json-image-size-differs", "ldm", broken_artefact(
         "bundle", edit_bundle_json(image_size=[64, 64]), "model.init_args.autoencoder", BUNDLE_CONFIG), "image_size"),
     ("bundle-json-classes-differ", "ldm", broken_artefact(

@@ -20,17 +20,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from anatldm.atomic import StagedFolder
 from anatldm.data.volumes import VolumePair, VolumePreprocessor
-from anatldm.errors import ConfigError, DataInputError
+from anatldm.errors import ConfigError, DataInputError, read_json_object
 
 __all__ = ["SliceCache", "SliceDataset", "build_slice_cache", "cache_key", "content_hash"]
 
@@ -79,7 +77,7 @@ class SliceCache:
         self.path = Path(path)
         if not (self.path / "meta.json").is_file():
             raise DataInputError(f"{self.path}: not a slice cache (meta.json missing)")
-        self.meta = json.loads((self.path / "meta.json").read_text(encoding="utf-8"))
+        self.meta = read_json_object(self.path / "meta.json", DataInputError)
         self.images = np.load(self.path / "images.npy", mmap_mode="r")  # (N, H, W)
         self.masks = np.load(self.path / "masks.npy", mmap_mode="r")  # (N, H, W)
         self.subjects = np.load(self.path / "subjects.npy")  # (N,)
@@ -118,17 +116,9 @@ def build_slice_cache(
     if (final / "meta.json").is_file():
         logger.info("reusing slice cache %s", final)
         return final
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".slices-{key}-", dir=cache_dir))
-    try:
+    # another process (a DDP rank) may finish the same cache first: then its copy is kept
+    with StagedFolder(final, complete=lambda folder: (folder / "meta.json").is_file()) as staging:
         _write_cache(staging, pairs, preprocessor, class_names, key)
-        try:
-            os.replace(staging, final)
-        except OSError:  # another process finished the same cache first
-            if not (final / "meta.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     logger.info("wrote slice cache %s", final)
     return final
 

@@ -10,7 +10,6 @@ DICOM series (one folder per series). Every problem with a file is reported as a
 from __future__ import annotations
 
 import csv
-import json
 import locale
 import logging
 import warnings
@@ -26,7 +25,7 @@ import torchio as tio
 from torchio.data.io import read_image
 
 from anatldm.data.orientation import ras_to_display
-from anatldm.errors import ConfigError, DataInputError
+from anatldm.errors import ConfigError, DataInputError, read_json
 
 __all__ = [
     "VOLUME_SUFFIXES",
@@ -119,16 +118,16 @@ def read_manifest(path: str | Path) -> list[VolumePair]:
     path = Path(path)
     if not path.is_file():
         raise DataInputError(f"{path}: manifest not found")
-    try:
-        if path.suffix.lower() == ".json":
-            rows = json.loads(path.read_text(encoding="utf-8"))
-            if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-                raise DataInputError(f"{path}: a JSON manifest must be a list of objects")
-        else:
+    if path.suffix.lower() == ".json":
+        rows = read_json(path, DataInputError)
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise DataInputError(f"{path}: a JSON manifest must be a list of objects")
+    else:
+        try:
             with path.open(newline="", encoding="utf-8") as handle:
                 rows = list(csv.DictReader(handle))
-    except (json.JSONDecodeError, UnicodeDecodeError, csv.Error) as err:
-        raise DataInputError(f"{path}: cannot parse manifest ({err})") from None
+        except (UnicodeDecodeError, csv.Error) as err:
+            raise DataInputError(f"{path}: cannot parse manifest ({err})") from None
     if not rows:
         raise DataInputError(f"{path}: manifest lists no subjects")
     pairs, seen = [], set()

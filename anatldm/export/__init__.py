@@ -2,7 +2,8 @@
 
 - :mod:`anatldm.export.nnunet`: the nnU-Net v2 raw layout, ``dataset.json``, the MONAI /
   Decathlon datalist, and :func:`check_dataset` (the integrity check).
-- :mod:`anatldm.export.geometry`: single-slice RAS+ volumes, intensities in HU or the training scale.
+- :mod:`anatldm.export.geometry`: single-slice RAS+ volumes, intensities in HU or the training scale,
+  and :class:`~anatldm.export.geometry.NiftiSliceWriter`, the one writer of `SampleWriter` and `DatasetWriter`.
 - :mod:`anatldm.export.memorisation`: nearest-training distances against a held-out reference.
 - :mod:`anatldm.export.datacard`: ``datacard.json`` and ``DATACARD.md``.
 - :class:`DatasetWriter` (:mod:`anatldm.export.callback`, the only module here that imports

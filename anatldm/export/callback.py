@@ -30,10 +30,9 @@ from anatldm.export.datacard import (
 )
 from anatldm.export.geometry import (
     NNUNET_2D_SPACING_FACTOR,
+    NiftiSliceWriter,
     in_plane_spacing,
     intensity_description,
-    slice_affine,
-    slice_to_volume,
     to_raw_intensity,
 )
 from anatldm.export.memorisation import (
@@ -171,7 +170,7 @@ class DatasetWriter(BasePredictionWriter):
         self._checked_for = id(model)
 
     def _resolve_training_data(self) -> dict:
-        from anatldm.data import AnatomyDataModule
+        from anatldm.datamodules import AnatomyDataModule
 
         stored: dict = {}
         if self.ckpt_path:
@@ -198,7 +197,7 @@ class DatasetWriter(BasePredictionWriter):
         if self._segmenter is not None:
             self._segmenter.to(pl_module.device)
         self.normalization = dict(pl_module.pipeline.normalization)
-        self.affine = slice_affine(self.normalization)
+        self.slices = NiftiSliceWriter(self.normalization)
         self._generation = (None, [])  # the sampling settings and resolved edits of the outputs
         preset = self.normalization.get("preset")
         self.resolved_channel = self.channel_name or {"ct": "CT", "mri": "MRI"}.get(preset, "image")
@@ -216,11 +215,12 @@ class DatasetWriter(BasePredictionWriter):
         self._dropped: list[str] = []
         self._preview: list[tuple[np.ndarray, np.ndarray, int]] = []
         self._builder = NNUNetDatasetBuilder(self.output_dir, self.dataset_id, self.dataset_name, self.class_names,
-                                             self.resolved_channel, self.overwrite, "DatasetWriter.output_dir")
+                                             self.resolved_channel, self.slices, self.overwrite,
+                                             "DatasetWriter.output_dir")
         self._builder.start()
 
     def _load_training_data(self) -> None:
-        from anatldm.data import AnatomyDataModule
+        from anatldm.datamodules import AnatomyDataModule
 
         try:
             data = AnatomyDataModule(**self._training_hparams)
@@ -272,9 +272,7 @@ class DatasetWriter(BasePredictionWriter):
             self._nearest.append(nearest)
         for index, seed in enumerate(seeds):
             case_id = f"synth_{seed:06d}"
-            self._builder.add_case(case_id, slice_to_volume(raw[index], self.normalization),
-                                   slice_to_volume(masks[index], self.normalization), self.affine,
-                                   source="synthetic", seed=seed)
+            self._builder.add_case(case_id, raw[index], masks[index], source="synthetic", seed=seed)
             self._counts[case_id] = np.bincount(masks[index].ravel(), minlength=len(self.class_names))
             self._seeds.append(seed)
             self._case_ids.append(case_id)
@@ -305,9 +303,7 @@ class DatasetWriter(BasePredictionWriter):
             raw = to_raw_intensity(self._training_images, self.normalization)
             for index, name in enumerate(self._training_names):
                 mask = self._training_masks[index].astype(label_dtype(len(self.class_names)))
-                builder.add_case(f"real_{index:05d}", slice_to_volume(raw[index], self.normalization),
-                                 slice_to_volume(mask, self.normalization), self.affine, source="real",
-                                 training_slice=name)
+                builder.add_case(f"real_{index:05d}", raw[index], mask, source="real", training_slice=name)
                 self._counts[f"real_{index:05d}"] = np.bincount(mask.ravel(), minlength=len(self.class_names))
         if self._preview:
             save_overlay_grid(np.stack([p[0] for p in self._preview]), np.stack([p[1] for p in self._preview]),
@@ -340,7 +336,7 @@ class DatasetWriter(BasePredictionWriter):
         sampling = sampling or pipeline.sampling  # the settings the samples were drawn with
         rows, columns = in_plane_spacing(self.normalization)
         height, width = pipeline.image_size
-        shape = tuple(slice_to_volume(np.zeros((height, width)), self.normalization).shape)
+        shape = tuple(self.slices.volume(np.zeros((height, width))).shape)
         spacing_note = "" if self.normalization.get("spacing") else \
             " (nominal 1 mm: the training data kept its native spacing, data.spacing null)"
         has_head = pipeline.denoiser.head is not None
@@ -363,7 +359,7 @@ class DatasetWriter(BasePredictionWriter):
                 "normalization": self.normalization,
                 "label_dtype": np.dtype(label_dtype(len(self.class_names))).name,
                 "geometry": (f"single-slice RAS+ NIfTI volumes of shape {shape}; affine diag "
-                             f"{[float(v) for v in np.diag(self.affine)[:3]]} mm: the training slices' in-plane "
+                             f"{[float(v) for v in np.diag(self.slices.affine)[:3]]} mm: the training slices' in-plane "
                              f"spacing {rows:g} x {columns:g} mm (rows x columns){spacing_note}; out-of-plane "
                              f"{NNUNET_2D_SPACING_FACTOR:g} x the largest in-plane spacing, nnU-Net v2's own "
                              f"representation of 2D images (2D plans, no resampling across slices); image and label "

@@ -46,13 +46,13 @@ def evaluation_section(report_path: str | os.PathLike, model_name: str | None, c
     ``model_name`` picks the model in ``report["results"]``; without it the model whose
     ``checkpoint`` equals ``checkpoint`` (same file, or the same path as written) is used.
     """
-    from anatldm.errors import ConfigError
+    from anatldm.errors import ConfigError, read_json
 
     path = Path(report_path)
+    report = read_json(path, ConfigError, key)
     try:
-        report = json.loads(path.read_text(encoding="utf-8"))
         results = report["results"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+    except (KeyError, TypeError) as err:
         raise ConfigError(f"{key}: {path} is not an anatldm evaluation report.json ({type(err).__name__}: {err})") from None
     if model_name is None:
         def same(candidate: str | None) -> bool:

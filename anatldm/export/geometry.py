@@ -4,8 +4,9 @@ A generated or real slice is a 2D display image ``(H, W)`` (radiological orienta
 :mod:`anatldm.data.orientation`). It is written as a **single-slice RAS+ volume**: the slice
 goes back to the canonical RAS+ array of the training volumes (``display_to_ras`` along the
 training data's ``slice_axis``), and the affine is diagonal with the training data's in-plane
-target spacing (``data.spacing`` ``[rows, columns]``; 1 mm when the data kept its native spacing,
-as :class:`anatldm.callbacks.SampleWriter` writes it).
+target spacing (``data.spacing`` ``[rows, columns]``; 1 mm when the data kept its native spacing).
+:class:`NiftiSliceWriter` is the one writer of such files: ``anatldm predict``'s
+:class:`~anatldm.callbacks.SampleWriter` and :class:`~anatldm.export.DatasetWriter` both use it.
 
 The out-of-plane spacing is nnU-Net v2's own 2D convention: nnU-Net reads a 2D image as a
 one-slice 3D image whose out-of-plane spacing is 999 times the largest in-plane spacing
@@ -17,12 +18,15 @@ what it would build from a 2D file, while keeping NIfTI's geometry and float CT 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
+from anatldm.data.nifti import save_nifti
 from anatldm.data.orientation import display_to_ras
 
-__all__ = ["NNUNET_2D_SPACING_FACTOR", "in_plane_spacing", "intensity_description", "slice_affine",
-           "slice_to_volume", "to_raw_intensity"]
+__all__ = ["NNUNET_2D_SPACING_FACTOR", "NiftiSliceWriter", "in_plane_spacing", "intensity_description",
+           "slice_affine", "slice_to_volume", "to_raw_intensity"]
 
 #: nnU-Net v2's out-of-plane spacing of a 2D image, as a multiple of its largest in-plane spacing
 NNUNET_2D_SPACING_FACTOR = 999.0
@@ -76,3 +80,27 @@ def slice_to_volume(image: np.ndarray, normalization: dict) -> np.ndarray:
     if image.ndim != 2:
         raise ValueError(f"expected a (H, W) slice, got shape {image.shape}")
     return display_to_ras(image[None], int(normalization.get("slice_axis", 2)))
+
+
+class NiftiSliceWriter:
+    """Writes display slices ``(H, W)`` as single-slice RAS+ NIfTI files in the training data's geometry.
+
+    The slice goes back along the training data's ``slice_axis`` (:func:`slice_to_volume`) and
+    gets :func:`slice_affine`, so a viewer shows it as the training volumes are shown.
+
+    Args:
+        normalization: the pipeline's ``normalization`` (``slice_axis``, ``spacing``; as stored by
+            the data module with the exported model).
+    """
+
+    def __init__(self, normalization: dict) -> None:
+        self.normalization = dict(normalization)
+        self.affine = slice_affine(self.normalization)  # (4, 4)
+
+    def volume(self, image: np.ndarray) -> np.ndarray:
+        """The single-slice RAS+ volume of display slice ``image`` ``(H, W)``."""
+        return slice_to_volume(image, self.normalization)
+
+    def write(self, image: np.ndarray, path: str | Path) -> Path:
+        """Write display slice ``image`` ``(H, W)`` (values in the dtype to store) to ``path``, atomically."""
+        return save_nifti(self.volume(image), self.affine, path)

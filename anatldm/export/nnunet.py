@@ -18,15 +18,15 @@ import json
 import logging
 import os
 import re
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
-from anatldm.atomic import write_text_atomic
+from anatldm.atomic import StagedFolder, write_text_atomic
 from anatldm.errors import ConfigError, DataInputError, read_json_object
+from anatldm.export.geometry import NiftiSliceWriter
 
 __all__ = ["CHANNEL", "DATALIST", "DATASET_JSON", "FILE_ENDING", "NNUNetDatasetBuilder", "check_dataset",
            "check_dataset_id", "check_dataset_name", "dataset_folder_name", "label_dtype"]
@@ -66,14 +66,6 @@ def label_dtype(num_classes: int) -> type:
     return np.uint8 if num_classes <= 256 else np.uint16
 
 
-def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
-    image = nib.Nifti1Image(array, affine)
-    image.header.set_xyzt_units("mm")
-    image.set_qform(affine, code=1)  # scanner-anatomical: the same geometry for ITK and nibabel readers
-    image.set_sform(affine, code=1)
-    nib.save(image, path)
-
-
 @dataclass
 class _Case:
     case_id: str
@@ -90,36 +82,43 @@ class NNUNetDatasetBuilder:
         dataset_name: the name after the id.
         class_names: label names, background first (label value = position).
         channel_name: nnU-Net channel name: ``"CT"`` selects nnU-Net's CT normalisation.
+        slices: the writer of the cases' files (the training data's slice geometry).
         overwrite: replace an existing dataset of that folder name.
         key: the setting named in errors (e.g. ``DatasetWriter.output_dir``).
     """
 
     def __init__(self, output_dir: str | os.PathLike, dataset_id: int, dataset_name: str,
-                 class_names: list[str], channel_name: str, overwrite: bool = False,
+                 class_names: list[str], channel_name: str, slices: NiftiSliceWriter, overwrite: bool = False,
                  key: str = "output_dir") -> None:
         self.folder = Path(output_dir) / dataset_folder_name(dataset_id, dataset_name)
         self.dataset_id, self.dataset_name = dataset_id, dataset_name
         self.class_names = list(class_names)
         self.channel_name = channel_name
+        self.slices = slices
         self.overwrite = overwrite
         self.key = key
-        self.staging = self.folder.with_name(f".{self.folder.name}.partial")
+        self._stage = StagedFolder(self.folder, replace=overwrite)
         self.cases: dict[str, _Case] = {}
         check_export_target(output_dir, dataset_id, dataset_name, overwrite, key)
 
     # -- writing ----------------------------------------------------------------------------
+    @property
+    def staging(self) -> Path:
+        """The hidden folder the dataset is written into (renamed into place by :meth:`finish`)."""
+        return self._stage.staging
+
     def start(self) -> None:
-        """Create the (empty) staging folder; an old one of a killed run is removed."""
+        """Create the (empty) staging folder; old ones of killed runs are removed."""
         check_export_target(self.folder.parent, self.dataset_id, self.dataset_name, self.overwrite, self.key)
-        if self.staging.exists():
-            shutil.rmtree(self.staging)
-        (self.staging / "imagesTr").mkdir(parents=True)
+        self._stage = StagedFolder(self.folder, replace=self.overwrite)
+        self._stage.remove_stale()
+        (self._stage.open() / "imagesTr").mkdir()
         (self.staging / "labelsTr").mkdir()
         self.cases = {}
 
-    def add_case(self, case_id: str, image: np.ndarray, label: np.ndarray, affine: np.ndarray,
-                 source: str = "synthetic", **info) -> None:
-        """One case: ``image`` and ``label`` are volumes of one shape (e.g. ``(X, Y, 1)``)."""
+    def add_case(self, case_id: str, image: np.ndarray, label: np.ndarray, source: str = "synthetic",
+                 **info) -> None:
+        """One case: ``image`` and ``label`` are display slices ``(H, W)`` of one shape."""
         if not _CASE.match(case_id) or case_id in self.cases:
             raise ValueError(f"case id {case_id!r} is not a new identifier of letters, digits, '_' and '-'")
         if image.shape != label.shape:
@@ -127,9 +126,9 @@ class NNUNetDatasetBuilder:
         if label.min() < 0 or label.max() >= len(self.class_names):
             raise ValueError(f"case {case_id}: label values {label.min()}..{label.max()} outside "
                              f"0..{len(self.class_names) - 1}")
-        _save_nifti(np.asarray(image, dtype=np.float32), affine, self.image_path(case_id, self.staging))
-        _save_nifti(np.asarray(label).astype(label_dtype(len(self.class_names))), affine,
-                    self.label_path(case_id, self.staging))
+        self.slices.write(np.asarray(image, dtype=np.float32), self.image_path(case_id, self.staging))
+        self.slices.write(np.asarray(label).astype(label_dtype(len(self.class_names))),
+                          self.label_path(case_id, self.staging))
         self.cases[case_id] = _Case(case_id, source, info)
 
     def remove_case(self, case_id: str) -> None:
@@ -181,21 +180,13 @@ class NNUNetDatasetBuilder:
         self.write_file(DATASET_JSON, json.dumps(self.dataset_json(description, extra), indent=2))
         self.write_file(DATALIST, json.dumps(self.datalist(description), indent=2))
         check_dataset(self.staging)
-        previous = self.folder.with_name(f".{self.folder.name}.previous")
-        if self.folder.exists():  # overwrite (checked at construction)
-            if previous.exists():
-                shutil.rmtree(previous)
-            os.replace(self.folder, previous)
-        os.replace(self.staging, self.folder)
-        if previous.exists():
-            shutil.rmtree(previous)
+        self._stage.commit()  # an existing dataset only with overwrite (checked at construction)
         logger.info("wrote %s (%d cases)", self.folder, len(self.cases))
         return self.folder
 
     def abort(self) -> None:
         """Remove the staging folder (a failed or interrupted export)."""
-        if self.staging.exists():
-            shutil.rmtree(self.staging, ignore_errors=True)
+        self._stage.abort()
 
 
 def check_export_target(output_dir: str | os.PathLike, dataset_id: int, dataset_name: str,

@@ -8,7 +8,6 @@ register-class association table (:func:`registers_for_class`).
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from anatldm.errors import ConfigError
+from anatldm.errors import ConfigError, read_json
 from anatldm.models.registers import RegisterEdit, apply_register_edits
 
 __all__ = [
@@ -76,13 +75,11 @@ def registers_for_class(table: Tensor | np.ndarray, class_names: Sequence[str], 
 def load_association(path: str | Path, class_names: Sequence[str], num_registers: int) -> Tensor:
     """The ``(K, C)`` table of an ``association.json``, checked against the model's classes and bank."""
     path = Path(path)
+    record = read_json(path, ConfigError, "model.association")
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
         table = torch.tensor(record["correlation"], dtype=torch.float32)
         classes = list(record["classes"])
-    except FileNotFoundError:
-        raise ConfigError(f"model.association: {path} not found") from None
-    except (OSError, ValueError, KeyError, TypeError) as err:
+    except (ValueError, KeyError, TypeError) as err:
         raise ConfigError(f"model.association: {path} is not an association table ({err})") from None
     if classes != list(class_names) or tuple(table.shape) != (num_registers, len(class_names)):
         raise ConfigError(f"model.association: {path} is for classes {classes} and {table.shape[0]} registers; "
@@ -98,11 +95,18 @@ def load_register_bank(path: str) -> Tensor:
     if source.is_dir() or source.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        weights = source / "pipeline.safetensors" if source.is_dir() else source
+        from anatldm.models.components import COMPONENT_WEIGHTS
+
+        weights = source
+        if source.is_dir():  # the denoiser component; a folder of the previous layout has one weights file
+            weights = source / "denoiser" / COMPONENT_WEIGHTS
+            weights = weights if weights.is_file() else source / "pipeline.safetensors"
         try:
             state = load_file(weights)
         except Exception as err:  # missing file, not safetensors
             raise ConfigError(f"{weights}: cannot read the pipeline weights ({err})") from None
+        if weights.parent.name == "denoiser" and weights.name == COMPONENT_WEIGHTS:
+            state = {f"denoiser.{key}": value for key, value in state.items()}
     else:
         try:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)

@@ -1,20 +1,22 @@
 """Export bundle of a trained autoencoder: what the later stages need, with no Lightning.
 
-A bundle is a folder holding
+A bundle is a folder in the components layout of :mod:`anatldm.models.components`:
 
-- ``autoencoder.safetensors``: the ``AutoencoderKL`` weights (safetensors, never pickle),
-- ``autoencoder.json``: the network class and its constructor arguments, the latent
-  ``scale_factor`` (``1 / std(z)`` on training data), how raw intensities were normalised,
-  the class names, the image size and the anatldm version that wrote it.
+- ``autoencoder.json`` (the index): the latent ``scale_factor`` (``1 / std(z)`` on training
+  data), how raw intensities were normalised, the class names, the image size and the anatldm
+  version that wrote it;
+- ``autoencoder/config.json`` (the ``AutoencoderKL`` class and constructor arguments) and
+  ``autoencoder/model.safetensors`` (its weights; safetensors, never pickle).
 
-Both files are written to a temporary name and renamed into place, so a crash never leaves a
-half-written file. :func:`load_autoencoder_bundle` checks everything it reads and reports a
-broken bundle as a one-line :class:`~anatldm.errors.ConfigError` naming the file.
+The component is written in one rename and the index after it, so a crash never leaves a
+half-written bundle. Bundles of the previous layout (format 1: ``autoencoder.json`` holding the
+config, beside ``autoencoder.safetensors``) still load. :func:`load_autoencoder_bundle` checks
+everything it reads and reports a broken bundle as a one-line
+:class:`~anatldm.errors.ConfigError` naming the file.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Sequence
@@ -23,41 +25,49 @@ from typing import Any
 
 import torch
 from monai.networks.nets import AutoencoderKL
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
 from anatldm import __version__
-from anatldm.atomic import write_atomic
-from anatldm.errors import ConfigError, read_json_object
-from anatldm.models.weights import state_dict_mismatch
+from anatldm.errors import ConfigError
+from anatldm.models.components import (
+    COMPONENT_CONFIG,
+    COMPONENT_WEIGHTS,
+    build_component,
+    jsonable,
+    load_weights,
+    read_component_config,
+    read_index,
+    read_weights,
+    save_component,
+    write_index,
+)
 
 __all__ = [
     "BUNDLE_CONFIG",
+    "BUNDLE_NETWORK_CONFIG",
     "BUNDLE_WEIGHTS",
     "NETWORK_CLASS",
     "REQUIRED_FIELDS",
+    "jsonable",
     "load_autoencoder_bundle",
     "save_autoencoder_bundle",
 ]
 
 logger = logging.getLogger(__name__)
 
+#: the index, and the component's files relative to the bundle folder
 BUNDLE_CONFIG = "autoencoder.json"
-BUNDLE_WEIGHTS = "autoencoder.safetensors"
+COMPONENT = "autoencoder"
+BUNDLE_NETWORK_CONFIG = f"{COMPONENT}/{COMPONENT_CONFIG}"
+BUNDLE_WEIGHTS = f"{COMPONENT}/{COMPONENT_WEIGHTS}"
 NETWORK_CLASS = "monai.networks.nets.AutoencoderKL"
-FORMAT_VERSION = 1
-#: fields every ``autoencoder.json`` must have
-REQUIRED_FIELDS = ("format_version", "network", "config", "weights", "scale_factor", "normalization",
-                   "class_names", "image_size", "anatldm_version")
-
-
-def jsonable(value: Any) -> Any:
-    """Tuples become lists, so the JSON reads back equal to what was written."""
-    if isinstance(value, dict):
-        return {str(key): jsonable(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(item) for item in value]
-    return value
+#: fields every ``autoencoder.json`` must have, per format version (1: the previous layout)
+REQUIRED_BY_VERSION = {
+    1: ("format_version", "network", "config", "weights", "scale_factor", "normalization", "class_names",
+        "image_size", "anatldm_version"),
+    2: ("format_version", "components", "scale_factor", "normalization", "class_names", "image_size",
+        "anatldm_version"),
+}
+REQUIRED_FIELDS = REQUIRED_BY_VERSION[2]
 
 
 def save_autoencoder_bundle(
@@ -85,74 +95,58 @@ def save_autoencoder_bundle(
     if not (math.isfinite(scale_factor) and scale_factor > 0):
         raise ValueError(f"scale_factor must be a positive finite number, got {scale_factor}")
     extra = dict(extra or {})
-    if clash := sorted(set(extra) & set(REQUIRED_FIELDS)):
+    if clash := sorted(set(extra) & {*REQUIRED_FIELDS, "config"}):
         raise ValueError(f"extra fields may not replace required ones: {clash}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tensors = {name: tensor.detach().to("cpu").contiguous() for name, tensor in network.state_dict().items()}
-    metadata = {
-        "format_version": FORMAT_VERSION,
-        "network": NETWORK_CLASS,
-        "config": jsonable(config),
-        "weights": BUNDLE_WEIGHTS,
-        "scale_factor": float(scale_factor),
-        "normalization": jsonable(normalization),
-        "class_names": list(class_names),
-        "image_size": [int(size) for size in image_size],
-        "anatldm_version": __version__,
-        **jsonable(extra),
-    }
-    # weights first: a JSON on disk always names complete weights
-    write_atomic(folder / BUNDLE_WEIGHTS, lambda path: save_file(tensors, path, metadata={"format": "pt"}))
-    write_atomic(folder / BUNDLE_CONFIG, lambda path: path.write_text(json.dumps(metadata, indent=1), encoding="utf-8"))
+    save_component(folder / COMPONENT, NETWORK_CLASS, config, network)
+    index = {"scale_factor": float(scale_factor), "normalization": normalization, "class_names": list(class_names),
+             "image_size": [int(size) for size in image_size], "anatldm_version": __version__, **extra}
+    path = write_index(folder / BUNDLE_CONFIG, index, {COMPONENT: NETWORK_CLASS})
     logger.info("wrote autoencoder bundle %s (scale_factor %.6g)", folder, scale_factor)
-    return folder / BUNDLE_CONFIG
+    return path
 
 
 def _read_metadata(path: Path) -> tuple[Path, dict[str, Any]]:
-    json_path = path / BUNDLE_CONFIG if path.is_dir() else path
-    if not json_path.is_file():
-        raise ConfigError(f"{json_path}: no autoencoder bundle (give the export folder or its {BUNDLE_CONFIG})")
-    metadata = read_json_object(json_path, required=REQUIRED_FIELDS)
-    if metadata["network"] != NETWORK_CLASS:
-        raise ConfigError(f"{json_path}: field 'network' is {metadata['network']!r}; only {NETWORK_CLASS} is supported")
+    json_path, metadata = read_index(path, BUNDLE_CONFIG, "autoencoder bundle", REQUIRED_BY_VERSION)
     scale = metadata["scale_factor"]
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (math.isfinite(scale) and scale > 0):
         raise ConfigError(f"{json_path}: field 'scale_factor' must be a positive number, got {scale!r}")
-    if not isinstance(metadata["config"], dict):
-        raise ConfigError(f"{json_path}: field 'config' must be an object of AutoencoderKL arguments")
+    if metadata["format_version"] == 1:
+        if metadata["network"] != NETWORK_CLASS:
+            raise ConfigError(f"{json_path}: field 'network' is {metadata['network']!r}; only {NETWORK_CLASS} "
+                              "is supported")
+    elif metadata["components"] != {COMPONENT: NETWORK_CLASS}:
+        raise ConfigError(f"{json_path}: field 'components' is {metadata['components']!r}; expected "
+                          f"{ {COMPONENT: NETWORK_CLASS} }")
     return json_path, metadata
 
 
 def load_autoencoder_bundle(path: str | Path, device: str | torch.device = "cpu") -> tuple[AutoencoderKL, dict]:
-    """Load a bundle written by :func:`save_autoencoder_bundle`.
+    """Load a bundle written by :func:`save_autoencoder_bundle` (or of the previous layout).
 
     Args:
         path: the bundle folder or its ``autoencoder.json``.
         device: where to put the network.
 
     Returns:
-        The ``AutoencoderKL`` in eval mode, and the JSON metadata as a dict (``scale_factor``,
-        ``normalization``, ``class_names``, ``image_size``, ``config``, ...).
+        The ``AutoencoderKL`` in eval mode, and the index as a dict (``scale_factor``,
+        ``normalization``, ``class_names``, ``image_size``, ...) with the network's constructor
+        arguments under ``config``.
 
     Raises:
         ConfigError: a missing file, a JSON without a required field, or weights that do not
             fit the config; the message names the file and what differs.
     """
     json_path, metadata = _read_metadata(Path(path))
-    try:
-        network = AutoencoderKL(**metadata["config"])
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"{json_path}: field 'config' does not build an AutoencoderKL ({err})") from None
-    weights_path = json_path.parent / str(metadata["weights"])
-    if not weights_path.is_file():
-        raise ConfigError(f"{weights_path}: weights file missing (named by {json_path})")
-    try:
-        state = load_file(weights_path)
-    except (SafetensorError, OSError) as err:
-        raise ConfigError(f"{weights_path}: not a readable safetensors file ({err})") from None
-    if problem := state_dict_mismatch(state, network.state_dict()):
-        raise ConfigError(f"{weights_path}: weights do not match the config in {json_path.name}: {problem}")
-    network.load_state_dict(state, strict=True)
+    if metadata["format_version"] == 1:  # the config inside the index, the weights beside it
+        config_path, config, key = json_path, metadata["config"], "config"
+        weights_path = json_path.parent / str(metadata["weights"])
+        named_by = json_path
+    else:
+        config_path, config = read_component_config(json_path.parent / COMPONENT, NETWORK_CLASS)
+        key, weights_path, named_by = COMPONENT, json_path.parent / BUNDLE_WEIGHTS, config_path
+    network = build_component(AutoencoderKL, config, config_path, key)
+    load_weights(network, read_weights(weights_path, named_by), weights_path, config_path)
     network.to(device).eval()
-    return network, metadata
+    return network, {**metadata, "config": config}

@@ -315,16 +315,17 @@ class AnatomicalLDMPipeline(nn.Module):
 
     # -- files ----------------------------------------------------------------------------------
     def save_pretrained(self, folder: str | Path, extra: dict[str, Any] | None = None) -> Path:
-        """Write ``pipeline.safetensors`` and ``pipeline.json`` to ``folder`` (self-contained:
-        the autoencoder is included); return the JSON path."""
+        """Write ``folder``: ``pipeline.json`` and a subfolder per component (``autoencoder/``,
+        ``denoiser/``, ``scheduler/``; self-contained: the autoencoder is included); return the
+        JSON path (:mod:`anatldm.pipelines.pretrained`)."""
         from anatldm.pipelines.pretrained import save_pipeline
 
         return save_pipeline(self, folder, extra)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> AnatomicalLDMPipeline:
-        """Load a folder written by :meth:`save_pretrained` (or its ``pipeline.json``), in eval
-        mode; a broken folder is one :class:`~anatldm.errors.ConfigError` naming the file and key."""
+        """Load a folder written by :meth:`save_pretrained` (or its ``pipeline.json``; a folder of the
+        previous layout too), in eval mode; a broken folder is one :class:`~anatldm.errors.ConfigError` naming the file and key."""
         from anatldm.pipelines.pretrained import load_pipeline
 
         return load_pipeline(path, device, cls)

@@ -1,17 +1,19 @@
-"""The pipeline folder: ``pipeline.safetensors`` (every weight) and ``pipeline.json`` (the rest).
+"""The pipeline folder, in the components layout of :mod:`anatldm.models.components`.
 
-``pipeline.json`` names the networks and their constructor arguments (the autoencoder's and the
-denoiser's), the latent ``scale_factor``, the class names, the image size, the intensity
-normalisation, the noise schedule, the sampling defaults, the registers bound to classes and,
-when known, the register-class association table. The folder needs nothing else on disk: the
-autoencoder's weights are in it. Both files are written under temporary names and renamed (the
-weights first), and :func:`load_pipeline` checks everything it reads, reporting a broken folder
-as one :class:`~anatldm.errors.ConfigError` naming the file and the key.
+``pipeline.json`` (the index) holds the latent ``scale_factor``, the class names, the image
+size, the intensity normalisation, the sampling defaults, the registers bound to classes and,
+when known, the register-class association table. One subfolder per component:
+``autoencoder/`` and ``denoiser/`` (``config.json`` with the constructor arguments and
+``model.safetensors``) and ``scheduler/`` (``config.json``: the noise schedule). The folder
+needs nothing else on disk: the autoencoder's weights are in it. The components are written
+first, each in one rename, then the index; :func:`load_pipeline` checks everything it reads,
+reporting a broken folder as one :class:`~anatldm.errors.ConfigError` naming the file and the
+key. Folders of the previous layout (format 1: ``pipeline.json`` holding every config, beside
+one ``pipeline.safetensors``) still load.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
@@ -19,67 +21,75 @@ from typing import Any
 
 import torch
 from monai.networks.nets import AutoencoderKL
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
 from anatldm import __version__
-from anatldm.atomic import write_atomic, write_text_atomic
 from anatldm.diffusion.sampling import SamplingConfig
 from anatldm.diffusion.schedulers import SAMPLERS, make_train_scheduler
-from anatldm.errors import ConfigError, read_json_object
+from anatldm.errors import ConfigError
 from anatldm.models.autoencoder_bundle import NETWORK_CLASS as AUTOENCODER_CLASS
-from anatldm.models.autoencoder_bundle import jsonable
+from anatldm.models.components import (
+    COMPONENT_WEIGHTS,
+    build_component,
+    load_weights,
+    read_component_config,
+    read_index,
+    read_weights,
+    save_component,
+    write_index,
+)
 from anatldm.models.denoiser import AnatomicalDenoiser
-from anatldm.models.weights import state_dict_mismatch
 
-__all__ = ["PIPELINE_CONFIG", "PIPELINE_WEIGHTS", "REQUIRED_FIELDS", "load_pipeline", "save_pipeline"]
+__all__ = ["COMPONENT_CLASSES", "PIPELINE_CONFIG", "REQUIRED_FIELDS", "load_pipeline", "save_pipeline"]
 
 logger = logging.getLogger(__name__)
 
 PIPELINE_CONFIG = "pipeline.json"
-PIPELINE_WEIGHTS = "pipeline.safetensors"
+#: the one weights file of a format-1 folder
+FORMAT_1_WEIGHTS = "pipeline.safetensors"
 PIPELINE_CLASS = "anatldm.pipelines.AnatomicalLDMPipeline"
 DENOISER_CLASS = "anatldm.models.denoiser.AnatomicalDenoiser"
-FORMAT_VERSION = 1
-#: fields every ``pipeline.json`` must have
-REQUIRED_FIELDS = ("format_version", "pipeline", "weights", "autoencoder", "denoiser", "scheduler", "scale_factor",
-                   "class_names", "image_size", "normalization", "sampling", "register_groups", "anatldm_version")
+SCHEDULER_CLASS = "anatldm.diffusion.schedulers.make_train_scheduler"
+#: component subfolder -> the class its config builds
+COMPONENT_CLASSES = {"autoencoder": AUTOENCODER_CLASS, "denoiser": DENOISER_CLASS, "scheduler": SCHEDULER_CLASS}
+_INDEX_FIELDS = ("scale_factor", "class_names", "image_size", "normalization", "sampling", "register_groups",
+                 "anatldm_version")
+#: fields every ``pipeline.json`` must have, per format version (1: the previous layout)
+REQUIRED_BY_VERSION = {
+    1: ("format_version", "pipeline", "weights", "autoencoder", "denoiser", "scheduler", *_INDEX_FIELDS),
+    2: ("format_version", "pipeline", "components", *_INDEX_FIELDS),
+}
+REQUIRED_FIELDS = REQUIRED_BY_VERSION[2]
 #: keys of the ``sampling`` field (the pipeline's defaults)
 SAMPLING_FIELDS = ("sampler", "num_inference_steps", "registers_per_class", "association_samples", "attention_steps")
 
 
 def save_pipeline(pipeline, folder: str | Path, extra: dict[str, Any] | None = None) -> Path:
     """Write ``pipeline`` (an :class:`~anatldm.pipelines.AnatomicalLDMPipeline`) to ``folder``;
-    return the JSON path. ``extra``: more JSON fields (e.g. the source checkpoint)."""
+    return the index path. ``extra``: more index fields (e.g. the source checkpoint)."""
     extra = dict(extra or {})
     if clash := sorted(set(extra) & set(REQUIRED_FIELDS)):
         raise ValueError(f"extra fields may not replace required ones: {clash}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tensors = {name: tensor.detach().to("cpu").contiguous() for name, tensor in pipeline.state_dict().items()}
+    save_component(folder / "autoencoder", AUTOENCODER_CLASS, pipeline.autoencoder_config, pipeline.autoencoder)
+    save_component(folder / "denoiser", DENOISER_CLASS, pipeline.denoiser_config, pipeline.denoiser)
+    save_component(folder / "scheduler", SCHEDULER_CLASS, pipeline.scheduler_config)
     association = pipeline.association
-    metadata = {
-        "format_version": FORMAT_VERSION,
+    index = {
         "pipeline": PIPELINE_CLASS,
-        "weights": PIPELINE_WEIGHTS,
-        "autoencoder": {"network": AUTOENCODER_CLASS, "config": jsonable(pipeline.autoencoder_config)},
-        "denoiser": {"network": DENOISER_CLASS, "config": jsonable(pipeline.denoiser_config)},
-        "scheduler": jsonable(pipeline.scheduler_config),
         "scale_factor": pipeline.scale_factor,
         "class_names": list(pipeline.class_names),
         "image_size": list(pipeline.image_size),
-        "normalization": jsonable(pipeline.normalization),
+        "normalization": pipeline.normalization,
         "sampling": {key: getattr(pipeline.sampling, key) for key in SAMPLING_FIELDS},
-        "register_groups": jsonable(pipeline.register_groups),
+        "register_groups": pipeline.register_groups,
         "association": None if association is None else association.float().cpu().tolist(),
         "anatldm_version": __version__,
-        **jsonable(extra),
+        **extra,
     }
-    # weights first: a JSON on disk always names complete weights
-    write_atomic(folder / PIPELINE_WEIGHTS, lambda path: save_file(tensors, path, metadata={"format": "pt"}))
-    write_text_atomic(folder / PIPELINE_CONFIG, json.dumps(metadata, indent=1))
+    path = write_index(folder / PIPELINE_CONFIG, index, COMPONENT_CLASSES)
     logger.info("wrote pipeline %s", folder)
-    return folder / PIPELINE_CONFIG
+    return path
 
 
 def _field(metadata: dict, json_path: Path, key: str, kind: type | tuple[type, ...], what: str) -> Any:
@@ -90,20 +100,17 @@ def _field(metadata: dict, json_path: Path, key: str, kind: type | tuple[type, .
 
 
 def _read_metadata(path: Path) -> tuple[Path, dict[str, Any]]:
-    json_path = path / PIPELINE_CONFIG if path.is_dir() else path
-    if not json_path.is_file():
-        raise ConfigError(f"{json_path}: no pipeline (give the export folder or its {PIPELINE_CONFIG})")
-    metadata = read_json_object(json_path, required=REQUIRED_FIELDS)
-    if metadata["format_version"] != FORMAT_VERSION:
-        raise ConfigError(f"{json_path}: field 'format_version' is {metadata['format_version']!r}; "
-                          f"this anatldm reads {FORMAT_VERSION}")
-    for key, network in (("autoencoder", AUTOENCODER_CLASS), ("denoiser", DENOISER_CLASS)):
-        part = _field(metadata, json_path, key, dict, "an object with 'network' and 'config'")
-        if part.get("network") != network:
-            raise ConfigError(f"{json_path}: field '{key}.network' is {part.get('network')!r}; only {network} "
-                              "is supported")
-        if not isinstance(part.get("config"), dict):
-            raise ConfigError(f"{json_path}: field '{key}.config' must be an object of constructor arguments")
+    json_path, metadata = read_index(path, PIPELINE_CONFIG, "pipeline", REQUIRED_BY_VERSION)
+    if metadata["format_version"] == 1:
+        for key, network in (("autoencoder", AUTOENCODER_CLASS), ("denoiser", DENOISER_CLASS)):
+            part = _field(metadata, json_path, key, dict, "an object with 'network' and 'config'")
+            if part.get("network") != network:
+                raise ConfigError(f"{json_path}: field '{key}.network' is {part.get('network')!r}; only {network} "
+                                  "is supported")
+        _field(metadata, json_path, "scheduler", dict, "an object of make_train_scheduler arguments")
+    elif metadata["components"] != COMPONENT_CLASSES:
+        raise ConfigError(f"{json_path}: field 'components' is {metadata['components']!r}; expected "
+                          f"{COMPONENT_CLASSES!r}")
     scale = _field(metadata, json_path, "scale_factor", (int, float), "a positive number")
     if not (math.isfinite(scale) and scale > 0):
         raise ConfigError(f"{json_path}: field 'scale_factor' must be a positive number, got {scale!r}")
@@ -114,7 +121,6 @@ def _read_metadata(path: Path) -> tuple[Path, dict[str, Any]]:
     if not size or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size):
         raise ConfigError(f"{json_path}: field 'image_size' must be a list of positive integers, got {size!r}")
     _field(metadata, json_path, "normalization", dict, "an object")
-    _field(metadata, json_path, "scheduler", dict, "an object of make_train_scheduler arguments")
     sampling = _field(metadata, json_path, "sampling", dict, f"an object with {', '.join(SAMPLING_FIELDS)}")
     if missing := [key for key in SAMPLING_FIELDS if key not in sampling]:
         raise ConfigError(f"{json_path}: field 'sampling' lacks {', '.join(map(repr, missing))}")
@@ -133,9 +139,28 @@ def _read_metadata(path: Path) -> tuple[Path, dict[str, Any]]:
     return json_path, metadata
 
 
+def _components(json_path: Path, metadata: dict[str, Any]) -> dict[str, tuple[Path, str, dict, dict | None, Path]]:
+    """Component name -> ``(config file, key, config, state dict or None, weights file)``, read
+    from either layout."""
+    if metadata["format_version"] == 1:  # every config in the index, every weight in one file
+        weights_path = json_path.parent / str(metadata["weights"])
+        state = read_weights(weights_path, json_path)
+        parts = {name: (json_path, f"{name}.config", metadata[name]["config"],
+                        {key[len(name) + 1:]: value for key, value in state.items() if key.startswith(f"{name}.")},
+                        weights_path) for name in ("autoencoder", "denoiser")}
+        return {**parts, "scheduler": (json_path, "scheduler", metadata["scheduler"], None, weights_path)}
+    parts = {}
+    for name, class_name in COMPONENT_CLASSES.items():
+        config_path, config = read_component_config(json_path.parent / name, class_name)
+        weights_path = json_path.parent / name / COMPONENT_WEIGHTS
+        state = None if name == "scheduler" else read_weights(weights_path, config_path)
+        parts[name] = (config_path, name, config, state, weights_path)
+    return parts
+
+
 def load_pipeline(path: str | Path, device: str | torch.device = "cpu", cls: type | None = None):
-    """Load a folder written by :func:`save_pipeline` as ``cls`` (default
-    :class:`~anatldm.pipelines.AnatomicalLDMPipeline`), in eval mode on ``device``.
+    """Load a folder written by :func:`save_pipeline` (or of the previous layout) as ``cls``
+    (default :class:`~anatldm.pipelines.AnatomicalLDMPipeline`), in eval mode on ``device``.
 
     Raises:
         ConfigError: a missing file, a JSON without a required field or with a bad value, or
@@ -144,18 +169,19 @@ def load_pipeline(path: str | Path, device: str | torch.device = "cpu", cls: typ
     if cls is None:
         from anatldm.pipelines.ldm import AnatomicalLDMPipeline as cls
     json_path, metadata = _read_metadata(Path(path))
+    parts = _components(json_path, metadata)
+    networks = {}
+    for name, build in (("autoencoder", AutoencoderKL), ("denoiser", AnatomicalDenoiser)):
+        config_path, key, config, state, weights_path = parts[name]
+        networks[name] = build_component(build, config, config_path, key)
+        load_weights(networks[name], state, weights_path, config_path)
+    scheduler_path, scheduler_key, scheduler_config, _, _ = parts["scheduler"]
     try:
-        autoencoder = AutoencoderKL(**metadata["autoencoder"]["config"])
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"{json_path}: field 'autoencoder.config' does not build an AutoencoderKL ({err})") from None
-    try:
-        denoiser = AnatomicalDenoiser(**metadata["denoiser"]["config"])
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"{json_path}: field 'denoiser.config' does not build an AnatomicalDenoiser ({err})") from None
-    try:
-        make_train_scheduler(**metadata["scheduler"])
+        make_train_scheduler(**scheduler_config)
     except (TypeError, ValueError, NotImplementedError) as err:
-        raise ConfigError(f"{json_path}: field 'scheduler' does not build the noise schedule ({err})") from None
+        raise ConfigError(f"{scheduler_path}: field '{scheduler_key}' does not build the noise schedule ({err})") \
+            from None
+    denoiser = networks["denoiser"]
     association = metadata.get("association")
     if association is not None:
         try:
@@ -167,19 +193,10 @@ def load_pipeline(path: str | Path, device: str | torch.device = "cpu", cls: typ
             raise ConfigError(f"{json_path}: field 'association' has shape {tuple(association.shape)}, expected "
                               f"({num_registers}, {len(metadata['class_names'])})")
     sampling = metadata["sampling"]
-    pipeline = cls(autoencoder, denoiser, scale_factor=metadata["scale_factor"], class_names=metadata["class_names"],
-                   image_size=metadata["image_size"], normalization=metadata["normalization"],
-                   scheduler_config=metadata["scheduler"], autoencoder_config=metadata["autoencoder"]["config"],
-                   denoiser_config=metadata["denoiser"]["config"], register_groups=metadata["register_groups"],
-                   association=association, sampling=SamplingConfig(**{key: sampling[key] for key in SAMPLING_FIELDS}))
-    weights_path = json_path.parent / str(metadata["weights"])
-    if not weights_path.is_file():
-        raise ConfigError(f"{weights_path}: weights file missing (named by {json_path})")
-    try:
-        state = load_file(weights_path)
-    except (SafetensorError, OSError) as err:
-        raise ConfigError(f"{weights_path}: not a readable safetensors file ({err})") from None
-    if problem := state_dict_mismatch(state, pipeline.state_dict()):
-        raise ConfigError(f"{weights_path}: weights do not match the config in {json_path.name}: {problem}")
-    pipeline.load_state_dict(state, strict=True)
+    pipeline = cls(networks["autoencoder"], denoiser, scale_factor=metadata["scale_factor"],
+                   class_names=metadata["class_names"], image_size=metadata["image_size"],
+                   normalization=metadata["normalization"], scheduler_config=scheduler_config,
+                   autoencoder_config=parts["autoencoder"][2], denoiser_config=parts["denoiser"][2],
+                   register_groups=metadata["register_groups"], association=association,
+                   sampling=SamplingConfig(**{key: sampling[key] for key in SAMPLING_FIELDS}))
     return pipeline.to(device).eval()

@@ -178,7 +178,7 @@ def test_write_phantom_dataset_leaves_nothing_behind_on_failure(tmp_path, monkey
     def crash(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(phantoms, "_save_nifti", crash)
+    monkeypatch.setattr(phantoms, "save_nifti", crash)
     with pytest.raises(RuntimeError, match="disk full"):
         write_phantom_dataset(tmp_path / "ds", "breast_mri", num_subjects=1, size=(16, 16), num_slices=2)
     assert list(tmp_path.iterdir()) == []

@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 from anatldm.errors import ConfigError
 from anatldm.models.autoencoder_bundle import (
     BUNDLE_CONFIG,
+    BUNDLE_NETWORK_CONFIG,
     BUNDLE_WEIGHTS,
     REQUIRED_FIELDS,
     load_autoencoder_bundle,
@@ -61,7 +62,8 @@ def test_json_path_works_like_the_folder(bundle: tuple[Path, AutoencoderKL]) -> 
     folder, _ = bundle
     _, metadata = load_autoencoder_bundle(folder / BUNDLE_CONFIG)
     assert metadata["scale_factor"] == 1.7
-    assert sorted(p.name for p in folder.iterdir()) == [BUNDLE_CONFIG, BUNDLE_WEIGHTS]  # no temporary left
+    files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+    assert files == sorted([BUNDLE_CONFIG, BUNDLE_NETWORK_CONFIG, BUNDLE_WEIGHTS])  # no temporary left
 
 
 def test_missing_bundle(tmp_path: Path) -> None:
@@ -69,7 +71,7 @@ def test_missing_bundle(tmp_path: Path) -> None:
     assert str(tmp_path / "nowhere") in message and "no autoencoder bundle" in message
 
 
-@pytest.mark.parametrize("field", ["scale_factor", "config", "class_names"])
+@pytest.mark.parametrize("field", ["scale_factor", "components", "class_names"])
 def test_json_without_a_field(bundle: tuple[Path, AutoencoderKL], field: str) -> None:
     folder, _ = bundle
     metadata = json.loads((folder / BUNDLE_CONFIG).read_text(encoding="utf-8"))
@@ -91,12 +93,11 @@ def test_invalid_json_and_bad_scale(bundle: tuple[Path, AutoencoderKL]) -> None:
 
 def test_weights_that_do_not_match_the_config(bundle: tuple[Path, AutoencoderKL]) -> None:
     folder, _ = bundle
-    metadata = json.loads((folder / BUNDLE_CONFIG).read_text(encoding="utf-8"))
-    wider = {**metadata, "config": {**CONFIG, "channels": [8, 32]}}
-    (folder / BUNDLE_CONFIG).write_text(json.dumps(wider))
+    config = json.loads((folder / BUNDLE_NETWORK_CONFIG).read_text(encoding="utf-8"))
+    (folder / BUNDLE_NETWORK_CONFIG).write_text(json.dumps({**config, "channels": [8, 32]}))
     message = one_line_error(folder)
     assert BUNDLE_WEIGHTS in message and "do not match the config" in message and "another shape" in message
-    (folder / BUNDLE_CONFIG).write_text(json.dumps(metadata))
+    (folder / BUNDLE_NETWORK_CONFIG).write_text(json.dumps(config))
     state = load_file(folder / BUNDLE_WEIGHTS)
     state.pop("post_quant_conv.conv.weight")
     save_file(state, folder / BUNDLE_WEIGHTS)
@@ -106,10 +107,12 @@ def test_weights_that_do_not_match_the_config(bundle: tuple[Path, AutoencoderKL]
 
 def test_config_that_builds_no_network_and_missing_or_corrupt_weights(bundle: tuple[Path, AutoencoderKL]) -> None:
     folder, _ = bundle
-    metadata = json.loads((folder / BUNDLE_CONFIG).read_text(encoding="utf-8"))
-    (folder / BUNDLE_CONFIG).write_text(json.dumps({**metadata, "config": {**CONFIG, "channels": [8, 18]}}))
+    config = json.loads((folder / BUNDLE_NETWORK_CONFIG).read_text(encoding="utf-8"))
+    (folder / BUNDLE_NETWORK_CONFIG).write_text(json.dumps({**config, "channels": [8, 18]}))
     assert "does not build an AutoencoderKL" in one_line_error(folder)
-    (folder / BUNDLE_CONFIG).write_text(json.dumps(metadata))
+    (folder / BUNDLE_NETWORK_CONFIG).write_text(json.dumps({**config, "_class_name": "monai.networks.nets.VQVAE"}))
+    assert "'_class_name' is 'monai.networks.nets.VQVAE'" in one_line_error(folder)
+    (folder / BUNDLE_NETWORK_CONFIG).write_text(json.dumps(config))
     (folder / BUNDLE_WEIGHTS).write_bytes(b"not safetensors")
     assert "not a readable safetensors file" in one_line_error(folder)
     (folder / BUNDLE_WEIGHTS).unlink()
@@ -120,3 +123,37 @@ def test_save_refuses_a_bad_scale_factor(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="scale_factor"):
         save_autoencoder_bundle(tmp_path, AutoencoderKL(**CONFIG), CONFIG, float("nan"), NORMALIZATION,
                                 ["background", "liver"], (32, 32))
+
+
+def write_format_1_bundle(folder: Path, network: AutoencoderKL) -> None:
+    """A bundle as the previous layout wrote it: ``autoencoder.json`` holding the network and its
+    config beside ``autoencoder.safetensors`` (the file names and fields of format 1)."""
+    folder.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in network.state_dict().items()}, folder / "autoencoder.safetensors",
+              metadata={"format": "pt"})
+    (folder / "autoencoder.json").write_text(json.dumps({
+        "format_version": 1, "network": "monai.networks.nets.AutoencoderKL", "config": CONFIG,
+        "weights": "autoencoder.safetensors", "scale_factor": 1.7, "normalization": NORMALIZATION,
+        "class_names": ["background", "liver"], "image_size": [32, 32], "anatldm_version": "0.9.0"}))
+
+
+def test_a_bundle_of_the_previous_layout_loads_bit_identically(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    network = AutoencoderKL(**CONFIG).eval()
+    write_format_1_bundle(tmp_path / "old", network)
+    save_autoencoder_bundle(tmp_path / "new", network, CONFIG, 1.7, NORMALIZATION, ["background", "liver"], (32, 32))
+    (old, old_meta), (new, new_meta) = load_autoencoder_bundle(tmp_path / "old"), load_autoencoder_bundle(tmp_path / "new")
+    images = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(old.reconstruct(images), new.reconstruct(images))
+    for key in ("config", "scale_factor", "normalization", "class_names", "image_size"):
+        assert old_meta[key] == new_meta[key]
+    (tmp_path / "old" / "autoencoder.safetensors").unlink()
+    assert "autoencoder.safetensors: weights file missing" in one_line_error(tmp_path / "old")
+
+
+def test_an_unknown_format_version_is_one_line(bundle: tuple[Path, AutoencoderKL]) -> None:
+    folder, _ = bundle
+    metadata = json.loads((folder / BUNDLE_CONFIG).read_text(encoding="utf-8"))
+    (folder / BUNDLE_CONFIG).write_text(json.dumps({**metadata, "format_version": 7}))
+    assert "'format_version' is 7; this anatldm reads 1 and 2" in one_line_error(folder)

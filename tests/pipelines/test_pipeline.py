@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from anatldm.cli import main
 from anatldm.errors import ConfigError
+from anatldm.interpret.edits import load_register_bank
 from anatldm.models.registers import RegisterEdit
 from anatldm.pipelines import AnatomicalLDMPipeline
 from anatldm.trainers import AnatomicalLDMTask
@@ -91,23 +93,67 @@ def test_save_load_gives_the_same_samples_without_the_bundle(tiny_bundle: Path, 
         json.loads((folder / "pipeline.json").read_text())
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    (lambda m: m.pop("scale_factor"), "missing field\\(s\\) 'scale_factor'"),
-    (lambda m: m.update(scale_factor=-1), "field 'scale_factor' must be a positive number"),
-    (lambda m: m["sampling"].update(sampler="euler"), "field 'sampling.sampler' is 'euler'"),
-    (lambda m: m["denoiser"]["config"].update(channels=[16, 64]), "weights do not match the config"),
-    (lambda m: m["denoiser"]["config"].update(register_levels=[7]), "field 'denoiser.config' does not build"),
-    (lambda m: m.update(weights="gone.safetensors"), "gone.safetensors: weights file missing"),
-    (lambda m: m.update(image_size=[32, "a"]), "field 'image_size' must be a list of positive integers"),
+@pytest.mark.parametrize(("file", "change", "message"), [
+    ("pipeline.json", lambda m: m.pop("scale_factor"), "missing field\\(s\\) 'scale_factor'"),
+    ("pipeline.json", lambda m: m.update(scale_factor=-1), "field 'scale_factor' must be a positive number"),
+    ("pipeline.json", lambda m: m["sampling"].update(sampler="euler"), "field 'sampling.sampler' is 'euler'"),
+    ("pipeline.json", lambda m: m["components"].pop("scheduler"), "field 'components'"),
+    ("denoiser/config.json", lambda m: m.update(channels=[16, 64]), "weights do not match the config"),
+    ("denoiser/config.json", lambda m: m.update(register_levels=[7]), "field 'denoiser' does not build"),
+    ("denoiser/config.json", lambda m: m.update(_class_name="x.Other"), "field '_class_name' is 'x.Other'"),
+    ("scheduler/config.json", lambda m: m.update(beta_schedule="cubic"), "field 'scheduler' does not build"),
+    ("pipeline.json", lambda m: m.update(image_size=[32, "a"]), "field 'image_size' must be a list of positive integers"),
 ])
-def test_a_broken_folder_is_one_config_error_naming_the_file_and_key(tiny_bundle: Path, tmp_path: Path,
+def test_a_broken_folder_is_one_config_error_naming_the_file_and_key(tiny_bundle: Path, tmp_path: Path, file: str,
                                                                       change, message: str) -> None:
     trained_looking_task(tiny_bundle).pipeline.save_pretrained(tmp_path)
-    metadata = json.loads((tmp_path / "pipeline.json").read_text())
+    metadata = json.loads((tmp_path / file).read_text())
     change(metadata)
-    (tmp_path / "pipeline.json").write_text(json.dumps(metadata))
-    with pytest.raises(ConfigError, match=message):
+    (tmp_path / file).write_text(json.dumps(metadata))
+    with pytest.raises(ConfigError, match=message) as error:
         AnatomicalLDMPipeline.from_pretrained(tmp_path)
+    assert file.split("/")[0] in str(error.value) and "\n" not in str(error.value)  # names the file
+
+
+def test_missing_weights_name_the_component_file(tiny_bundle: Path, tmp_path: Path) -> None:
+    trained_looking_task(tiny_bundle).pipeline.save_pretrained(tmp_path)
+    (tmp_path / "denoiser" / "model.safetensors").unlink()
+    with pytest.raises(ConfigError, match="denoiser/model.safetensors: weights file missing"):
+        AnatomicalLDMPipeline.from_pretrained(tmp_path)
+
+
+def write_format_1_folder(new: Path, old: Path) -> None:
+    """The folder ``new`` rewritten as the previous layout wrote it: one ``pipeline.safetensors``
+    (every weight, keys ``autoencoder.*`` and ``denoiser.*``) beside a ``pipeline.json`` that holds
+    the component configs (the file names and fields of format 1)."""
+    index = json.loads((new / "pipeline.json").read_text())
+    configs = {}
+    for name in ("autoencoder", "denoiser", "scheduler"):
+        config = json.loads((new / name / "config.json").read_text())
+        configs[name] = {key: value for key, value in config.items() if key != "_class_name"}
+    state = {f"{name}.{key}": value for name in ("autoencoder", "denoiser")
+             for key, value in load_file(new / name / "model.safetensors").items()}
+    old.mkdir()
+    save_file(state, old / "pipeline.safetensors", metadata={"format": "pt"})
+    del index["components"]
+    (old / "pipeline.json").write_text(json.dumps({
+        **index, "format_version": 1, "weights": "pipeline.safetensors",
+        "autoencoder": {"network": "monai.networks.nets.AutoencoderKL", "config": configs["autoencoder"]},
+        "denoiser": {"network": "anatldm.models.denoiser.AnatomicalDenoiser", "config": configs["denoiser"]},
+        "scheduler": configs["scheduler"]}))
+
+
+def test_a_folder_of_the_previous_layout_samples_bit_identically(tiny_bundle: Path, tmp_path: Path) -> None:
+    task = trained_looking_task(tiny_bundle)
+    task.pipeline.save_pretrained(tmp_path / "new")
+    write_format_1_folder(tmp_path / "new", tmp_path / "old")
+    old, new = (AnatomicalLDMPipeline.from_pretrained(tmp_path / name) for name in ("old", "new"))
+    expected, again = new.generate([0, 1]), old.generate([0, 1])
+    assert torch.equal(again.images, expected.images) and torch.equal(again.masks, expected.masks)
+    assert old.denoiser_config == new.denoiser_config and old.scheduler_config == new.scheduler_config
+    assert torch.equal(load_register_bank(str(tmp_path / "old")), load_register_bank(str(tmp_path / "new")))
+    old.save_pretrained(tmp_path / "resaved")  # an old folder saves in the new layout
+    assert (tmp_path / "resaved" / "denoiser" / "model.safetensors").is_file()
 
 
 def test_no_folder_is_a_config_error(tmp_path: Path) -> None:

@@ -102,7 +102,7 @@ def test_cli_fast_dev_run_exports_a_bundle(tmp_path: Path, cache_dir: str) -> No
 
 
 def test_export_import_latents_and_scale_factor(tmp_path: Path, cache_dir: str) -> None:
-    from anatldm.data import AnatomyDataModule
+    from anatldm.datamodules import AnatomyDataModule
 
     seed_everything(0)
     datamodule = AnatomyDataModule(**{**TINY_DATA, "cache_dir": cache_dir})

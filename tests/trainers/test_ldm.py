@@ -13,8 +13,8 @@ import torch
 import yaml
 
 from anatldm.cli import main
-from anatldm.data import AnatomyDataModule
 from anatldm.data.phantoms import CT_ABDOMEN_CLASSES
+from anatldm.datamodules import AnatomyDataModule
 from anatldm.errors import ConfigError
 from anatldm.models.registers import RegisterEdit
 from anatldm.trainers import AnatomicalLDMTask

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
+from anatldm.atomic import StagedFolder
+from anatldm.data.nifti import save_nifti
 from anatldm.data.orientation import display_to_ras
 from anatldm.data.phantoms.breast_mri import (
     BREAST_FOV_MM,
@@ -28,6 +26,7 @@ from anatldm.data.phantoms.ct_abdomen import (
     _ct_abdomen,
 )
 from anatldm.data.phantoms.geometry import _make_grid, _quantise
+from anatldm.errors import DataInputError, read_json
 
 __all__ = ['PHANTOM_CLASSES', 'PHANTOM_PRESETS', 'PhantomSubject', 'generate_phantom', 'write_phantom_dataset']
 
@@ -125,22 +124,14 @@ def _subject_stem(family: str, index: int) -> str:
 def _is_complete(root: Path, family: str, num_subjects: int) -> bool:
     """Whether ``root`` holds the class list and every image/label of the data set."""
     try:
-        names = json.loads((root / "classes.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        names = read_json(root / "classes.json", DataInputError)
+    except DataInputError:
         return False
     if names != list(PHANTOM_CLASSES[family]):
         return False
     stems = (_subject_stem(family, i) for i in range(num_subjects))
     return all((root / part / f"{stem}.nii.gz").is_file()
                for stem in stems for part in ("images", "labels"))
-
-
-def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
-    image = nib.Nifti1Image(array, affine)
-    image.header.set_xyzt_units("mm")
-    image.set_qform(affine, code=1)
-    image.set_sform(affine, code=1)
-    nib.save(image, path)
 
 
 def write_phantom_dataset(root: str | Path, family: str, num_subjects: int,
@@ -167,25 +158,15 @@ def write_phantom_dataset(root: str | Path, family: str, num_subjects: int,
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise ValueError(f"{root} exists and is not a complete {family} phantom data set of "
                          f"{num_subjects} subjects; remove it or choose another root")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = root.parent / f".{root.name}.tmp-{uuid.uuid4().hex[:12]}"
-    try:
-        (staging / "images").mkdir(parents=True)
+    # a concurrent writer of the same data set (another DDP rank) may finish first: its copy is kept
+    with StagedFolder(root, complete=lambda folder: _is_complete(folder, family, num_subjects)) as staging:
+        (staging / "images").mkdir()
         (staging / "labels").mkdir()
         for index in range(num_subjects):
             subject = generate_phantom(family, _subject_seed(seed, index), size, num_slices)
             stem = _subject_stem(family, index)
-            _save_nifti(subject.image, subject.affine, staging / "images" / f"{stem}.nii.gz")
-            _save_nifti(subject.label, subject.affine, staging / "labels" / f"{stem}.nii.gz")
+            save_nifti(subject.image, subject.affine, staging / "images" / f"{stem}.nii.gz")
+            save_nifti(subject.label, subject.affine, staging / "labels" / f"{stem}.nii.gz")
         (staging / "classes.json").write_text(json.dumps(list(PHANTOM_CLASSES[family])) + "\n", encoding="utf-8")
-        try:
-            os.replace(staging, root)
-        except OSError:
-            if not _is_complete(root, family, num_subjects):  # not a concurrent writer's copy
-                raise
-            shutil.rmtree(staging)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     logger.info("wrote %d %s phantoms to %s", num_subjects, family, root)
     return root

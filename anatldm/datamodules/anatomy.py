@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from pathlib import Path
@@ -11,11 +10,11 @@ from typing import Literal
 
 import numpy as np
 import torch
-import torchio as tio
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from torch.utils.data import DataLoader
 
 from anatldm.data import phantoms
+from anatldm.data.augmentation import SliceAugmentation
 from anatldm.data.phantoms import PHANTOM_CLASSES, PHANTOM_PRESETS, write_phantom_dataset
 from anatldm.data.slices import SliceCache, SliceDataset, build_slice_cache
 from anatldm.data.volumes import (
@@ -25,79 +24,14 @@ from anatldm.data.volumes import (
     find_volume_pairs,
     read_manifest,
 )
-from anatldm.errors import ConfigError, DataInputError
+from anatldm.datamodules.samplers import EpochShuffle, ShardSampler
+from anatldm.errors import ConfigError, DataInputError, read_json
 
-__all__ = ["AnatomyDataModule", "EpochShuffle", "ShardSampler", "SliceAugmentation"]
+__all__ = ["AnatomyDataModule"]
 
 logger = logging.getLogger(__name__)
 PhantomFamily = Literal["ct_abdomen", "breast_mri"]
 _SPLIT_NAMES = {"train": "training", "val": "validation", "test": "test"}
-
-
-class SliceAugmentation:
-    """Anatomy-preserving 2D augmentation with torchio: small affine, elastic, noise.
-
-    No left-right flip: it would put the liver on the wrong side. Images stay in [-1, 1].
-    """
-
-    def __init__(self, degrees: float = 8.0, scale: float = 0.08, translation: float = 3.0,
-                 noise_std: float = 0.02, elastic_probability: float = 0.25) -> None:
-        self.transform = tio.Compose([
-            tio.RandomAffine(scales=(1 - scale, 1 + scale, 1 - scale, 1 + scale, 1, 1),
-                             degrees=(0, 0, 0, 0, -degrees, degrees),
-                             translation=(-translation, translation, -translation, translation, 0, 0),
-                             default_pad_value="minimum"),
-            tio.RandomElasticDeformation(num_control_points=7, max_displacement=(3, 3, 0),
-                                         p=elastic_probability),
-            tio.RandomNoise(std=(0, noise_std), p=0.5),
-        ], copy=False)  # each call builds a fresh subject: no need for torchio's deep copy
-
-    def __call__(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        subject = tio.Subject(image=tio.ScalarImage(tensor=image[..., None]),  # (1, H, W, 1)
-                              mask=tio.LabelMap(tensor=mask[None, ..., None]))
-        subject = self.transform(subject)
-        image = subject["image"].data[..., 0].clamp_(-1, 1).float()  # (1, H, W)
-        mask = subject["mask"].data[0, ..., 0].long()  # (H, W)
-        return image, mask
-
-
-class EpochShuffle(RandomSampler):
-    """A random order that depends only on ``(seed, epoch)``, so a resumed run sees the order
-    the uninterrupted run saw. Lightning calls :meth:`set_epoch` before every epoch (under DDP
-    it swaps in a ``DistributedSampler``, which is seeded the same way).
-
-    Args:
-        data_source: the dataset.
-        seed: the run's seed (``seed_everything``).
-    """
-
-    def __init__(self, data_source, seed: int = 0) -> None:
-        super().__init__(data_source, generator=torch.Generator())
-        self.seed = seed
-        self.set_epoch(0)
-
-    def set_epoch(self, epoch: int) -> None:
-        entropy = np.random.SeedSequence([self.seed, epoch]).generate_state(2, dtype=np.uint32)
-        self.generator.manual_seed((int(entropy[0]) << 32) | int(entropy[1]))
-class ShardSampler(DistributedSampler):
-    """Rank ``r`` of ``W`` reads items ``r, r + W, r + 2W, ...``: each item once over all ranks.
-
-    Lightning's default ``DistributedSampler`` pads the last shard with repeated items so every
-    rank gets as many; in validation and test those repeats would count twice in every metric,
-    so the numbers would depend on the number of processes. Being a ``DistributedSampler``,
-    Lightning keeps it instead of replacing it.
-    """
-
-    def __init__(self, dataset, num_replicas: int, rank: int) -> None:
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
-        self.num_samples = len(range(rank, len(dataset), num_replicas))
-        self.total_size = len(dataset)
-
-    def __iter__(self):
-        return iter(range(self.rank, len(self.dataset), self.num_replicas))
-
-    def __len__(self) -> int:
-        return self.num_samples
 
 
 class AnatomyDataModule(LightningDataModule):
@@ -303,10 +237,9 @@ class AnatomyDataModule(LightningDataModule):
                 raise DataInputError(f"data.class_names is not set and {classes_file} does not exist; "
                                      f"name the classes, background first")
             source = str(classes_file)
-            try:
-                names = list(json.loads(classes_file.read_text(encoding="utf-8")))
-            except json.JSONDecodeError as err:
-                raise DataInputError(f"{classes_file}: not a JSON list of class names ({err})") from None
+            names = read_json(classes_file, DataInputError)
+            if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+                raise DataInputError(f"{classes_file}: expected a JSON list of class names, got {names!r}")
         if len(names) < 2 or len(set(names)) != len(names):
             raise DataInputError(f"{source}: class names must be at least two distinct names (background first), "
                                  f"got {names}")

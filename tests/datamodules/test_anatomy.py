@@ -5,9 +5,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
-from anatldm.data import AnatomyDataModule
+from anatldm.cli import main
 from anatldm.data.slices import content_hash
+from anatldm.datamodules import AnatomyDataModule
 from anatldm.errors import ConfigError, DataInputError
 
 
@@ -159,3 +161,21 @@ def test_zero_validation_fraction_trains_without_validation(volume_folder: Path,
     assert len(dm.datasets["train"]) > 0 and len(dm.datasets["val"]) == 0
     with pytest.raises(DataInputError, match="the test split has no slice"):
         dm.setup("test")
+
+
+@pytest.mark.parametrize(("class_path", "new"), [
+    ("anatldm.data.AnatomyDataModule", "anatldm.datamodules.AnatomyDataModule"),
+    ("anatldm.data.datamodule.AnatomyDataModule", "anatldm.datamodules.anatomy"),
+    ("anatldm.data.SampleSeeds", "anatldm.datamodules.SampleSeeds"),
+])
+def test_old_class_path_names_the_new_one(class_path: str, new: str, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture) -> None:
+    """The data modules moved from ``anatldm.data`` (Lightning-free now): a YAML of the old
+    layout fails with one line that names the new path."""
+    config = tmp_path / "old.yaml"
+    config.write_text(yaml.safe_dump({"model": {"class_path": "SegmenterTask"}, "data": {"class_path": class_path}}))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), "--print_config"])
+    error = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(error.splitlines()) == 1
+    assert f"moved to {new}" in error, error
