@@ -26,7 +26,7 @@ from anatldm.models.denoiser import AnatomicalDenoiser, RegisterMode
 from anatldm.models.registers import RegisterEdit
 from anatldm.pipelines import AnatomicalLDMPipeline
 from anatldm.pipelines.task import PipelineSampling
-from anatldm.trainers.base import AnatomyTask, fused_adam
+from anatldm.trainers.base import AnatomyTask
 from anatldm.visualize import sample_grid
 
 __all__ = ["AnatomicalLDMTask", "load_register_bank"]
@@ -127,7 +127,7 @@ class AnatomicalLDMTask(PipelineSampling, AnatomyTask):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.denoiser.parameters(), lr=self.hparams.lr,
-                                 weight_decay=self.hparams.weight_decay, **fused_adam(self.denoiser.parameters()))
+                                 weight_decay=self.hparams.weight_decay, **self.adam_options(self.denoiser.parameters()))
 
     def train(self, mode: bool = True) -> AnatomicalLDMTask:
         super().train(mode)
