@@ -14,8 +14,8 @@ stopped (its whole process group), and the summary records which:
      longer training, the same gate and pre-registered criteria; its LDM fits run concurrently):
      the GPU-size claim.
 Every stage is the real ``anatldm`` command on a config derived from a shipped one: paths moved
-into the run folder, then the overrides of ``TRAINER_DATA`` (trainer and data keys) and
-``MODEL_OVERRIDES`` (the only place that names model keys) set. ``summary.json`` /
+into the run folder, then the overrides of ``trainer_overrides``, ``data_overrides`` and
+``MODEL_OVERRIDES`` (the one table of model keys) set. ``summary.json`` /
 ``summary.md`` hold every part's status, budget, wall time, stages and result files.
 """
 
@@ -88,6 +88,7 @@ DRY = Mode(
 # (mode, stage) -> {key under model.init_args: value}; stages: vae, ldm, segmenter, eval (smoke,
 # configs/*.yaml) and claim_vae, claim_ldm, claim_judge, claim_eval (configs/claim/*.yaml).
 # ldm also covers ldm_baseline, claim_ldm also claim_ldm_baseline, claim_eval also claim_eval_half.
+# (part_claim also sets the claim evaluation's generators and training_seeds, from the seeds.)
 TINY_LDM = {"channels": [16, 32], "attention_levels": [False, True], "norm_num_groups": 8, "num_head_channels": 8,
             "register_dim": 16, "register_levels": [0, 1], "head_levels": [0, 1], "head_channels": 16,
             "num_inference_steps": 3, "num_preview_samples": 2}
@@ -183,7 +184,7 @@ def derive_config(source: Path, target: Path, runs: Path, mode: Mode, stage: str
 
 
 class Clock:
-    """The global deadline and the record of every part."""
+    """The global deadline: seconds left since the run began."""
 
     def __init__(self, deadline_s: int) -> None:
         self.start, self.deadline_s = time.monotonic(), deadline_s
