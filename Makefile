@@ -13,8 +13,11 @@ SEEDS ?= 0 1
 SAMPLES ?= 500
 TAG ?=
 COMBINED ?=
+DRY_RUN ?=
+DEADLINE_S ?=
+PARTS ?=
 
-.PHONY: install test quickstart claim ablation bench augment-bench lint previews clean
+.PHONY: install test quickstart claim ablation bench augment-bench device-check lint previews clean
 
 install: $(STAMP)
 
@@ -44,6 +47,13 @@ bench: $(STAMP)
 # does synthetic data help a segmenter? needs the quickstart models (make quickstart); about 11 min on 2 CPU cores
 augment-bench: $(STAMP)
 	$(BIN)/python benchmarks/augment_bench.py
+
+# the prepared GPU run (docs/device.md): one GPU, <= 9 min, runs/device/<time>/ then docs/results/device/;
+# DRY_RUN=1: the same parts on a CPU at tiny sizes (what tests/test_device_check.py runs);
+# DEADLINE_S=150 PARTS=bench,smoke: a short first try
+device-check: $(STAMP)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python scripts/device_check.py $(if $(filter 1,$(DRY_RUN)),--dry-run) \
+	  $(if $(DEADLINE_S),--deadline-s $(DEADLINE_S)) $(if $(PARTS),--parts $(PARTS))
 
 lint: $(STAMP)
 	$(BIN)/ruff check anatldm tests benchmarks scripts

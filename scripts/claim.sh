@@ -8,13 +8,20 @@
 #   make claim EXTRA_ARMS=1  # also the optional arms: head only (denoiser.registers.num_registers 0, anatomy_loss.weight 2)
 #                            # and registers only (denoiser.registers.num_registers 16, anatomy_loss.weight 0), 3 seeds each,
 #                            # evaluated beside the two main arms (report: runs/claim/extra/)
+# Other sizes reuse this script with a config folder of the same file names whose paths point
+# into RUNS (scripts/device_check.py writes one for the GPU-size claim):
+#   CONFIGS=folder RUNS=folder SEEDS="0 1 2" JOBS=6 bash scripts/claim.sh
+# JOBS: how many stages that do not depend on each other (the judge beside the autoencoder, the
+# LDM fits of all seeds and arms) run at the same time; 1 (the default) runs them one by one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FORCE="${FORCE:-}"
 HALF="${HALF:-1}"
 EXTRA_ARMS="${EXTRA_ARMS:-0}"
-SEEDS=(0 1 2)
-RUNS=runs/claim
+CONFIGS="${CONFIGS:-configs/claim}"
+RUNS="${RUNS:-runs/claim}"
+JOBS="${JOBS:-1}"
+read -r -a SEEDS <<< "${SEEDS:-0 1 2}"
 if [[ -n "$FORCE" ]]; then rm -rf "$RUNS"; fi
 mkdir -p "$RUNS/configs"
 TIMES="$RUNS/stage_times.txt"
@@ -36,22 +43,40 @@ stage() {  # stage NAME OUTPUT COMMAND...
   printf '%-22s %5d s\n' "$name" $((SECONDS - start)) | tee -a "$TIMES"
 }
 
+PENDING=()
+background() {  # background STAGE-ARGS...: run `stage` with at most JOBS at a time (`drain` waits for all)
+  stage "$@" &
+  PENDING+=($!)
+  if (( ${#PENDING[@]} >= JOBS )); then
+    wait "${PENDING[0]}" || exit 1
+    PENDING=("${PENDING[@]:1}")
+  fi
+}
+
+drain() {
+  local pid
+  for pid in "${PENDING[@]}"; do wait "$pid" || exit 1; done
+  PENDING=()
+}
+
 seed_config() {  # seed_config TEMPLATE SEED -> path of the template's copy for that training seed
   local out="$RUNS/configs/$(basename "$1" .yaml)_seed$2.yaml"
   sed -e "s/_seed0/_seed$2/g" -e "s/^seed_everything: 0$/seed_everything: $2/" "$1" > "$out"
   echo "$out"
 }
 
-stage data        "$RUNS/data_preview.png" anatldm inspect --config configs/claim/eval.yaml --out "$RUNS/data_preview.png"
-stage autoencoder "$RUNS/vae/export/autoencoder.json" anatldm fit --config configs/claim/vae.yaml
-stage judge       "$RUNS/judge/checkpoints/last.ckpt" anatldm fit --config configs/claim/judge.yaml
+stage data        "$RUNS/data_preview.png" anatldm inspect --config "$CONFIGS/eval.yaml" --out "$RUNS/data_preview.png"
+background autoencoder "$RUNS/vae/export/autoencoder.json" anatldm fit --config "$CONFIGS/vae.yaml"
+background judge       "$RUNS/judge/checkpoints/last.ckpt" anatldm fit --config "$CONFIGS/judge.yaml"
+drain
 for s in "${SEEDS[@]}"; do
-  stage "ldm_seed$s" "$RUNS/ldm_seed$s/checkpoints/last.ckpt" \
-    anatldm fit --config "$(seed_config configs/claim/ldm.yaml "$s")"
-  stage "ldm_baseline_seed$s" "$RUNS/ldm_baseline_seed$s/checkpoints/last.ckpt" \
-    anatldm fit --config "$(seed_config configs/claim/ldm_baseline.yaml "$s")"
+  background "ldm_seed$s" "$RUNS/ldm_seed$s/checkpoints/last.ckpt" \
+    anatldm fit --config "$(seed_config "$CONFIGS/ldm.yaml" "$s")"
+  background "ldm_baseline_seed$s" "$RUNS/ldm_baseline_seed$s/checkpoints/last.ckpt" \
+    anatldm fit --config "$(seed_config "$CONFIGS/ldm_baseline.yaml" "$s")"
 done
-stage evaluation  "$RUNS/report.md" anatldm test --config configs/claim/eval.yaml
+drain
+stage evaluation  "$RUNS/report.md" anatldm test --config "$CONFIGS/eval.yaml"
 if [[ "$EXTRA_ARMS" != 0 ]]; then  # the optional arms: what each half of the method does alone
   for s in "${SEEDS[@]}"; do
     for arm in head_only registers_only; do
@@ -61,15 +86,15 @@ if [[ "$EXTRA_ARMS" != 0 ]]; then  # the optional arms: what each half of the me
       esac
       config="$RUNS/configs/ldm_${arm}_seed$s.yaml"
       sed -e "s#$RUNS/ldm_seed0#$RUNS/ldm_${arm}_seed$s#g" -e "s/^seed_everything: 0$/seed_everything: $s/" \
-        configs/claim/ldm.yaml > "$config"
+        "$CONFIGS/ldm.yaml" > "$config"
       stage "ldm_${arm}_seed$s" "$RUNS/ldm_${arm}_seed$s/checkpoints/last.ckpt" anatldm fit --config "$config" "${opts[@]}"
     done
   done
-  python - "$RUNS" "${SEEDS[@]}" <<'PY'
+  python - "$RUNS" "$CONFIGS" "${SEEDS[@]}" <<'PY'
 import sys
 import yaml
-runs, *seeds = sys.argv[1:]
-config = yaml.safe_load(open("configs/claim/eval.yaml"))
+runs, configs, *seeds = sys.argv[1:]
+config = yaml.safe_load(open(f"{configs}/eval.yaml"))
 args = config["model"]["init_args"]
 for arm in ("head_only", "registers_only"):
     args["generators"][arm] = [f"{runs}/ldm_{arm}_seed{s}/checkpoints/last.ckpt" for s in seeds]
@@ -79,7 +104,7 @@ PY
   stage evaluation_extra "$RUNS/extra/report.md" anatldm test --config "$RUNS/configs/eval_extra.yaml"
 fi
 if [[ "$HALF" != 0 ]]; then
-  stage evaluation_half "$RUNS/half/report.md" anatldm test --config configs/claim/eval_half.yaml
+  stage evaluation_half "$RUNS/half/report.md" anatldm test --config "$CONFIGS/eval_half.yaml"
 fi
 TOTAL=$((SECONDS - START))
 printf '%-22s %5d s\n' "total (this call)" "$TOTAL" | tee -a "$TIMES"

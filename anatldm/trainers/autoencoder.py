@@ -22,7 +22,7 @@ from torchmetrics import MeanMetric, MetricCollection
 from anatldm.errors import check_output_folder
 from anatldm.losses.autoencoder import discriminator_loss, generator_losses
 from anatldm.models import autoencoder as ae_stage
-from anatldm.trainers.base import AnatomyTask, fused_adam
+from anatldm.trainers.base import AnatomyTask
 from anatldm.visualize import reconstruction_grid
 
 __all__ = ["AutoencoderTask"]
@@ -145,10 +145,10 @@ class AutoencoderTask(AnatomyTask):
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         hp = self.hparams
         optimizers = [torch.optim.Adam(self.autoencoder.parameters(), lr=hp.generator_lr,
-                                       **fused_adam(self.autoencoder.parameters()))]
+                                       **self.adam_options(self.autoencoder.parameters()))]
         if self.discriminator is not None:
             optimizers.append(torch.optim.Adam(self.discriminator.parameters(), lr=hp.discriminator_lr,
-                                               **fused_adam(self.discriminator.parameters())))
+                                               **self.adam_options(self.discriminator.parameters())))
         return optimizers
 
     def train(self, mode: bool = True) -> AutoencoderTask:

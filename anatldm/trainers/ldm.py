@@ -32,7 +32,7 @@ from anatldm.losses import (
 from anatldm.models.autoencoder_bundle import load_autoencoder_bundle
 from anatldm.models.denoiser import AnatomicalDenoiser, DenoiserConfig
 from anatldm.pipelines import AnatomicalLDMPipeline, AnatomicalLDMPipelineOutput
-from anatldm.trainers.base import AnatomyTask, fused_adam
+from anatldm.trainers.base import AnatomyTask
 from anatldm.trainers.flat_layout import is_flat_layout, nest_flat_hyperparameters
 from anatldm.visualize import sample_grid
 
@@ -185,7 +185,7 @@ class AnatomicalLDMTask(AnatomyTask):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.denoiser.parameters(), lr=self.hparams.lr,
-                                 weight_decay=self.hparams.weight_decay, **fused_adam(self.denoiser.parameters()))
+                                 weight_decay=self.hparams.weight_decay, **self.adam_options(self.denoiser.parameters()))
 
     def train(self, mode: bool = True) -> AnatomicalLDMTask:
         super().train(mode)

@@ -14,7 +14,7 @@ from torchmetrics.segmentation import DiceScore
 from anatldm.errors import ConfigError
 from anatldm.evaluation.controls import anatomy_breaking_augmentation
 from anatldm.losses import AnatomyLoss
-from anatldm.trainers.base import AnatomyTask, fused_adam
+from anatldm.trainers.base import AnatomyTask
 
 __all__ = ["SegmenterTask"]
 
@@ -109,7 +109,7 @@ class SegmenterTask(AnatomyTask):
 
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(self.network.parameters(), lr=self.hparams.lr,
-                                      weight_decay=self.hparams.weight_decay, **fused_adam(self.network.parameters()))
+                                      weight_decay=self.hparams.weight_decay, **self.adam_options(self.network.parameters()))
         if self.hparams.lr_schedule == "constant":
             return optimizer
         steps = max(1, int(self.trainer.estimated_stepping_batches))

@@ -78,7 +78,7 @@ def test_predict_writes_the_training_orientation(slice_axis: int, tmp_path: Path
                             "output_dir": str(tmp_path / "export"), "dataset_id": 7, "dataset_name": "Axes",
                             "include_real": True, "memorisation_audit": False}}]},
         "model": {"class_path": "AnatomicalLDMTask",
-                  "init_args": {"autoencoder": str(bundle), "sampler": "ddim", "num_inference_steps": 1}},
+                  "init_args": {"autoencoder": str(bundle), "sampling": {"sampler": "ddim", "num_inference_steps": 1}}},
         "data": {"class_path": "SampleSeeds", "init_args": {"num_samples": 2, "batch_size": 2}},
         "ckpt_path": str(tmp_path / "run" / "last.ckpt")}))
     main(["predict", "--config", str(predict)])

@@ -101,6 +101,16 @@ def test_cli_fast_dev_run_exports_a_bundle(tmp_path: Path, cache_dir: str) -> No
     assert metadata["normalization"]["preset"] == "ct" and metadata["downsampling_factor"] == 2
 
 
+def test_bf16_mixed_fit_clips_gradients(tmp_path: Path, cache_dir: str) -> None:
+    """The GPU configs' precision with gradient clipping (issue 23's dry run found it failing): no
+    fused Adam under mixed precision, whose gradients Lightning's plugin refuses to clip."""
+    from anatldm.cli import main
+
+    config = write_config(tmp_path / "vae.yaml", cache_dir, tmp_path / "export", gradient_clip_val=1.0)
+    main(["fit", "--config", str(config), "--trainer.fast_dev_run", "2", "--trainer.precision", "bf16-mixed"])
+    assert (tmp_path / "export" / BUNDLE_WEIGHTS).is_file()
+
+
 def test_export_import_latents_and_scale_factor(tmp_path: Path, cache_dir: str) -> None:
     from anatldm.datamodules import AnatomyDataModule
 
