@@ -36,13 +36,21 @@ SAMPLERS = (("ddpm", 1000), ("ddim", 50), ("ddim", 20), ("dpm_solver++", 20), ("
 BATCH = 50
 
 
-def real_test_images(eval_config: Path) -> torch.Tensor:
-    """The real test slices ``(N, 1, H, W)`` of an evaluation config's data (cache under the repo)."""
+def real_test_slices(eval_config: Path) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """The real test slices ``(N, 1, H, W)`` of an evaluation config's data (cache under the
+    repo), their label maps ``(N, H, W)`` and subjects."""
     config = yaml.safe_load(eval_config.read_text(encoding="utf-8"))["data"]["init_args"]
     config["cache_dir"] = str(ROOT / config["cache_dir"])
     datamodule = AnatomyDataModule(**config)
     datamodule.setup("test")
-    return torch.cat([batch["image"] for batch in datamodule.test_dataloader()])
+    batches = list(datamodule.test_dataloader())
+    return (torch.cat([b["image"] for b in batches]), torch.cat([b["mask"] for b in batches]),
+            [s for b in batches for s in b["subject"]])
+
+
+def real_test_images(eval_config: Path) -> torch.Tensor:
+    """The real test slices ``(N, 1, H, W)`` of an evaluation config's data."""
+    return real_test_slices(eval_config)[0]
 
 
 def run(checkpoint: Path = QUICKSTART / "ldm" / "checkpoints" / "last.ckpt",

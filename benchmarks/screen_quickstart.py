@@ -11,8 +11,10 @@ default: the quickstart's, so run ``make quickstart`` first) on the quickstart's
   that pass the rules (the evaluation's positive control, the ceiling of any LDM on this
   autoencoder) and their PSNR;
 - ``ldm``: the share of ``--samples`` samples (seeds 0..N-1, the pipeline's sampler) that pass,
-  with a normal-approximation 95 % half-width, and the foreground Dice between the head's
-  masks and the judge's.
+  with a normal-approximation 95 % half-width; for a model with a head, the self-consistency
+  Dice per class (head vs judge on the samples, :class:`~anatldm.metrics.SelfConsistencyDice`)
+  and the head's Dice against ground truth on the real test slices noised to t = 0, 50, 200, 500
+  (:func:`~anatldm.evaluation.head.head_dice_by_timestep`).
 
 A screen, not the protocol: one model each, no paired statistics, no controls; ``anatldm test``
 is the measurement. One JSON line per model is printed (and appended to ``--out``).
@@ -26,9 +28,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_sampling import real_test_images  # benchmarks/ is on sys.path when run as a script
+from bench_sampling import real_test_slices  # benchmarks/ is on sys.path when run as a script
 
-from anatldm.metrics import AnatomyRules
+from anatldm.evaluation.head import head_dice_by_timestep
+from anatldm.metrics import AnatomyRules, SelfConsistencyDice
 from anatldm.models.autoencoder_bundle import load_autoencoder_bundle
 from anatldm.pipelines import AnatomicalLDMPipeline
 from anatldm.trainers import SegmenterTask
@@ -49,24 +52,26 @@ def screen_autoencoder(path: str, judge, rules: AnatomyRules, images: torch.Tens
             "psnr_db": round(float((10 * torch.log10(4.0 / mse)).mean()), 2)}
 
 
-def screen_ldm(path: str, judge, rules: AnatomyRules, samples: int, batch: int = 64) -> dict:
+def screen_ldm(path: str, judge, rules: AnatomyRules, samples: int, real: tuple | None, batch: int = 64) -> dict:
     pipeline = AnatomicalLDMPipeline.from_pretrained(path).eval()
-    passed, dice = [], []
+    passed, consistency = [], SelfConsistencyDice(len(pipeline.class_names))
     for out in pipeline.generate_batches(range(samples), batch):
         labels = judge(out.images).argmax(1)
         passed.append(rules.check_batch(labels)[0])
         if out.masks is not None:
-            overlap = ((out.masks == labels) & (labels > 0)).sum((1, 2)).float()
-            total = ((out.masks > 0).sum((1, 2)) + (labels > 0).sum((1, 2))).float()
-            dice.append((2 * overlap / total.clamp(min=1)).numpy())
+            consistency.update(out.masks, labels)
     passed = np.concatenate(passed)
     rate = float(passed.mean())
     row = {"model": path, "samples": samples, "sampler": pipeline.sampling.sampler,
            "steps": pipeline.sampling.num_inference_steps,
            "plausibility_rate": round(rate, 3),
            "half_width_95": round(1.96 * float(np.sqrt(rate * (1 - rate) / samples)), 3)}
-    if dice:
-        row["head_judge_foreground_dice"] = round(float(np.concatenate(dice).mean()), 3)
+    if pipeline.denoiser.head is not None:
+        row["self_consistency_dice"] = round(float(consistency.compute()), 3)
+        row["self_consistency_per_class"] = {name: round(float(v), 3) for name, v in
+                                             zip(pipeline.class_names[1:], consistency.per_class(), strict=True)}
+        if real is not None:
+            row["head_dice_real"] = head_dice_by_timestep(pipeline, *real)
     return row
 
 
@@ -83,10 +88,10 @@ def main() -> None:
     torch.set_grad_enabled(False)
     judge = load_task(SegmenterTask, str(args.judge), "--judge").eval()
     rules = AnatomyRules.from_dict(json.loads(args.rules.read_text(encoding="utf-8")))
-    images = real_test_images(args.data_config) if args.what == "autoencoder" else None
+    real = real_test_slices(args.data_config)
     for model in args.models:
-        row = (screen_autoencoder(model, judge, rules, images) if args.what == "autoencoder"
-               else screen_ldm(model, judge, rules, args.samples))
+        row = (screen_autoencoder(model, judge, rules, real[0]) if args.what == "autoencoder"
+               else screen_ldm(model, judge, rules, args.samples, real))
         line = json.dumps(row)
         print(line, flush=True)
         if args.out is not None:

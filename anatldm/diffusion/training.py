@@ -70,7 +70,7 @@ def diffusion_losses(batch: dict, *, autoencoder: nn.Module, scale_factor: Tenso
                      anatomy_loss: nn.Module | None, register_loss: nn.Module | None,
                      posterior_cache: PosteriorCache | None = None, generator: torch.Generator | None = None,
                      max_timestep: int | None = None, seeds: Sequence[int] | None = None,
-                     per_slice: bool = False) -> tuple[dict[str, Tensor], Tensor | None]:
+                     per_slice: bool = False, clean_fraction: float = 0.0) -> tuple[dict[str, Tensor], Tensor | None]:
     """Losses of one batch and the head's logits.
 
     Latents: the posterior moments ``(mu, sigma)`` of the frozen ``autoencoder`` (from
@@ -78,7 +78,9 @@ def diffusion_losses(batch: dict, *, autoencoder: nn.Module, scale_factor: Tenso
     Randomness (``eps``, noise, timesteps): one seed per sample (``seeds``: a sample's numbers
     then depend neither on its batch nor on its rank), or the global RNG for ``eps`` and
     ``generator`` (or the global RNG) for noise and timesteps. ``per_slice``: no timestep weights
-    (``anatomy_loss`` then the per-slice one), as validation reports them.
+    (``anatomy_loss`` then the per-slice one), as validation reports them. ``clean_fraction``:
+    the first ``round(clean_fraction * B)`` samples of the batch are drawn at t = 0 (the head's
+    final call in sampling; ``HeadConfig.clean_fraction``), except with ``seeds``.
 
     Returns:
         ``{"diffusion_loss", ["anatomy_loss"], ["register_loss"]}`` (scalars) and the head's
@@ -108,6 +110,8 @@ def diffusion_losses(batch: dict, *, autoencoder: nn.Module, scale_factor: Tenso
     else:
         noise = torch.randn_like(latents)
         timesteps = torch.randint(0, high, (batch_size,), device=latents.device)
+    if clean_fraction > 0 and seeds is None:  # batches are shuffled: the first samples are a random share
+        timesteps[: int(round(clean_fraction * batch_size))] = 0
     noisy = scheduler.add_noise(latents, noise, timesteps)  # (B, C_z, h, w)
     output = denoiser(noisy, timesteps, mask_size=masks.shape[1:], return_attention=register_loss is not None)
     target = noise if noise_schedule.prediction_type == "epsilon" else \

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from monai.networks.blocks import UpSample
 from monai.networks.layers import Conv
 from torch import nn
 
@@ -29,6 +30,13 @@ class HeadConfig:
     Args:
         levels: decoder levels (0 = latent resolution) whose features the head fuses (2-3 recommended).
         channels: width of the head's fusion block.
+        resolution: where the head draws its logits: ``"latent"``, on the latent grid, then
+            upsampled bilinearly (thin classes such as ribs cannot be drawn: masks capped at
+            Dice ~0.5 at 16 x 16, docs/method.md); ``"image"``, through learned x2 sub-pixel
+            stages up to the image resolution (``log2`` of the autoencoder's downsampling).
+        clean_fraction: share of each training batch drawn at t = 0 (the clean latent) instead
+            of a uniform timestep, so that the head's final call at t = 0, which labels every
+            sample, is what was trained; 0 draws every timestep uniformly.
     """
 
     #: where these settings sit in a config: errors name ``<key>.<field>``
@@ -36,6 +44,8 @@ class HeadConfig:
 
     levels: tuple[int, ...] = (0, 1, 2)
     channels: int = DEFAULT_HEAD_CHANNELS
+    resolution: Literal["latent", "image"] = "latent"
+    clean_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         self.levels = tuple(int(level) for level in self.levels)
@@ -43,17 +53,42 @@ class HeadConfig:
             raise ConfigError(f"{self.key}.levels must name at least one level")
         if self.channels < 1:
             raise ConfigError(f"{self.key}.channels must be at least 1, got {self.channels}")
+        if self.resolution not in ("latent", "image"):
+            raise ConfigError(f"{self.key}.resolution must be 'latent' or 'image', got '{self.resolution}'")
+        if not 0 <= self.clean_fraction < 1:
+            raise ConfigError(f"{self.key}.clean_fraction must lie in [0, 1), got {self.clean_fraction}")
+
+    def upsample_stages(self, downsampling: int) -> int:
+        """Learned x2 stages for an autoencoder that downsamples by ``downsampling``."""
+        return int(downsampling).bit_length() - 1 if self.resolution == "image" else 0
+
+
+def _conv_block(conv: type[nn.Module], channels: int, norm_num_groups: int) -> nn.Sequential:
+    """GroupNorm -> SiLU -> 3x3 conv -> GroupNorm -> SiLU at constant width."""
+    return nn.Sequential(
+        nn.GroupNorm(norm_num_groups, channels),
+        nn.SiLU(),
+        conv(channels, channels, kernel_size=3, padding=1),
+        nn.GroupNorm(norm_num_groups, channels),
+        nn.SiLU(),
+    )
 
 
 class AnatomicalSegmentationHead(nn.Module):
     """Fuse decoder feature maps of several resolutions and predict class logits.
 
     Each level is projected to ``hidden_channels`` with a 1x1 convolution and resized to the
-    finest level; the sum goes through a small conv block and a 1x1 classifier; the logits are
-    interpolated to the requested mask size. Akin to the feature-pyramid fusion of
-    Kirillov et al., "Panoptic Feature Pyramid Networks" (CVPR 2019), read from a diffusion
-    UNet's decoder as in Baranchuk et al., "Label-Efficient Semantic Segmentation with Diffusion
-    Models" (ICLR 2022).
+    finest level; the sum goes through a small conv block. With ``upsample_stages = n`` the
+    fused map then passes ``n`` learned x2 stages (MONAI ``UpSample`` in ``pixelshuffle`` mode,
+    ICNR-initialised, followed by a 3x3 conv block), so the classifier draws the mask at
+    ``2^n`` times the latent grid: the image resolution when ``2^n`` is the autoencoder's
+    downsampling factor. Logits at any other size are interpolated to the requested mask size
+    (with ``n = 0``, bilinear upsampling of latent-grid logits: thin structures such as ribs
+    cannot be drawn at all, docs/method.md). Akin to the feature-pyramid fusion of Kirillov et
+    al., "Panoptic Feature Pyramid Networks" (CVPR 2019), read from a diffusion UNet's decoder
+    as in Baranchuk et al., "Label-Efficient Semantic Segmentation with Diffusion Models"
+    (ICLR 2022); the sub-pixel upsampling is Shi et al., "Real-Time Single Image and Video
+    Super-Resolution Using an Efficient Sub-Pixel Convolutional Neural Network" (CVPR 2016).
 
     Args:
         spatial_dims: 2 or 3.
@@ -61,10 +96,11 @@ class AnatomicalSegmentationHead(nn.Module):
         num_classes: classes including background.
         hidden_channels: width of the fusion block.
         norm_num_groups: groups of the GroupNorm layers.
+        upsample_stages: learned x2 upsampling stages after the fusion (0: none).
     """
 
     def __init__(self, spatial_dims: int, in_channels: Sequence[int], num_classes: int,
-                 hidden_channels: int = 32, norm_num_groups: int = 8) -> None:
+                 hidden_channels: int = 32, norm_num_groups: int = 8, upsample_stages: int = 0) -> None:
         super().__init__()
         if len(in_channels) == 0:
             raise ValueError("in_channels must name at least one feature level")
@@ -73,16 +109,17 @@ class AnatomicalSegmentationHead(nn.Module):
         if hidden_channels % norm_num_groups:
             raise ValueError(f"hidden_channels ({hidden_channels}) must be divisible by "
                              f"norm_num_groups ({norm_num_groups})")
+        if upsample_stages < 0:
+            raise ValueError(f"upsample_stages must be >= 0, got {upsample_stages}")
         conv = Conv[Conv.CONV, spatial_dims]
         self.spatial_dims = spatial_dims
         self.projections = nn.ModuleList(conv(c, hidden_channels, kernel_size=1) for c in in_channels)
-        self.fuse = nn.Sequential(
-            nn.GroupNorm(norm_num_groups, hidden_channels),
-            nn.SiLU(),
-            conv(hidden_channels, hidden_channels, kernel_size=3, padding=1),
-            nn.GroupNorm(norm_num_groups, hidden_channels),
-            nn.SiLU(),
-        )
+        self.fuse = _conv_block(conv, hidden_channels, norm_num_groups)
+        self.upsample = nn.ModuleList(
+            nn.Sequential(UpSample(spatial_dims, hidden_channels, hidden_channels, scale_factor=2,
+                                   mode="pixelshuffle", apply_pad_pool=False),
+                          _conv_block(conv, hidden_channels, norm_num_groups))
+            for _ in range(upsample_stages))
         self.classifier = conv(hidden_channels, num_classes, kernel_size=1)
 
     def forward(self, features: Sequence[torch.Tensor], output_size: Sequence[int]) -> torch.Tensor:
@@ -97,7 +134,10 @@ class AnatomicalSegmentationHead(nn.Module):
             if projected.shape[2:] != finest:
                 projected = F.interpolate(projected, size=finest, mode=mode, align_corners=False)
             fused = fused + projected  # (B, hidden, *S_max)
-        logits = self.classifier(self.fuse(fused))  # (B, num_classes, *S_max)
+        hidden = self.fuse(fused)  # (B, hidden, *S_max)
+        for stage in self.upsample:
+            hidden = stage(hidden)  # (B, hidden, *2S)
+        logits = self.classifier(hidden)  # (B, num_classes, *S_max * 2^n)
         if tuple(logits.shape[2:]) != tuple(output_size):
             logits = F.interpolate(logits, size=tuple(output_size), mode=mode, align_corners=False)
         return logits  # (B, num_classes, *output_size)

@@ -24,7 +24,7 @@ from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMe
 
 from anatldm.errors import ConfigError
 from anatldm.losses.autoencoder import cosine_lr_factor
-from anatldm.models.autoencoder_bundle import save_autoencoder_bundle
+from anatldm.models.autoencoder_bundle import downsampling_factor, save_autoencoder_bundle
 
 __all__ = ["apply_lr_schedule", "autoencoder_config", "check_autoencoder_arguments", "check_image_size", "latent_scale_factor",
            "check_strategy", "export_bundle", "perceptual_loss", "reconstruction_metrics",
@@ -71,14 +71,14 @@ def export_bundle(folder: str | Path, autoencoder: nn.Module, config: dict[str, 
         folder, autoencoder, config, scale_factor,
         normalization=datamodule.normalization, class_names=datamodule.class_names,
         image_size=datamodule.image_size,
-        extra={"downsampling_factor": 2 ** (len(config["channels"]) - 1),
+        extra={"downsampling_factor": downsampling_factor(config),
                "trained_batches": trained_batches, "trained_epochs": trained_epochs},
     )
 
 
 def check_image_size(size, channels, spatial_dims: int) -> None:
     """Slices must halve cleanly at every downsampling, or reconstructions change size."""
-    factor = 2 ** (len(channels) - 1)
+    factor = downsampling_factor({"channels": channels})
     if spatial_dims == 2 and size is not None and any(s % factor for s in size):
         raise ConfigError(f"data.image_size {list(size)} must be divisible by {factor}, the autoencoder's "
                           f"downsampling (2 ** (len(model.init_args.channels) - 1))")

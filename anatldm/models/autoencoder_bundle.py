@@ -47,6 +47,7 @@ __all__ = [
     "BUNDLE_WEIGHTS",
     "NETWORK_CLASS",
     "REQUIRED_FIELDS",
+    "downsampling_factor",
     "jsonable",
     "load_autoencoder_bundle",
     "save_autoencoder_bundle",
@@ -68,6 +69,11 @@ REQUIRED_BY_VERSION = {
         "anatldm_version"),
 }
 REQUIRED_FIELDS = REQUIRED_BY_VERSION[2]
+
+
+def downsampling_factor(config: dict[str, Any]) -> int:
+    """How much the ``AutoencoderKL`` of constructor arguments ``config`` downsamples each side."""
+    return 2 ** (len(config["channels"]) - 1)
 
 
 def save_autoencoder_bundle(

@@ -92,9 +92,10 @@ class DenoiserConfig:
             if bad:
                 raise ConfigError(f"{key}.{name} {bad} out of range for the {num_levels} levels of {key}.channels")
 
-    def denoiser_kwargs(self, spatial_dims: int, in_channels: int, num_classes: int) -> dict[str, Any]:
-        """The :class:`AnatomicalDenoiser` keyword arguments (``num_classes``: 0 builds no head);
-        what a pipeline folder stores."""
+    def denoiser_kwargs(self, spatial_dims: int, in_channels: int, num_classes: int,
+                        downsampling: int = 1) -> dict[str, Any]:
+        """The :class:`AnatomicalDenoiser` keyword arguments (``num_classes``: 0 builds no head;
+        ``downsampling``: the autoencoder's, image side / latent side); what a pipeline folder stores."""
         registers, head = self.registers, self.head
         return {"spatial_dims": spatial_dims, "in_channels": in_channels, "channels": list(self.channels),
                 "num_res_blocks": self.num_res_blocks, "attention_levels": list(self.attention_levels),
@@ -103,7 +104,7 @@ class DenoiserConfig:
                 "register_init_std": registers.init_std, "register_levels": list(registers.levels),
                 "register_heads": registers.heads, "register_encoder": registers.encoder,
                 "register_mode": registers.mode, "num_classes": num_classes, "head_levels": list(head.levels),
-                "head_channels": head.channels}
+                "head_channels": head.channels, "head_upsample_stages": head.upsample_stages(downsampling)}
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (the hyperparameters a checkpoint stores)."""
@@ -242,6 +243,8 @@ class AnatomicalDenoiser(nn.Module):
         num_classes: classes of the anatomy head (background included); 0 builds no head.
         head_levels: decoder levels fused by the head (2-3 recommended).
         head_channels: width of the head's fusion block.
+        head_upsample_stages: learned x2 stages of the head after the fusion
+            (:class:`AnatomicalSegmentationHead`; ``HeadConfig.resolution: image``).
     """
 
     def __init__(
@@ -263,6 +266,7 @@ class AnatomicalDenoiser(nn.Module):
         num_classes: int = 0,
         head_levels: Sequence[int] = HeadConfig.levels,
         head_channels: int = DEFAULT_HEAD_CHANNELS,
+        head_upsample_stages: int = 0,
     ) -> None:
         super().__init__()
         num_levels = len(channels)
@@ -299,7 +303,8 @@ class AnatomicalDenoiser(nn.Module):
                         channels[level], register_dim, register_heads, norm_num_groups)
         self.head_levels = tuple(sorted(head_levels)) if num_classes else ()
         self.head = (AnatomicalSegmentationHead(spatial_dims, [channels[lv] for lv in self.head_levels],
-                                                num_classes, head_channels, min(norm_num_groups, head_channels))
+                                                num_classes, head_channels, min(norm_num_groups, head_channels),
+                                                head_upsample_stages)
                      if num_classes else None)
         self._state: dict = {}
         hooked = {("down", lv) for lv in self.register_levels if register_encoder}
@@ -309,9 +314,10 @@ class AnatomicalDenoiser(nn.Module):
 
     @classmethod
     def from_config(cls, config: DenoiserConfig, spatial_dims: int, in_channels: int,
-                    num_classes: int) -> AnatomicalDenoiser:
-        """The denoiser of ``config`` on ``in_channels``-channel latents; ``num_classes`` 0 builds no head."""
-        return cls(**config.denoiser_kwargs(spatial_dims, in_channels, num_classes))
+                    num_classes: int, downsampling: int = 1) -> AnatomicalDenoiser:
+        """The denoiser of ``config`` on ``in_channels``-channel latents of an autoencoder that
+        downsamples by ``downsampling``; ``num_classes`` 0 builds no head."""
+        return cls(**config.denoiser_kwargs(spatial_dims, in_channels, num_classes, downsampling))
 
     def _block(self, side: str, level: int) -> nn.Module:
         """The last residual block of a level, on the encoder or the decoder side."""

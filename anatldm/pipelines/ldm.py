@@ -40,6 +40,7 @@ from anatldm.interpret.edits import (
     load_association,
     load_register_bank,
 )
+from anatldm.models.autoencoder_bundle import downsampling_factor
 from anatldm.models.denoiser import AnatomicalDenoiser
 from anatldm.models.registers import RegisterEdit
 
@@ -130,7 +131,7 @@ class AnatomicalLDMPipeline(nn.Module):
         self.association = association
         self._edited: tuple[tuple, EditedRegisters] | None = None  # the last edited bank, keyed by edits and weights
         self.train_scheduler = make_train_scheduler(**self.scheduler_config)
-        downsampling = 2 ** (len(self.autoencoder_config["channels"]) - 1)
+        downsampling = downsampling_factor(self.autoencoder_config)
         self.latent_shape = (int(self.autoencoder_config["latent_channels"]),
                              *(s // downsampling for s in self.image_size))
 

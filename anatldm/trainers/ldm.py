@@ -30,6 +30,7 @@ from anatldm.losses import (
     TimestepWeighting,
 )
 from anatldm.models.autoencoder_bundle import load_autoencoder_bundle
+from anatldm.models.autoencoder_bundle import downsampling_factor
 from anatldm.models.denoiser import AnatomicalDenoiser, DenoiserConfig
 from anatldm.pipelines import AnatomicalLDMPipeline, AnatomicalLDMPipelineOutput
 from anatldm.trainers.base import AnatomyTask
@@ -144,7 +145,7 @@ class AnatomicalLDMTask(AnatomyTask):
         config = self.bundle["config"]
         num_classes = len(self.class_names) if self.anatomy_loss_config.enabled else 0
         denoiser_kwargs = self.denoiser_config.denoiser_kwargs(config.get("spatial_dims", 2), config["latent_channels"],
-                                                               num_classes)
+                                                               num_classes, downsampling_factor(config))
         try:
             self.denoiser = AnatomicalDenoiser(**denoiser_kwargs)
         except ValueError as err:
@@ -221,7 +222,8 @@ class AnatomicalLDMTask(AnatomyTask):
             scheduler=self.train_scheduler, noise_schedule=self.noise_schedule, timestep_weighting=self.timestep_weighting,
             anatomy_loss=self.eval_anatomy_loss if per_slice else self.anatomy_loss, register_loss=self.register_loss,
             posterior_cache=self.posterior_cache if self.training else None, generator=generator,
-            max_timestep=max_timestep, seeds=seeds, per_slice=per_slice)
+            max_timestep=max_timestep, seeds=seeds, per_slice=per_slice,
+            clean_fraction=self.denoiser_config.head.clean_fraction if self.training and self.denoiser.head else 0.0)
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor | None:
         buffers = self.buffer_snapshot()

@@ -20,6 +20,8 @@ CASES = [
     (RegisterConfig, {"supervision_weight": -1.0}, "model.denoiser.registers.supervision_weight must be >= 0"),
     (HeadConfig, {"levels": []}, "model.denoiser.head.levels must name at least one level"),
     (HeadConfig, {"channels": 0}, "model.denoiser.head.channels must be at least 1"),
+    (HeadConfig, {"resolution": "full"}, "model.denoiser.head.resolution must be 'latent' or 'image'"),
+    (HeadConfig, {"clean_fraction": 1.0}, "model.denoiser.head.clean_fraction must lie in \\[0, 1\\)"),
     (DenoiserConfig, {"attention_levels": [False]}, "model.denoiser.attention_levels has 1 entries for the 3 levels"),
     (DenoiserConfig, {"num_res_blocks": 0}, "model.denoiser.num_res_blocks must be at least 1"),
     (DenoiserConfig, {"head": {"levels": [3]}}, "model.denoiser.head.levels \\[3\\] out of range for the 3 levels"),
@@ -45,3 +47,9 @@ def test_the_denoiser_is_built_from_its_config() -> None:
                                                              registers={"num_registers": 0, "levels": [1]},
                                                              head={"levels": [0, 1]}), 2, 4, num_classes=0)
     assert baseline.registers is None and baseline.head is None
+
+
+def test_head_upsample_stages_reach_the_image_resolution() -> None:
+    assert HeadConfig(resolution="image").upsample_stages(4) == 2
+    assert HeadConfig(resolution="image").upsample_stages(8) == 3
+    assert HeadConfig().upsample_stages(4) == 0
