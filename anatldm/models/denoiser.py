@@ -103,7 +103,7 @@ class DenoiserConfig:
                 "num_registers": registers.num_registers, "register_dim": registers.dim,
                 "register_init_std": registers.init_std, "register_levels": list(registers.levels),
                 "register_heads": registers.heads, "register_encoder": registers.encoder,
-                "register_mode": registers.mode, "num_classes": num_classes, "head_levels": list(head.levels),
+                "register_mode": registers.mode, "register_dropout": registers.dropout, "num_classes": num_classes, "head_levels": list(head.levels),
                 "head_channels": head.channels, "head_upsample_stages": head.upsample_stages(downsampling)}
 
     def to_dict(self) -> dict[str, Any]:
@@ -240,6 +240,9 @@ class AnatomicalDenoiser(nn.Module):
             method's literal form, a persistent memory); ``"read_write"``: at each register
             level the tokens first read the feature map (:class:`RegisterWrite`), then the
             features read the updated tokens; the update carries on to the next level.
+        register_dropout: in training mode, each sample's register path is dropped (its
+            cross-attention residuals contribute nothing) with this probability, drawn from the
+            global (training) RNG; never in eval mode. 0: off (no random number drawn).
         num_classes: classes of the anatomy head (background included); 0 builds no head.
         head_levels: decoder levels fused by the head (2-3 recommended).
         head_channels: width of the head's fusion block.
@@ -263,6 +266,7 @@ class AnatomicalDenoiser(nn.Module):
         register_heads: int = RegisterConfig.heads,
         register_encoder: bool = RegisterConfig.encoder,
         register_mode: RegisterMode = RegisterConfig.mode,
+        register_dropout: float = RegisterConfig.dropout,
         num_classes: int = 0,
         head_levels: Sequence[int] = HeadConfig.levels,
         head_channels: int = DEFAULT_HEAD_CHANNELS,
@@ -278,6 +282,8 @@ class AnatomicalDenoiser(nn.Module):
                 raise ValueError(f"{name} {bad} out of range for {num_levels} levels")
         if register_mode not in ("read", "read_write"):
             raise ValueError(f"register_mode must be 'read' or 'read_write', got '{register_mode}'")
+        if not 0 <= register_dropout <= 1:
+            raise ValueError(f"register_dropout must lie in [0, 1], got {register_dropout}")
         if num_registers < 0 or num_classes < 0:
             raise ValueError(f"num_registers and num_classes must be >= 0, got {num_registers}, {num_classes}")
         self.unet = DiffusionModelUNet(
@@ -295,6 +301,7 @@ class AnatomicalDenoiser(nn.Module):
                 self.register_attention[f"{side}{level}"] = RegisterCrossAttention(
                     channels[level], register_dim, register_heads, norm_num_groups)
         self.register_mode = register_mode
+        self.register_dropout = float(register_dropout)
         self.register_write = nn.ModuleDict()  # read_write: the tokens read each register level first
         if register_mode == "read_write":
             for level in self.register_levels:
@@ -331,11 +338,15 @@ class AnatomicalDenoiser(nn.Module):
         def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
             if not self._state:  # the UNet called on its own, outside forward()
                 return output
-            if name in self.register_write:  # the tokens read this level first (read_write)
+            keep = self._state["keep"]  # None: every sample reads the registers; False: none does
+            if keep is not False and name in self.register_write:  # the tokens read this level first
                 self._state["tokens"] = self.register_write[name](output, self._state["tokens"])
-            if name in self.register_attention:
-                output, maps = self.register_attention[name](output, self._state["tokens"],
-                                                             self._state["return_attention"])
+            if keep is not False and name in self.register_attention:
+                attended, maps = self.register_attention[name](output, self._state["tokens"],
+                                                               self._state["return_attention"])
+                # register dropout: a dropped sample keeps its features as if it had no register path
+                output = attended if keep is None else torch.where(keep.view(-1, *([1] * (output.ndim - 1))),
+                                                                   attended, output)
                 if maps is not None:
                     self._state["attention"][name] = maps
             if side == "up" and level in self.head_levels:
@@ -345,13 +356,16 @@ class AnatomicalDenoiser(nn.Module):
         return hook
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, mask_size: Sequence[int] | None = None,
-                registers: torch.Tensor | None = None, return_attention: bool = False) -> DenoiserOutput:
+                registers: torch.Tensor | None = None, return_attention: bool = False,
+                use_registers: bool = True) -> DenoiserOutput:
         """Predict the noise of ``x (B, C, *S)`` at ``timesteps (B,)``.
 
         Args:
             mask_size: spatial size of the head's logits (default: the latent's).
             registers: edited ``(K, D)`` tokens to use instead of the learned bank.
             return_attention: also return each level's register attention maps.
+            use_registers: ``False`` gives the register-free ("null") prediction of register
+                guidance: no register path at all, as a sample dropped by ``register_dropout``.
         """
         tokens = None
         if self.registers is not None:
@@ -361,7 +375,11 @@ class AnatomicalDenoiser(nn.Module):
                                  f"{tuple(self.registers.tokens.shape)}")
         elif registers is not None:
             raise ValueError("this denoiser has no register bank (num_registers=0)")
-        self._state = {"tokens": tokens, "features": {}, "attention": {}, "return_attention": return_attention}
+        keep = None if use_registers else False
+        if use_registers and tokens is not None and self.training and self.register_dropout > 0:
+            keep = torch.rand(x.shape[0], device=x.device) >= self.register_dropout  # (B,) the samples that read
+        self._state = {"tokens": tokens, "features": {}, "attention": {}, "return_attention": return_attention,
+                       "keep": keep}
         try:
             sample = self.unet(x, timesteps)  # (B, C, *S)
             features = [self._state["features"][level] for level in self.head_levels]

@@ -57,6 +57,10 @@ class RegisterConfig:
             registers (no association calibration). Needs the anatomy head.
         supervision_weight: weight of that loss in the training objective.
         supervised_per_class: registers owned by each foreground class with ``supervision: attention``.
+        dropout: register dropout, in [0, 1]: in training, each sample's register path (every
+            register cross-attention residual) is dropped with this probability, so the denoiser
+            also learns the register-free ("null") prediction that register guidance needs
+            (:class:`~anatldm.diffusion.sampling.GuidanceConfig`, ``kind: registers``). 0: off.
     """
 
     #: where these settings sit in a config: errors name ``<key>.<field>``
@@ -72,6 +76,7 @@ class RegisterConfig:
     supervision: Literal["none", "attention"] = "none"
     supervision_weight: float = 0.5
     supervised_per_class: int = 2
+    dropout: float = 0.0
 
     def __post_init__(self) -> None:
         self.levels = tuple(int(level) for level in self.levels)
@@ -91,6 +96,10 @@ class RegisterConfig:
             raise ConfigError(f"{key}.supervision needs a register bank, but num_registers is 0")
         if self.supervision_weight < 0:
             raise ConfigError(f"{key}.supervision_weight must be >= 0, got {self.supervision_weight}")
+        if not 0 <= self.dropout <= 1:
+            raise ConfigError(f"{key}.dropout must lie in [0, 1], got {self.dropout}")
+        if self.dropout and not self.num_registers:
+            raise ConfigError(f"{key}.dropout needs a register bank, but num_registers is 0")
 
 
 class AnatomicalRegisterBank(nn.Module):

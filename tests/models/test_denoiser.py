@@ -191,3 +191,53 @@ def test_head_resolution_limits_thin_structures(stages: int) -> None:
         optimizer.step()
     dice = per_class_dice(head([features], output_size=(32, 32)).argmax(1), mask, 2)[0, 0].item()
     assert dice > 0.9 if stages else dice < 0.85
+
+
+def _register_model(dropout: float) -> AnatomicalDenoiser:
+    """A model whose register path changes the output (zero init left behind)."""
+    torch.manual_seed(0)
+    model = AnatomicalDenoiser(num_registers=4, num_classes=3, register_dropout=dropout, **TINY)
+    _wake_output_layer(model)
+    for p in model.register_attention.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    return model
+
+
+def _without_registers(model: AnatomicalDenoiser) -> AnatomicalDenoiser:
+    """The same UNet and head with no register path at all."""
+    plain = AnatomicalDenoiser(num_registers=0, num_classes=3, **TINY)
+    plain.unet.load_state_dict(model.unet.state_dict())
+    plain.head.load_state_dict(model.head.state_dict())
+    return plain.train(model.training)
+
+
+def test_register_dropout_one_drops_the_register_path_in_training() -> None:
+    model = _register_model(1.0).train()
+    x, t = torch.randn(3, 4, 8, 8), torch.tensor([10, 500, 900])
+    with_registers = _register_model(0.0).train()(x, t).sample
+    dropped = model(x, t, mask_size=(8, 8))
+    reference = _without_registers(model)(x, t, mask_size=(8, 8))
+    assert not torch.allclose(with_registers, reference.sample)  # the registers matter here
+    torch.testing.assert_close(dropped.sample, reference.sample)
+    torch.testing.assert_close(dropped.anatomy_logits, reference.anatomy_logits)
+
+
+def test_register_dropout_does_nothing_in_eval_and_draws_per_sample() -> None:
+    x, t = torch.randn(8, 4, 8, 8), torch.full((8,), 300)
+    kept = _register_model(0.0).eval()(x, t).sample
+    assert torch.equal(_register_model(0.5).eval()(x, t).sample, kept)
+    null = _register_model(0.0).eval()(x, t, use_registers=False).sample
+    torch.testing.assert_close(null, _without_registers(_register_model(0.0)).eval()(x, t).sample)
+    torch.manual_seed(1)
+    mixed = _register_model(0.5).train()(x, t).sample
+    train_kept = _register_model(0.0).train()(x, t).sample
+    train_null = _register_model(0.0).train()(x, t, use_registers=False).sample
+    dropped = [torch.allclose(mixed[i], train_null[i]) for i in range(8)]
+    read = [torch.allclose(mixed[i], train_kept[i]) for i in range(8)]
+    assert all(a != b for a, b in zip(dropped, read, strict=True))  # each sample one or the other
+    assert any(dropped) and any(read)
+
+
+def test_register_dropout_is_checked() -> None:
+    with pytest.raises(ValueError, match="register_dropout must lie in"):
+        AnatomicalDenoiser(num_registers=4, register_dropout=2.0, **TINY)
