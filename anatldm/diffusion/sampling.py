@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Literal
 
 import numpy as np
 import torch
@@ -12,10 +13,61 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from anatldm.diffusion.schedulers import SAMPLERS, SamplerName
 from anatldm.errors import ConfigError
-from anatldm.models.denoiser import AnatomicalDenoiser
+from anatldm.config import as_config
+from anatldm.models.denoiser import AnatomicalDenoiser, DenoiserOutput
 from anatldm.models.registers import RegisterEdit
 
-__all__ = ["SampleOutput", "SamplingConfig", "initial_noise", "sample_latents", "step_generators"]
+__all__ = ["GuidanceConfig", "SampleOutput", "SamplingConfig", "guided_prediction", "initial_noise",
+           "sample_latents", "step_generators"]
+
+GuidanceKind = Literal["none", "registers", "autoguidance"]
+
+
+@dataclass
+class GuidanceConfig:
+    """Guidance of the noise prediction while sampling (YAML ``model.init_args.sampling.guidance``).
+
+    With ``eps`` the model's prediction and ``w`` the weight, every step predicts::
+
+        eps_guided = eps + (w - 1) * (eps - eps_other)      # = eps_other + w * (eps - eps_other)
+
+    written so that ``w = 1`` gives ``eps`` bit for bit. ``"registers"`` (classifier-free
+    guidance whose condition is the register memory; train with ``registers.dropout`` > 0):
+    ``eps_other`` is the same model without its register path. ``"autoguidance"`` (Karras et
+    al. 2024, "Guiding a diffusion model with a bad version of itself"): ``eps_other`` is the
+    ``guide``, an early EMA checkpoint of the same run (works for every LDM, the baseline
+    included). Either doubles the network evaluations of a step; the head's call at t = 0 uses
+    the model alone.
+
+    Args:
+        kind: ``"none"`` (off), ``"registers"`` or ``"autoguidance"``.
+        weight: the guidance weight ``w`` (>= 0; 1 is the unguided prediction).
+        guide: ``"autoguidance"``'s guide: an ``AnatomicalLDMTask`` checkpoint of the same run
+            (e.g. ``fraction-0.25.ckpt``) or a pipeline folder, on the model's autoencoder.
+    """
+
+    #: where these settings sit in a config: errors name ``<key>.<field>``
+    key = "model.sampling.guidance"
+
+    kind: GuidanceKind = "none"
+    weight: float = 2.0
+    guide: str | None = None
+
+    def __post_init__(self) -> None:
+        key = self.key
+        if self.kind not in ("none", "registers", "autoguidance"):
+            raise ConfigError(f"{key}.kind must be 'none', 'registers' or 'autoguidance', got '{self.kind}'")
+        if not self.weight >= 0:
+            raise ConfigError(f"{key}.weight must be >= 0, got {self.weight}")
+        if self.kind == "autoguidance" and not self.guide:
+            raise ConfigError(f"{key}.guide: autoguidance needs a guide checkpoint or pipeline folder")
+        if self.kind != "autoguidance" and self.guide:
+            raise ConfigError(f"{key}.guide is only read with kind: autoguidance, got kind '{self.kind}'")
+
+    @property
+    def enabled(self) -> bool:
+        """Whether each step makes a second network evaluation."""
+        return self.kind != "none"
 
 
 @dataclass
@@ -40,6 +92,7 @@ class SamplingConfig:
         record_attention: record the register attention maps while sampling (``SampleWriter``
             then writes attention panels and the register-class association).
         attention_steps: the recorded maps are averaged over this many last sampling steps.
+        guidance: register guidance or autoguidance (:class:`GuidanceConfig`); off by default.
     """
 
     #: where these settings sit in a config: errors name ``<key>.<field>``
@@ -54,9 +107,11 @@ class SamplingConfig:
     association_samples: int = 32
     record_attention: bool = False
     attention_steps: int = 5
+    guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
 
     def __post_init__(self) -> None:
         key = self.key
+        self.guidance = as_config(GuidanceConfig, self.guidance)
         self.register_edits = [as_register_edit(edit, f"{key}.register_edits") for edit in self.register_edits or []]
         self.anatomy_edits = dict(self.anatomy_edits or {})
         if self.sampler not in SAMPLERS:
@@ -94,11 +149,42 @@ STEP_SEED_KEY = 0x5EED
 class SampleOutput:
     """``latents (B, C, *S)`` at t = 0; ``anatomy_logits (B, classes, *mask_size)`` of one extra
     head call on those clean latents at t = 0, or ``None`` for a model without a head; per-level
-    register ``attention`` maps averaged over the recorded steps, when asked for."""
+    register ``attention`` maps averaged over the recorded steps, when asked for; ``nfe``: the
+    network evaluations per sample (guidance doubles those of the steps)."""
 
     latents: torch.Tensor
     anatomy_logits: torch.Tensor | None
     attention: dict[str, torch.Tensor] | None = None
+    nfe: int = 0
+
+
+def guided_prediction(denoiser: AnatomicalDenoiser, model_input: torch.Tensor, timesteps: torch.Tensor,
+                      guidance: GuidanceConfig | None = None, guide: AnatomicalDenoiser | None = None,
+                      **kwargs) -> DenoiserOutput:
+    """The denoiser's output at one step, its ``sample`` guided by ``guidance`` (:class:`GuidanceConfig`):
+    ``eps + (w - 1) * (eps - eps_other)``, ``eps_other`` the register-free prediction
+    (``"registers"``) or the ``guide``'s (``"autoguidance"``, called on its own bank, unedited).
+    ``kwargs`` go to the model's call (``mask_size``, ``registers``, ``return_attention``)."""
+    output = denoiser(model_input, timesteps, **kwargs)  # (B, C, *S)
+    if guidance is None or not guidance.enabled:
+        return output
+    if guidance.kind == "registers":
+        other = denoiser(model_input, timesteps, registers=kwargs.get("registers"), use_registers=False).sample
+    else:
+        other = guide(model_input, timesteps).sample  # (B, C, *S)
+    return replace(output, sample=output.sample + (guidance.weight - 1) * (output.sample - other.to(output.sample)))
+
+
+def check_guidance(denoiser: AnatomicalDenoiser, guidance: GuidanceConfig | None,
+                   guide: AnatomicalDenoiser | None) -> None:
+    """Register guidance needs a register bank, autoguidance a guide network."""
+    if guidance is None or not guidance.enabled:
+        return
+    if guidance.kind == "registers" and denoiser.registers is None:
+        raise ConfigError(f"{GuidanceConfig.key}.kind: register guidance needs a register bank, but "
+                          "model.denoiser.registers.num_registers is 0")
+    if guidance.kind == "autoguidance" and guide is None:
+        raise ConfigError(f"{GuidanceConfig.key}.guide: autoguidance needs the guide network")
 
 
 def initial_noise(seeds: Sequence[int], shape: Sequence[int], device: torch.device | str = "cpu") -> torch.Tensor:
@@ -129,6 +215,8 @@ def sample_latents(
     attention_steps: int = 0,
     generator: torch.Generator | list[torch.Generator] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    guidance: GuidanceConfig | None = None,
+    guide: AnatomicalDenoiser | None = None,
 ) -> SampleOutput:
     """Run the sampler from ``noise`` to clean latents; no mask or condition is needed.
 
@@ -147,7 +235,10 @@ def sample_latents(
         generator: randomness of stochastic samplers (DDPM): one generator, or one per sample
             (:func:`step_generators`, batch-independent samples).
         progress: called with ``(step, total)`` after each step.
+        guidance: guidance of each step's prediction (:func:`guided_prediction`); ``None``: none.
+        guide: the guide network of ``guidance.kind: autoguidance`` (eval mode).
     """
+    check_guidance(denoiser, guidance, guide)
     scheduler.set_timesteps(num_inference_steps, device=noise.device)
     latents = noise * scheduler.init_noise_sigma
     output = None
@@ -159,8 +250,8 @@ def sample_latents(
     for index, t in enumerate(timesteps):
         record = index >= len(timesteps) - attention_steps
         model_input = scheduler.scale_model_input(latents, t)
-        output = denoiser(model_input, t.expand(latents.shape[0]), mask_size=mask_size, registers=registers,
-                          return_attention=record)
+        output = guided_prediction(denoiser, model_input, t.expand(latents.shape[0]), guidance, guide,
+                                   mask_size=mask_size, registers=registers, return_attention=record)
         if record:
             for name, maps in output.attention.items():
                 attention[name] = attention.get(name, 0) + maps / recorded
@@ -168,7 +259,9 @@ def sample_latents(
         if progress is not None:
             progress(index + 1, len(timesteps))
     logits = None
+    nfe = len(timesteps) * (2 if guidance is not None and guidance.enabled else 1)
     if output is not None and output.anatomy_logits is not None:
         clean = torch.zeros(latents.shape[0], dtype=torch.long, device=latents.device)  # t = 0
-        logits = denoiser(latents, clean, mask_size=mask_size, registers=registers).anatomy_logits
-    return SampleOutput(latents, logits, attention or None)
+        logits = denoiser(latents, clean, mask_size=mask_size, registers=registers).anatomy_logits  # the model alone
+        nfe += 1
+    return SampleOutput(latents, logits, attention or None, nfe)

@@ -61,7 +61,8 @@ class AnatomicalLDMPipelineOutput:
             ``attention_steps`` steps, when asked for.
         applied_edits: the registers each edit by class touched (``[{"classes", "registers"}]``).
         seeds: the seed of each sample.
-        sampling: the settings the samples were drawn with (edits included).
+        sampling: the settings the samples were drawn with (edits and guidance included).
+        nfe: network evaluations per sample (steps, doubled by guidance, plus the head's call).
     """
 
     images: Tensor
@@ -70,6 +71,7 @@ class AnatomicalLDMPipelineOutput:
     applied_edits: list[dict] = field(default_factory=list)
     seeds: list[int] = field(default_factory=list)
     sampling: SamplingConfig | None = None
+    nfe: int = 0
 
 
 class AnatomicalLDMPipeline(nn.Module):
@@ -130,6 +132,7 @@ class AnatomicalLDMPipeline(nn.Module):
         self.sampling = sampling if sampling is not None else SamplingConfig()
         self.association = association
         self._edited: tuple[tuple, EditedRegisters] | None = None  # the last edited bank, keyed by edits and weights
+        self._guide: tuple[str, nn.Module] | None = None  # autoguidance's guide, loaded once per path
         self.train_scheduler = make_train_scheduler(**self.scheduler_config)
         downsampling = downsampling_factor(self.autoencoder_config)
         self.latent_shape = (int(self.autoencoder_config["latent_channels"]),
@@ -237,6 +240,19 @@ class AnatomicalLDMPipeline(nn.Module):
             association.update(maps.cpu(), masks.cpu())
         return association.compute()
 
+    # -- guidance -----------------------------------------------------------------------------
+    def guide_network(self, sampling: SamplingConfig | None = None) -> nn.Module | None:
+        """The guide denoiser of ``sampling.guidance`` (default :attr:`sampling`) with ``kind:
+        autoguidance``, loaded once (:func:`~anatldm.pipelines.guide.load_guide`); else ``None``."""
+        from anatldm.pipelines.guide import load_guide
+
+        guidance = (self.sampling if sampling is None else sampling).guidance
+        if guidance.kind != "autoguidance":
+            return None
+        if self._guide is None or self._guide[0] != guidance.guide:
+            self._guide = (guidance.guide, load_guide(guidance.guide, self))
+        return self._guide[1]
+
     # -- sampling -----------------------------------------------------------------------------
     def settings(self, sampling: SamplingConfig | None = None, **overrides: Any) -> SamplingConfig:
         """``sampling`` (default :attr:`sampling`) with ``overrides`` of its fields, checked once."""
@@ -297,18 +313,19 @@ class AnatomicalLDMPipeline(nn.Module):
         noise = initial_noise(seeds, self.latent_shape, self.device)
         scheduler = make_sampler(sampling.sampler, self.train_scheduler)
         generator = step_generators(seeds)  # per sample: a sample does not depend on its batch
+        guide = self.guide_network(sampling)
         was_training = self.denoiser.training
         self.denoiser.eval()
         try:
             output = sample_latents(self.denoiser, scheduler, noise, sampling.num_inference_steps,
                                     mask_size=self.image_size, registers=registers,
                                     attention_steps=sampling.attention_steps if return_attention else 0,
-                                    generator=generator)
+                                    generator=generator, guidance=sampling.guidance, guide=guide)
         finally:
             self.denoiser.train(was_training)
         masks = output.anatomy_logits.argmax(1) if output.anatomy_logits is not None else None
         return AnatomicalLDMPipelineOutput(self.decode(output.latents), masks, output.attention, applied, seeds,
-                                           sampling)
+                                           sampling, output.nfe)
 
     def forward(self, *args: Any, **kwargs: Any) -> AnatomicalLDMPipelineOutput:
         """``pipeline(num_samples=16)`` is :meth:`generate`."""

@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from anatldm.diffusion import make_sampler, make_train_scheduler, sample_latents
-from anatldm.diffusion.sampling import SamplingConfig, initial_noise, step_generators
+from anatldm.diffusion.sampling import (
+    GuidanceConfig,
+    SamplingConfig,
+    guided_prediction,
+    initial_noise,
+    step_generators,
+)
 from anatldm.errors import ConfigError
 from anatldm.models.denoiser import AnatomicalDenoiser
 from anatldm.models.registers import RegisterEdit
@@ -76,6 +82,11 @@ def test_one_ddim_step_is_the_closed_form() -> None:
     ({"attention_steps": 0}, "model.sampling.attention_steps must be at least 1"),
     ({"anatomy_edits": {"liver": -1.0}}, "model.sampling.anatomy_edits.liver: the factor must be >= 0"),
     ({"register_edits": [{"operation": "scale", "factr": 2}]}, "model.sampling.register_edits: .* is not a register edit"),
+    ({"guidance": {"kind": "cfg"}}, "model.sampling.guidance.kind must be 'none', 'registers' or 'autoguidance'"),
+    ({"guidance": {"kind": "registers", "weight": -1.0}}, "model.sampling.guidance.weight must be >= 0, got -1.0"),
+    ({"guidance": {"kind": "autoguidance"}}, "model.sampling.guidance.guide: autoguidance needs a guide"),
+    ({"guidance": {"kind": "registers", "guide": "early.ckpt"}}, "model.sampling.guidance.guide is only read with"),
+    ({"guidance": {"wieght": 2.0}}, "model.sampling.guidance: unknown key\\(s\\) wieght"),
 ])
 def test_a_bad_sampling_setting_is_one_config_error_naming_its_key(settings: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -91,3 +102,66 @@ def test_attention_is_a_mean_over_the_recorded_steps() -> None:
     out = sample_latents(_denoiser(), make_sampler("ddim", make_train_scheduler()), initial_noise([0], (4, 8, 8)), 2,
                          attention_steps=5)  # more than the 2 steps: averaged over 2
     torch.testing.assert_close(out.attention["up1"].sum(1), torch.ones(1, 4, 4))
+
+
+def _sample(model: AnatomicalDenoiser, guidance: GuidanceConfig | None = None, guide=None, seeds=(3, 4)):
+    seeds = list(seeds)
+    return sample_latents(model, make_sampler("dpm_solver++_sde", make_train_scheduler()),
+                          initial_noise(seeds, (4, 8, 8)), 5, mask_size=(16, 16), generator=step_generators(seeds),
+                          guidance=guidance, guide=guide)
+
+
+def _awake(model: AnatomicalDenoiser, seed: int = 0) -> AnatomicalDenoiser:
+    """Non-zero output conv (MONAI starts it at zero): predictions then differ between models."""
+    torch.manual_seed(seed)
+    for p in model.unet.out.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    return model
+
+
+def test_register_guidance_with_weight_one_is_the_unguided_sample_bit_for_bit() -> None:
+    model = _awake(_denoiser())
+    unguided = _sample(model)
+    guided = _sample(model, GuidanceConfig(kind="registers", weight=1.0))
+    assert torch.equal(guided.latents, unguided.latents)
+    assert torch.equal(guided.anatomy_logits, unguided.anatomy_logits)
+    assert (unguided.nfe, guided.nfe) == (5 + 1, 2 * 5 + 1)  # the head's t = 0 call is the model's alone
+    stronger = _sample(model, GuidanceConfig(kind="registers", weight=2.0))
+    assert not torch.allclose(stronger.latents, unguided.latents)
+
+
+def _copy(model: AnatomicalDenoiser) -> AnatomicalDenoiser:
+    """Another network with the same weights (a deep copy would share the hooks' state)."""
+    other = AnatomicalDenoiser(**TINY).eval()
+    other.load_state_dict(model.state_dict())
+    return other
+
+
+def test_autoguidance_by_the_model_itself_is_the_unguided_sample_for_any_weight() -> None:
+    model = _awake(_denoiser())
+    twin = _copy(model)
+    unguided = _sample(model)
+    for weight in (0.0, 2.5):
+        guided = _sample(model, GuidanceConfig(kind="autoguidance", weight=weight, guide="twin"), twin)
+        assert torch.equal(guided.latents, unguided.latents)
+    weaker = _awake(_copy(model), seed=1)  # a worse guide: another output layer
+    guided = _sample(model, GuidanceConfig(kind="autoguidance", weight=2.0, guide="weaker"), weaker)
+    assert not torch.allclose(guided.latents, unguided.latents)
+
+
+def test_guided_prediction_is_the_guidance_equation() -> None:
+    model = _awake(_denoiser())
+    x, t = torch.randn(2, 4, 8, 8), torch.tensor([100, 700])
+    with torch.no_grad():
+        eps, null = model(x, t).sample, model(x, t, use_registers=False).sample
+        guided = guided_prediction(model, x, t, GuidanceConfig(kind="registers", weight=3.0)).sample
+    assert not torch.allclose(eps, null)
+    torch.testing.assert_close(guided, null + 3.0 * (eps - null))
+
+
+def test_guidance_needs_what_it_guides_with() -> None:
+    baseline = AnatomicalDenoiser(**{**TINY, "num_registers": 0}).eval()
+    with pytest.raises(ConfigError, match="model.sampling.guidance.kind: register guidance needs a register bank"):
+        _sample(baseline, GuidanceConfig(kind="registers"))
+    with pytest.raises(ConfigError, match="model.sampling.guidance.guide: autoguidance needs the guide network"):
+        _sample(baseline, GuidanceConfig(kind="autoguidance", guide="early.ckpt"))

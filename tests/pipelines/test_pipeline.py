@@ -190,3 +190,69 @@ def test_the_readme_python_api_runs_as_written(tiny_bundle: Path, tmp_path: Path
     exec(compile(snippet, "README.md", "exec"), namespace)  # noqa: S102
     assert namespace["images"].shape == (4, 1, 32, 32) and namespace["masks"].shape == (4, 32, 32)
     assert (tmp_path / "my_pipeline" / "pipeline.json").is_file()
+
+
+def _checkpoint(task: AnatomicalLDMTask, path: Path) -> str:
+    """The task's weights as Lightning writes them (``state_dict`` and ``hyper_parameters``)."""
+    torch.save({"state_dict": task.state_dict(), "hyper_parameters": dict(task.hparams)}, path)
+    return str(path)
+
+
+def test_autoguidance_reads_its_guide_once_from_a_checkpoint_of_the_same_run(tiny_bundle: Path,
+                                                                             tmp_path: Path) -> None:
+    task = trained_looking_task(tiny_bundle)
+    unguided = task.pipeline.generate([3, 4], sampler="dpm_solver++_sde")
+    itself = _checkpoint(task, tmp_path / "itself.ckpt")
+    same = task.pipeline.generate([3, 4], sampler="dpm_solver++_sde",
+                                  guidance={"kind": "autoguidance", "weight": 3.0, "guide": itself})
+    assert torch.equal(same.images, unguided.images) and torch.equal(same.masks, unguided.masks)
+    assert (unguided.nfe, same.nfe) == (3 + 1, 2 * 3 + 1)
+    guide = task.pipeline.guide_network(task.pipeline.settings(guidance={"kind": "autoguidance", "guide": itself}))
+    assert guide is task.pipeline._guide[1] and guide is not task.denoiser  # loaded once, kept
+    early = trained_looking_task(tiny_bundle)
+    for p in early.denoiser.unet.out.parameters():  # a different ("early") model
+        torch.nn.init.normal_(p, std=0.3)
+    guided = task.pipeline.generate([3, 4], sampler="dpm_solver++_sde",
+                                    guidance={"kind": "autoguidance", "weight": 2.0,
+                                              "guide": _checkpoint(early, tmp_path / "early.ckpt")})
+    assert not torch.allclose(guided.images, unguided.images)
+
+
+def test_a_baseline_is_autoguided_by_a_pipeline_folder(tiny_bundle: Path, tmp_path: Path) -> None:
+    baseline = trained_looking_task(tiny_bundle, denoiser__registers__num_registers=0, anatomy_loss__weight=0.0)
+    guide = trained_looking_task(tiny_bundle, denoiser__registers__num_registers=0, anatomy_loss__weight=0.0)
+    for p in guide.denoiser.unet.out.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    folder = tmp_path / "guide"
+    guide.pipeline.save_pretrained(folder)
+    unguided = baseline.pipeline.generate([1, 2])
+    guided = baseline.pipeline.generate([1, 2], guidance={"kind": "autoguidance", "weight": 2.0, "guide": str(folder)})
+    assert guided.masks is None and guided.nfe == 2 * 3
+    assert not torch.allclose(guided.images, unguided.images)
+
+
+def test_a_guide_of_another_autoencoder_is_one_config_error(tiny_bundle: Path, tmp_path: Path) -> None:
+    task = trained_looking_task(tiny_bundle)
+    state = task.state_dict()
+    scaled = {**state, "scale_factor": state["scale_factor"] * 2}
+    torch.save({"state_dict": scaled}, tmp_path / "scaled.ckpt")
+    name = next(k for k in state if k.startswith("autoencoder.") and state[k].is_floating_point())
+    other = {**state, name: state[name] + 1.0}
+    torch.save({"state_dict": other}, tmp_path / "other.ckpt")
+    shapes = {**state, "denoiser.registers.tokens": torch.zeros(2, 16)}
+    torch.save({"state_dict": shapes}, tmp_path / "shapes.ckpt")
+    for file, match in (("scaled.ckpt", "has scale_factor"), ("other.ckpt", "trained on another autoencoder"),
+                        ("shapes.ckpt", "holds another denoiser than the model's"), ("none.ckpt", "does not exist")):
+        with pytest.raises(ConfigError, match=f"model.sampling.guidance.guide: .*{match}"):
+            task.pipeline.generate([0], guidance={"kind": "autoguidance", "guide": str(tmp_path / file)})
+
+
+def test_predict_samples_with_the_register_guidance_of_its_config(tiny_bundle: Path) -> None:
+    unguided = trained_looking_task(tiny_bundle).predict_step({"seed": torch.tensor([5, 6])}, 0)
+    task = trained_looking_task(tiny_bundle, sampling__guidance={"kind": "registers", "weight": 2.0})
+    guided = task.predict_step({"seed": torch.tensor([5, 6])}, 0)
+    assert guided.nfe == 2 * 3 + 1 and guided.sampling.guidance.kind == "registers"
+    assert not torch.allclose(guided.images, unguided.images)
+    with pytest.raises(ConfigError, match="model.sampling.guidance.kind: register guidance needs a register bank"):
+        trained_looking_task(tiny_bundle, denoiser__registers__num_registers=0,
+                             sampling__guidance={"kind": "registers"})
