@@ -2,6 +2,7 @@
 register-attention supervision."""
 
 from anatldm.losses.anatomy import (
+           AnatomyGradientBalance,
            AnatomyLoss,
            AnatomyLossConfig,
            AnatomyWeightSchedule,
@@ -10,5 +11,5 @@ from anatldm.losses.anatomy import (
 from anatldm.losses.autoencoder import kl_divergence
 from anatldm.losses.registers import RegisterAttentionLoss, class_register_groups
 
-__all__ = ["AnatomyLoss", "AnatomyLossConfig", "AnatomyWeightSchedule", "RegisterAttentionLoss", "TimestepWeighting",
+__all__ = ["AnatomyGradientBalance", "AnatomyLoss", "AnatomyLossConfig", "AnatomyWeightSchedule", "RegisterAttentionLoss", "TimestepWeighting",
            "class_register_groups", "kl_divergence"]

@@ -13,7 +13,7 @@ from torch import nn
 
 from anatldm.errors import ConfigError
 
-__all__ = ["AnatomyLoss", "AnatomyLossConfig", "AnatomyWeightSchedule", "TimestepWeighting"]
+__all__ = ["AnatomyGradientBalance", "AnatomyLoss", "AnatomyLossConfig", "AnatomyWeightSchedule", "TimestepWeighting"]
 
 TimestepWeightingMode = Literal["none", "alpha_bar", "snr_cutoff"]
 Decay = Literal["cosine", "linear", "constant"]
@@ -41,6 +41,12 @@ class AnatomyLossConfig:
             from a slice adds no near-constant per-slice term. Off by default: measured by the
             ablation (docs/results/ablation.json, same protocol), batch Dice gave a pooled
             plausibility change of -24.8 % vs +0.5 % for per-slice Dice, KID ratio 1.37 vs 1.07.
+        max_gradient_ratio: keep ``||grad(anatomy term)|| / ||grad(diffusion term)||`` at most
+            this value (:class:`AnatomyGradientBalance`: a running scale on the anatomy term,
+            measured every ``gradient_balance_every_n_steps`` steps), so that ``lambda(step)``
+            sets the balance it means to; ``None``: off.
+        gradient_balance_every_n_steps: steps between two measurements of the two gradient
+            norms (each costs two extra backward passes); read with ``max_gradient_ratio``.
     """
 
     #: where these settings sit in a config: errors name ``<key>.<field>``
@@ -53,6 +59,8 @@ class AnatomyLossConfig:
     timestep_weighting: TimestepWeightingMode = "none"
     snr_cutoff: float = 0.05
     dice_batch: bool = False
+    max_gradient_ratio: float | None = None
+    gradient_balance_every_n_steps: int = 10
 
     def __post_init__(self) -> None:
         key = self.key
@@ -67,6 +75,11 @@ class AnatomyLossConfig:
                               f"got '{self.timestep_weighting}'")
         if not self.snr_cutoff > 0:
             raise ConfigError(f"{key}.snr_cutoff must be positive, got {self.snr_cutoff}")
+        if self.max_gradient_ratio is not None and not self.max_gradient_ratio > 0:
+            raise ConfigError(f"{key}.max_gradient_ratio must be positive (or null: off), got {self.max_gradient_ratio}")
+        if self.gradient_balance_every_n_steps < 1:
+            raise ConfigError(f"{key}.gradient_balance_every_n_steps must be at least 1, "
+                              f"got {self.gradient_balance_every_n_steps}")
 
     @property
     def enabled(self) -> bool:
@@ -217,3 +230,52 @@ class AnatomyWeightSchedule:
         else:
             shape = 0.5 * (1.0 + math.cos(math.pi * progress))
         return self.lambda_min + (self.lambda_max - self.lambda_min) * shape
+
+
+class AnatomyGradientBalance:
+    """A running scale ``s`` on the anatomy term that keeps its gradient within ``max_ratio`` of
+    the diffusion term's.
+
+    Every ``every_n_steps`` steps (and on the first step it sees) the gradient norms ``a`` of the
+    weighted anatomy term ``lambda(step) * L_anat`` and ``d`` of ``L_diffusion`` are measured
+    over the denoiser's parameters, and::
+
+        s = min(1, max_ratio * d / a)        # the term entering the loss: s * lambda(step) * L_anat
+
+    so the measured ratio of the term as trained, ``s * a / d``, is at most ``max_ratio``; ``s``
+    is held until the next measurement (no extra backward pass on the other steps) and returns
+    to 1 once the anatomy gradient falls below the bound.
+
+    Args:
+        max_ratio: the bound on ``||grad anatomy|| / ||grad diffusion||``, > 0.
+        every_n_steps: steps between two measurements, >= 1.
+    """
+
+    def __init__(self, max_ratio: float, every_n_steps: int = 10) -> None:
+        if not max_ratio > 0:
+            raise ValueError(f"max_ratio must be positive, got {max_ratio}")
+        if every_n_steps < 1:
+            raise ValueError(f"every_n_steps must be at least 1, got {every_n_steps}")
+        self.max_ratio, self.every_n_steps = float(max_ratio), int(every_n_steps)
+        self.scale: float | None = None  # None: not measured yet (a new or resumed run)
+
+    @classmethod
+    def from_config(cls, config: AnatomyLossConfig) -> AnatomyGradientBalance | None:
+        """The balance of ``config``, or ``None`` when ``max_gradient_ratio`` is off."""
+        if config.max_gradient_ratio is None:
+            return None
+        return cls(config.max_gradient_ratio, config.gradient_balance_every_n_steps)
+
+    def due(self, step: int) -> bool:
+        """Whether ``step`` measures the two norms."""
+        return self.scale is None or step % self.every_n_steps == 0
+
+    def update(self, anatomy_norm: float, diffusion_norm: float) -> tuple[float, float]:
+        """The new scale from the two measured norms, and the ratio of the scaled term ``s * a / d``."""
+        anatomy_norm, diffusion_norm = float(anatomy_norm), float(diffusion_norm)
+        if not (math.isfinite(anatomy_norm) and math.isfinite(diffusion_norm)) or anatomy_norm <= 0:
+            self.scale = 1.0 if self.scale is None else self.scale
+        else:
+            self.scale = min(1.0, self.max_ratio * diffusion_norm / anatomy_norm)
+        ratio = self.scale * anatomy_norm / diffusion_norm if diffusion_norm > 0 else math.inf
+        return self.scale, ratio

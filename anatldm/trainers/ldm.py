@@ -23,6 +23,7 @@ from anatldm.diffusion.training import TrainingOptions
 from anatldm.errors import ConfigError
 from anatldm.interpret.edits import load_register_bank
 from anatldm.losses import (
+    AnatomyGradientBalance,
     AnatomyLoss,
     AnatomyLossConfig,
     AnatomyWeightSchedule,
@@ -114,6 +115,12 @@ class AnatomicalLDMTask(AnatomyTask):
         if registers.supervision != "none" and not self.anatomy_loss_config.enabled:
             raise ConfigError(f"{registers.key}.supervision needs the anatomy head's classes "
                               f"(model.anatomy_loss.weight > 0, got {self.anatomy_loss_config.weight})")
+        if self._initial_sampling.guidance.kind == "registers" and not registers.num_registers:
+            raise ConfigError(f"{SamplingConfig.key}.guidance.kind: register guidance needs a register bank, but "
+                              f"{registers.key}.num_registers is 0")
+        if self.anatomy_loss_config.max_gradient_ratio is not None and not self.anatomy_loss_config.enabled:
+            raise ConfigError(f"{AnatomyLossConfig.key}.max_gradient_ratio needs the anatomy loss "
+                              f"({AnatomyLossConfig.key}.weight > 0, got {self.anatomy_loss_config.weight})")
         if self._initial_sampling.edits and not registers.num_registers:
             edited = "register_edits" if self._initial_sampling.register_edits else "anatomy_edits"
             raise ConfigError(f"{SamplingConfig.key}.{edited} needs a register bank, but "
@@ -173,6 +180,7 @@ class AnatomicalLDMTask(AnatomyTask):
         self.eval_anatomy_loss = AnatomyLoss(batch=False) if head else None
         self.timestep_weighting = TimestepWeighting(loss.timestep_weighting, self.train_scheduler.alphas_cumprod,
                                                     loss.snr_cutoff)
+        self.gradient_balance = AnatomyGradientBalance.from_config(loss) if head else None
         self.register_loss = (RegisterAttentionLoss(self.register_groups, self.denoiser.registers.num_registers)
                               if self.register_groups is not None else None)
 
@@ -233,6 +241,8 @@ class AnatomicalLDMTask(AnatomyTask):
         if self.anatomy_loss is not None:
             weight = self.anatomy_schedule(self.global_step)
             terms["anatomy_loss"] = weight * losses["anatomy_loss"]
+            if self.gradient_balance is not None:
+                terms["anatomy_loss"] = self._balanced_anatomy_term(terms, batch_size)
         if self.register_loss is not None:
             terms["register_loss"] = self.denoiser_config.registers.supervision_weight * losses["register_loss"]
         loss = torch.stack(list(terms.values())).sum()
@@ -246,6 +256,24 @@ class AnatomicalLDMTask(AnatomyTask):
         self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, batch_size=batch_size)
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=batch_size)
         return loss
+
+    def _balanced_anatomy_term(self, terms: dict[str, Tensor], batch_size: int) -> Tensor:
+        """The anatomy term times the running scale of :class:`~anatldm.losses.AnatomyGradientBalance`,
+        re-measured on its steps (two extra backward passes; under DDP each rank's norms are
+        averaged so every rank applies the same scale); logs ``train/anatomy_gradient_scale`` and,
+        when measured, ``train/anatomy_gradient_ratio`` (of the term as it enters the loss)."""
+        balance, term = self.gradient_balance, terms["anatomy_loss"]
+        if balance.due(self.global_step) and torch.isfinite(term) and torch.isfinite(terms["diffusion_loss"]):
+            params = [p for p in self.denoiser.parameters() if p.requires_grad]
+            norms = torch.stack([ldm_stage.gradient_norm(term, params),
+                                 ldm_stage.gradient_norm(terms["diffusion_loss"], params)])
+            if self.trainer.world_size > 1:
+                norms = self.trainer.strategy.reduce(norms, reduce_op="mean")
+            _, ratio = balance.update(float(norms[0]), float(norms[1]))
+            self.log("train/anatomy_gradient_ratio", ratio, batch_size=batch_size)
+        scale = 1.0 if balance.scale is None else balance.scale
+        self.log("train/anatomy_gradient_scale", scale, batch_size=batch_size)
+        return term * scale
 
     def _log_gradient_norms(self, terms: dict[str, Tensor], batch_size: int) -> None:
         """``train/grad_norm_<loss>``: the L2 norm of each weighted loss term's gradient over the

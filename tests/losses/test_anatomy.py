@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from anatldm.errors import ConfigError
-from anatldm.losses import AnatomyLoss, AnatomyLossConfig, AnatomyWeightSchedule
+from anatldm.losses import AnatomyGradientBalance, AnatomyLoss, AnatomyLossConfig, AnatomyWeightSchedule
 
 
 @pytest.mark.parametrize("decay, halfway", [("cosine", 1.25), ("linear", 1.25), ("constant", 2.0)])
@@ -127,3 +127,15 @@ def test_the_schedule_of_a_config_caps_its_minimum_at_its_maximum() -> None:
     schedule = AnatomyWeightSchedule.from_config(AnatomyLossConfig(weight=0.3, weight_min=0.5, decay="linear"), 0)
     assert (schedule.lambda_max, schedule.lambda_min, schedule.total_steps) == (0.3, 0.3, 1)
     assert not AnatomyLossConfig(weight=0.0).enabled and AnatomyLossConfig().enabled
+
+
+def test_gradient_balance_scales_only_a_dominant_anatomy_term() -> None:
+    balance = AnatomyGradientBalance.from_config(AnatomyLossConfig(max_gradient_ratio=2.0,
+                                                                   gradient_balance_every_n_steps=5))
+    assert balance.due(3)  # never measured: due at once (a new or resumed run)
+    assert balance.update(anatomy_norm=24.0, diffusion_norm=1.0) == pytest.approx((2.0 / 24.0, 2.0))
+    assert not balance.due(3) and balance.due(10)
+    assert balance.update(anatomy_norm=1.5, diffusion_norm=1.0) == pytest.approx((1.0, 1.5))  # back to 1
+    assert AnatomyGradientBalance.from_config(AnatomyLossConfig()) is None
+    with pytest.raises(ValueError, match="max_ratio must be positive"):
+        AnatomyGradientBalance(0.0)

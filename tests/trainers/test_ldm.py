@@ -152,6 +152,16 @@ def test_head_learns_on_phantom_slices(bundle: Path, tmp_path: Path) -> None:
     ({"denoiser__registers__mode": "write"}, "model.denoiser.registers.mode must be 'read' or 'read_write'"),
     ({"denoiser__registers__nmu_registers": 3}, "model.denoiser.registers: unknown key\\(s\\) nmu_registers"),
     ({"lr": 0.0}, "model.lr must be positive"),
+    ({"anatomy_loss__max_gradient_ratio": 0.0}, "model.anatomy_loss.max_gradient_ratio must be positive"),
+    ({"anatomy_loss__gradient_balance_every_n_steps": 0},
+     "model.anatomy_loss.gradient_balance_every_n_steps must be at least 1"),
+    ({"anatomy_loss__max_gradient_ratio": 1.0, "anatomy_loss__weight": 0.0},
+     "model.anatomy_loss.max_gradient_ratio needs the anatomy loss"),
+    ({"denoiser__registers__dropout": 0.1, "denoiser__registers__num_registers": 0},
+     "model.denoiser.registers.dropout needs a register bank"),
+    ({"denoiser__registers__num_registers": 0, "sampling__guidance": {"kind": "registers"}},
+     "model.sampling.guidance.kind: register guidance needs a register bank"),
+    ({"sampling__guidance": {"kind": "autoguidance"}}, "model.sampling.guidance.guide: autoguidance needs a guide"),
 ])
 def test_bad_settings(bundle: Path, overrides: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
@@ -215,6 +225,31 @@ def test_recipe_options_train_and_log_gradient_balance(bundle: Path, tmp_path: P
             "train/grad_norm", "train/clipped", "val/register_loss", "train/register_loss"} <= scalars
     assert [e.value for e in events.Scalars("train/clipped")] == [1.0]  # every step clipped at 1e-3
     assert all(e.value > 0 for e in events.Scalars("train/grad_norm_register_loss"))
+
+
+def test_gradient_balance_keeps_the_anatomy_gradient_within_the_bound(bundle: Path, tmp_path: Path) -> None:
+    """``max_gradient_ratio``: the anatomy term's gradient norm, measured on its own by the
+    gradient-norm logging, stays within the bound of the diffusion term's, by a scale < 1."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    bound = 0.5
+    model = {"anatomy_loss__max_gradient_ratio": bound, "anatomy_loss__gradient_balance_every_n_steps": 1,
+             "training__grad_norm_every_n_steps": 1, "denoiser__registers__dropout": 0.5,
+             "training__preview_every_n_epochs": 0}
+    config = write_config(tmp_path / "ldm.yaml", bundle, tmp_path, model, max_epochs=1, limit_train_batches=4,
+                          limit_val_batches=0, log_every_n_steps=1)
+    main(["fit", "--config", str(config)])
+    events = EventAccumulator(str(next((tmp_path / "tb").rglob("events.out.tfevents*"))))
+    events.Reload()
+    values = {tag: [e.value for e in events.Scalars(tag)] for tag in
+              ("train/anatomy_gradient_ratio", "train/anatomy_gradient_scale", "train/grad_norm_anatomy_loss",
+               "train/grad_norm_diffusion_loss")}
+    assert len(values["train/anatomy_gradient_ratio"]) == 4
+    assert min(values["train/anatomy_gradient_scale"]) < 1.0  # the bound was active: the head's gradient dominates
+    assert max(values["train/anatomy_gradient_ratio"]) <= bound * (1 + 1e-5)
+    measured = [a / d for a, d in zip(values["train/grad_norm_anatomy_loss"], values["train/grad_norm_diffusion_loss"],
+                                      strict=True)]
+    assert max(measured) <= bound * (1 + 1e-4)
 
 
 def test_edits_by_class_use_the_bound_registers(bundle: Path) -> None:
