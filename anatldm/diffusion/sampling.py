@@ -17,7 +17,7 @@ from anatldm.config import as_config
 from anatldm.models.denoiser import AnatomicalDenoiser, DenoiserOutput
 from anatldm.models.registers import RegisterEdit
 
-__all__ = ["GuidanceConfig", "SampleOutput", "SamplingConfig", "guided_prediction", "initial_noise",
+__all__ = ["GuidanceConfig", "SampleOutput", "SamplingConfig", "check_guidance", "guided_prediction", "initial_noise",
            "sample_latents", "step_generators"]
 
 GuidanceKind = Literal["none", "registers", "autoguidance"]

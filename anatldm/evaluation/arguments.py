@@ -5,13 +5,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from anatldm.config import as_config
+from anatldm.diffusion.sampling import GuidanceConfig
 from anatldm.errors import ConfigError, check_output_folder
 from anatldm.evaluation.report import ClaimCriteria
 from anatldm.evaluation.results import as_dataclass, as_list
 from anatldm.models.registers import RegisterEdit
 from anatldm.pipelines.ldm import as_register_edit
 
-__all__ = ["check_evaluation_arguments", "check_model_classes", "collect_models", "edit_generator_arm", "model_names", "module_key"]
+__all__ = ["check_evaluation_arguments", "check_model_classes", "collect_models", "edit_generator_arm",
+           "model_guidance", "model_names", "module_key"]
 
 
 def check_evaluation_arguments(*, generators: dict[str, str | list[str]], baseline: str | None,
@@ -62,6 +65,32 @@ def check_evaluation_arguments(*, generators: dict[str, str | list[str]], baseli
         raise ConfigError(f"model.confidence must lie in (0, 1), got {confidence}")
     check_output_folder(output_dir, "model.output_dir")
     return converted
+
+
+def model_guidance(guidance: dict[str, Any] | None, generators: dict[str, str | list[str]],
+                   arms: dict[str, list[str]]) -> dict[str, GuidanceConfig]:
+    """Model name -> its :class:`GuidanceConfig` from ``guidance`` (arm -> one config for all its
+    checkpoints, or a list, one per checkpoint: each final checkpoint its own autoguidance guide);
+    errors name ``model.guidance.<arm>``. Early checkpoints are sampled unguided."""
+    out = {}
+    for arm, value in (guidance or {}).items():
+        key = f"model.guidance.{arm}"
+        if arm not in generators:
+            raise ConfigError(f"{key}: '{arm}' is not one of the generators {sorted(generators)}")
+        configs = value if isinstance(value, list) else [value]
+        try:
+            configs = [as_config(GuidanceConfig, config) for config in configs]
+        except ConfigError as err:
+            raise ConfigError(f"{key}: {err}") from None
+        names = arms[arm]
+        if len(configs) == 1 and len(names) > 1 and configs[0].kind == "autoguidance":
+            raise ConfigError(f"{key}: autoguidance of an arm of {len(names)} checkpoints needs one config per "
+                              f"checkpoint (a list), each with the guide of its own run")
+        if len(configs) not in (1, len(names)):
+            raise ConfigError(f"{key} has {len(configs)} configs for the {len(names)} checkpoints of the arm")
+        for k, name in enumerate(names):
+            out[name] = configs[k if len(configs) > 1 else 0]
+    return out
 
 
 def model_names(generators: dict[str, str | list[str]], training_seeds: list[int] | None) -> dict[str, list[str]]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 from torchmetrics import CatMetric
 
+from anatldm.diffusion.sampling import GuidanceConfig
 from anatldm.evaluation.statistics import ModelRecord, RealRecord
 from anatldm.metrics import (
     AnatomyRules,
@@ -89,22 +90,29 @@ class EvaluationProtocol:
             metric.update(self.segment(images[start:start + size].to(self.device)))
 
     def sample_models(self, models: dict[str, tuple[AnatomicalLDMPipeline, str]], seeds: list[int],
-                      num_samples: int) -> tuple[dict[str, ModelRecord], dict[str, dict]]:
-        """:meth:`sample_model` of every model (name -> (pipeline, checkpoint path)), in order."""
+                      num_samples: int, guidance: dict[str, GuidanceConfig] | None = None,
+                      ) -> tuple[dict[str, ModelRecord], dict[str, dict]]:
+        """:meth:`sample_model` of every model (name -> (pipeline, checkpoint path)), in order;
+        ``guidance``: name -> its guidance (a model not named is sampled unguided)."""
         hp = self.settings
         records: dict[str, ModelRecord] = {}
         kept: dict[str, dict] = {}
         for name, (generator, path) in models.items():
-            logger.info("evaluating %s (%s): %d samples, %s with %d steps", name, path, num_samples, hp.sampler,
-                        hp.num_inference_steps)
-            records[name], kept[name] = self.sample_model(generator, seeds, num_samples)
+            model_guidance = (guidance or {}).get(name, GuidanceConfig())
+            logger.info("evaluating %s (%s): %d samples, %s with %d steps, guidance %s", name, path, num_samples,
+                        hp.sampler, hp.num_inference_steps, model_guidance.kind)
+            records[name], kept[name] = self.sample_model(generator, seeds, num_samples, model_guidance)
             records[name].checkpoint = path
         return records, kept
 
     @torch.no_grad()
-    def sample_model(self, generator: AnatomicalLDMPipeline, seeds: list[int], num_samples: int) -> tuple[ModelRecord, dict]:
-        """Per-sample results of one model over all ranks (rank-major, the same order for every model)."""
+    def sample_model(self, generator: AnatomicalLDMPipeline, seeds: list[int], num_samples: int,
+                     guidance: GuidanceConfig | None = None) -> tuple[ModelRecord, dict]:
+        """Per-sample results of one model over all ranks (rank-major, the same order for every
+        model), sampled with ``guidance`` (default: none)."""
         hp = self.settings
+        guidance = guidance if guidance is not None else GuidanceConfig()
+        nfe = 0
         num_classes = len(self.class_names)
         plausibility = PlausibilityRate(self.rules).to(self.device)
         areas = CatMetric().to(self.device)
@@ -117,7 +125,8 @@ class EvaluationProtocol:
         kept = {"image": [], "segmenter_mask": [], "head_mask": []}
         has_head = generator.denoiser.head is not None
         for generated in generator.generate_batches(seeds, hp.sample_batch_size, sampler=hp.sampler,
-                                                    num_inference_steps=hp.num_inference_steps):
+                                                    num_inference_steps=hp.num_inference_steps, guidance=guidance):
+            nfe = generated.nfe
             images = generated.images.float()  # (B, 1, H, W)
             masks = self.segment(images)
             plausibility.update(masks)
@@ -139,7 +148,8 @@ class EvaluationProtocol:
             features=kid.features()[1].cpu().double().numpy(),
             memorisation=memorisation.per_sample().cpu().double().numpy(),
             diversity=diversity.pair_values().cpu().double().numpy(),
-            consistency=consistency.per_sample().cpu().double().numpy() if has_head else None)
+            consistency=consistency.per_sample().cpu().double().numpy() if has_head else None,
+            nfe=nfe, guidance=asdict(guidance))
         return record, kept
 
     @torch.no_grad()

@@ -83,6 +83,8 @@ def build_report(hp: Any, models: dict[str, list[str]], early_models: dict[str, 
                          if stats.available(spec, [record])}
         results[name]["violation_rates"] = violation_rates(record)
         results[name]["checkpoint"] = record.checkpoint
+        results[name]["nfe"] = record.nfe
+        results[name]["guidance"] = record.guidance
     arms, pairs = {}, []
     for arm, names in models.items():
         group = [records[n] for n in names]

@@ -42,7 +42,8 @@ class ModelRecord:
     ``passed`` ``(N,)`` 0/1 plausibility; ``violations`` ``{rule: (N,) 0/1}``; ``areas``
     ``(N, C - 1)`` judge area fractions; ``features`` ``(N, F)`` judge features; ``consistency``
     ``(N,)`` head-vs-judge Dice or ``None``; ``memorisation`` ``(N,)`` nearest-training RMSE;
-    ``diversity`` ``(P,)`` MS-SSIM of sample pairs; ``checkpoint`` the file it came from.
+    ``diversity`` ``(P,)`` MS-SSIM of sample pairs; ``checkpoint`` the file it came from;
+    ``nfe`` network evaluations per sample; ``guidance`` the guidance it was sampled with (plain).
     """
 
     passed: np.ndarray
@@ -53,6 +54,8 @@ class ModelRecord:
     diversity: np.ndarray
     consistency: np.ndarray | None = None
     checkpoint: str = ""
+    nfe: int = 0
+    guidance: dict | None = None
 
 
 @dataclass

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics.segmentation import DiceScore
 
+from anatldm.diffusion.sampling import GuidanceConfig, check_guidance
 from anatldm.diffusion.schedulers import SamplerName
 from anatldm.errors import ConfigError
 from anatldm.evaluation import arguments, results, slices
@@ -94,6 +95,11 @@ class EvaluationTask(AnatomyTask):
             model; each is measured against the unedited samples of the same seeds.
         edit_generator: the arm the edits apply to (default: the first with registers).
         edit_samples: samples per edit (default ``num_samples``).
+        guidance: arm -> its sampling guidance (:class:`~anatldm.diffusion.sampling.GuidanceConfig`),
+            one for all its checkpoints or a list, one per checkpoint (autoguidance: each final
+            checkpoint with the early checkpoint of its own run as ``guide``); arms not named,
+            and early checkpoints, are sampled unguided. Network evaluations per sample go to
+            the report (``nfe``).
     """
 
     def __init__(
@@ -110,8 +116,11 @@ class EvaluationTask(AnatomyTask):
         output_dir: str = "runs/eval",
         edits: dict[str, list[RegisterEdit]] | None = None, edit_generator: str | None = None,
         edit_samples: int | None = None,
+        guidance: dict[str, GuidanceConfig | list[GuidanceConfig]] | None = None,
     ) -> None:
         self.edits = arguments.check_evaluation_arguments(**locals())
+        self.guidance = arguments.model_guidance(guidance, generators,
+                                                 arguments.model_names(generators, training_seeds))
         super().__init__()
 
     # -- construction ------------------------------------------------------------------------
@@ -134,6 +143,12 @@ class EvaluationTask(AnatomyTask):
             hp.generators, hp.early_checkpoints, self.arms,
             lambda path, key: load_task(AnatomicalLDMTask, path, key).pipeline.eval())
         self.generators = nn.ModuleDict({arguments.module_key(name): model for name, model in models.items()})
+        for name, guidance in self.guidance.items():  # a bad guide fails now, not after the gate
+            try:
+                guide = models[name].guide_network(models[name].settings(guidance=guidance))
+                check_guidance(models[name].denoiser, guidance, guide)
+            except ConfigError as err:
+                raise ConfigError(f"model.guidance ({name}): {err}") from None
         self.class_names = list(next(iter(self.generators.values())).class_names)
         arguments.check_model_classes(models, self.class_names, self.segmenter.hparams.num_classes)
         if self.edits:
@@ -217,7 +232,7 @@ class EvaluationTask(AnatomyTask):
         num_samples = hp.num_samples or self.num_test_slices
         records, kept = self.protocol.sample_models(
             {name: (self.model(name), path) for name, path in self.checkpoints.items()}, self._seeds(num_samples),
-            num_samples)
+            num_samples, self.guidance)
         control_rates = {name: metric.per_sample().cpu().numpy() for name, metric in self.controls.items()
                          if metric.gathered("passed").numel() > 0}
         real_passed = self.real_plausibility.per_sample().cpu().numpy()

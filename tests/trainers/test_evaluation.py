@@ -80,6 +80,11 @@ def test_report_has_every_field(checkpoints: dict, tmp_path: Path, caplog: pytes
     ({"claim": {"arm": "baseline"}}, "model.claim.arm 'baseline' must be a generator other than model.baseline"),
     ({"generators": {"register": ["a.ckpt", "b.ckpt"], "baseline": "c.ckpt"}},
      "arms compared with a baseline need one checkpoint per training seed each"),
+    ({"guidance": {"nope": {"kind": "registers"}}}, "model.guidance.nope: 'nope' is not one of the generators"),
+    ({"guidance": {"register": {"kind": "registers", "weight": -2.0}}},
+     "model.sampling.guidance.weight must be >= 0, got -2.0"),
+    ({"guidance": {"register": [{"kind": "registers"}, {"kind": "registers"}]}},
+     "model.guidance.register has 2 configs for the 1 checkpoints of the arm"),
 ])
 def test_bad_evaluation_settings(checkpoints: dict, tmp_path: Path, overrides: dict, message: str,
                                  capsys: pytest.CaptureFixture) -> None:
@@ -88,6 +93,35 @@ def test_bad_evaluation_settings(checkpoints: dict, tmp_path: Path, overrides: d
         main(["test", "--config", str(_eval_config(checkpoints, out, **overrides))])
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.parametrize(("guidance", "message"), [
+    ({"baseline": {"kind": "registers"}},
+     "model.guidance (baseline): model.sampling.guidance.kind: register guidance needs a register bank"),
+    ({"baseline": {"kind": "autoguidance", "guide": "/nonexistent.ckpt"}},
+     "model.guidance (baseline): model.sampling.guidance.guide: /nonexistent.ckpt does not exist"),
+])
+def test_bad_guidance_fails_before_sampling(checkpoints: dict, tmp_path: Path, guidance: dict, message: str,
+                                            capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "bad_guidance"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["test", "--config", str(_eval_config(checkpoints, out, guidance=guidance))])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and message in err[-1], err[-1]
+    assert not out.exists()
+
+
+def test_each_arm_samples_with_its_own_guidance(checkpoints: dict, tmp_path: Path) -> None:
+    """Register guidance for the register arm, the baseline autoguided by a checkpoint of its own
+    run (here itself); the report says each model's guidance and network evaluations."""
+    out = tmp_path / "guided"
+    guidance = {"register": {"kind": "registers", "weight": 2.0},
+                "baseline": [{"kind": "autoguidance", "weight": 1.5, "guide": str(checkpoints["baseline"])}]}
+    main(["test", "--config", str(_eval_config(checkpoints, out, guidance=guidance))])
+    results = json.loads((out / "report.json").read_text(encoding="utf-8"))["results"]
+    assert (results["register"]["nfe"], results["baseline"]["nfe"]) == (2 * 2 + 1, 2 * 2)
+    assert results["register"]["guidance"] == {"kind": "registers", "weight": 2.0, "guide": None}
+    assert results["baseline"]["guidance"]["guide"] == str(checkpoints["baseline"])
 
 
 def test_register_edits_are_measured_against_the_same_seeds(checkpoints: dict, tmp_path: Path) -> None:
