@@ -380,6 +380,7 @@ class DatasetWriter(BasePredictionWriter):
                 "seeds": {"first": min(seeds) if seeds else None, "last": max(seeds) if seeds else None,
                           "count": len(seeds), "all": seeds},
                 "sampler": sampling.sampler, "num_inference_steps": sampling.num_inference_steps,
+                "guidance": dataclasses.asdict(sampling.guidance),
                 "labels": ("the model's anatomy head (argmax of its logits at the end of sampling)" if self.labels == "head"
                            else f"pseudo-labels of the segmenter {self.segmenter_path} (sha256 "
                                 f"{file_sha256(self.segmenter_path)})"),

@@ -16,6 +16,14 @@ from pathlib import Path
 __all__ = ["evaluation_section", "file_sha256", "licence_note", "render_datacard", "training_data_description"]
 
 
+def _guidance_line(guidance: dict | None) -> str:
+    """The data card's guidance line: ``none``, or the kind, the weight and the guide."""
+    if not guidance or guidance.get("kind", "none") == "none":
+        return "none"
+    guide = f", guide `{guidance['guide']}`" if guidance.get("guide") else ""
+    return f"{guidance['kind']}, weight {guidance['weight']}{guide}"
+
+
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -107,6 +115,7 @@ def render_datacard(card: dict) -> str:
              f"- Seeds: {generation['seeds']['first']}..{generation['seeds']['last']} ({generation['seeds']['count']} samples; "
              f"sample i depends only on its seed)",
              f"- Sampler: {generation['sampler']}, {generation['num_inference_steps']} steps",
+             f"- Guidance: {_guidance_line(generation.get('guidance'))}",
              f"- Label maps: {generation['labels']}",
              f"- Register edits: {json.dumps(generation['register_edits']) if generation['register_edits'] else 'none'}", "",
              "## Classes", "", "| value | class | cases containing it | pixels |", "|---|---|---|---|"]

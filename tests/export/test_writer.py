@@ -50,6 +50,7 @@ def test_predict_exports_an_nnunet_dataset_with_a_data_card(models: dict, tmp_pa
     assert meta["numSynthetic"] == 6 and summary["cases"] == 6 + meta["numReal"] and meta["numReal"] > 0
     assert card["generation"]["seeds"] == {"first": 3, "last": 8, "count": 6, "all": [3, 4, 5, 6, 7, 8]}
     assert card["generation"]["sampler"] == "ddim" and card["generation"]["num_inference_steps"] == 2
+    assert card["generation"]["guidance"] == {"kind": "none", "weight": 2.0, "guide": None}
     assert len(card["model"]["sha256"]) == 64 and "4 anatomical registers and an anatomy head" in card["model"]["description"]
     assert sum(c["pixels"] for c in card["classes"]) == summary["cases"] * 32 * 32
     audit = card["memorisation"]
