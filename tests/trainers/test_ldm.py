@@ -184,6 +184,19 @@ def test_ddp_two_processes_fit_to_the_end(bundle: Path, tmp_path: Path) -> None:
     assert "max_epochs=1` reached" in result.stderr + result.stdout
 
 
+@pytest.mark.ddp
+def test_ddp_fits_with_register_dropout_and_gradient_balance(bundle: Path, tmp_path: Path) -> None:
+    """The balance measures its two norms under DDP too (each rank's averaged)."""
+    model = {"anatomy_loss__max_gradient_ratio": 0.5, "anatomy_loss__gradient_balance_every_n_steps": 1,
+             "denoiser__registers__dropout": 0.2, "training__preview_every_n_epochs": 0}
+    config = write_config(tmp_path / "ldm.yaml", bundle, tmp_path, model, max_epochs=1, limit_train_batches=2,
+                          limit_val_batches=1, devices=2, strategy="ddp")
+    result = subprocess.run([ANATLDM, "fit", "--config", str(config)], capture_output=True, encoding="utf-8",
+                            errors="replace", timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "max_epochs=1` reached" in result.stderr + result.stdout
+
+
 def test_fraction_checkpoints_hold_the_ema_weights_at_their_step(bundle: Path, tmp_path: Path) -> None:
     config = tmp_path / "fractions.yaml"
     config.write_text(yaml.safe_dump({
