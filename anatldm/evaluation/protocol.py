@@ -139,7 +139,10 @@ class EvaluationProtocol:
             features=kid.features()[1].cpu().double().numpy(),
             memorisation=memorisation.per_sample().cpu().double().numpy(),
             diversity=diversity.pair_values().cpu().double().numpy(),
-            consistency=consistency.per_sample().cpu().double().numpy() if has_head else None)
+            consistency=consistency.per_sample().cpu().double().numpy() if has_head else None,
+            consistency_per_class={name: round(float(value), 4) for name, value in
+                                   zip(self.class_names[1:], consistency.per_class().cpu(), strict=True)}
+            if has_head else None)
         return record, kept
 
     @torch.no_grad()

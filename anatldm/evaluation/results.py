@@ -83,6 +83,9 @@ def build_report(hp: Any, models: dict[str, list[str]], early_models: dict[str, 
                          if stats.available(spec, [record])}
         results[name]["violation_rates"] = violation_rates(record)
         results[name]["checkpoint"] = record.checkpoint
+        if record.consistency_per_class is not None:
+            results[name]["head"] = {"self_consistency_per_class": record.consistency_per_class,
+                                     "dice_real_by_timestep": record.head_dice_real}
     arms, pairs = {}, []
     for arm, names in models.items():
         group = [records[n] for n in names]

@@ -42,7 +42,10 @@ class ModelRecord:
     ``passed`` ``(N,)`` 0/1 plausibility; ``violations`` ``{rule: (N,) 0/1}``; ``areas``
     ``(N, C - 1)`` judge area fractions; ``features`` ``(N, F)`` judge features; ``consistency``
     ``(N,)`` head-vs-judge Dice or ``None``; ``memorisation`` ``(N,)`` nearest-training RMSE;
-    ``diversity`` ``(P,)`` MS-SSIM of sample pairs; ``checkpoint`` the file it came from.
+    ``diversity`` ``(P,)`` MS-SSIM of sample pairs; ``checkpoint`` the file it came from;
+    ``consistency_per_class`` the head-vs-judge Dice of each class over the samples where it is
+    present, and ``head_dice_real`` the head's Dice against ground truth on real test slices by
+    timestep (:class:`~anatldm.evaluation.head.HeadDice`), both ``None`` without a head.
     """
 
     passed: np.ndarray
@@ -53,6 +56,8 @@ class ModelRecord:
     diversity: np.ndarray
     consistency: np.ndarray | None = None
     checkpoint: str = ""
+    consistency_per_class: dict[str, float] | None = None
+    head_dice_real: dict[str, dict[str, float]] | None = None
 
 
 @dataclass
