@@ -156,11 +156,15 @@ def sample_latents(
     recorded = min(attention_steps, len(timesteps))  # maps are averaged over the steps recorded
     # deterministic samplers (UniPC) take no generator
     step_kwargs = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
+    conditioned = getattr(denoiser, "anatomy_conditioner", None) is not None
+    anatomy = None  # anatomy-conditioned registers: the head's previous prediction (zeros at the first step)
     for index, t in enumerate(timesteps):
         record = index >= len(timesteps) - attention_steps
         model_input = scheduler.scale_model_input(latents, t)
         output = denoiser(model_input, t.expand(latents.shape[0]), mask_size=mask_size, registers=registers,
-                          return_attention=record)
+                          return_attention=record, anatomy=anatomy)
+        if conditioned:
+            anatomy = torch.softmax(output.anatomy_logits.float(), dim=1)  # (B, classes, *mask_size)
         if record:
             for name, maps in output.attention.items():
                 attention[name] = attention.get(name, 0) + maps / recorded
@@ -170,5 +174,5 @@ def sample_latents(
     logits = None
     if output is not None and output.anatomy_logits is not None:
         clean = torch.zeros(latents.shape[0], dtype=torch.long, device=latents.device)  # t = 0
-        logits = denoiser(latents, clean, mask_size=mask_size, registers=registers).anatomy_logits
+        logits = denoiser(latents, clean, mask_size=mask_size, registers=registers, anatomy=anatomy).anatomy_logits
     return SampleOutput(latents, logits, attention or None)

@@ -126,7 +126,7 @@ class AnatomicalSegmentationHead(nn.Module):
         if upsample_stages < 0:
             raise ValueError(f"upsample_stages must be >= 0, got {upsample_stages}")
         conv = Conv[Conv.CONV, spatial_dims]
-        self.spatial_dims = spatial_dims
+        self.spatial_dims, self.num_classes = spatial_dims, num_classes
         self.projections = nn.ModuleList(conv(c, hidden_channels, kernel_size=1) for c in in_channels)
         self.fuse = _conv_block(conv, hidden_channels, norm_num_groups)
         widths = [max(hidden_channels >> stage, MIN_UPSAMPLE_CHANNELS) for stage in range(upsample_stages + 1)]
