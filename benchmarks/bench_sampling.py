@@ -36,16 +36,16 @@ SAMPLERS = (("ddpm", 1000), ("ddim", 50), ("ddim", 20), ("dpm_solver++", 20), ("
 BATCH = 50
 
 
-def real_test_slices(eval_config: Path) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def real_test_slices(eval_config: Path) -> tuple[torch.Tensor, torch.Tensor, list[str], list[int]]:
     """The real test slices ``(N, 1, H, W)`` of an evaluation config's data (cache under the
-    repo), their label maps ``(N, H, W)`` and subjects."""
+    repo), their label maps ``(N, H, W)``, subjects and positions."""
     config = yaml.safe_load(eval_config.read_text(encoding="utf-8"))["data"]["init_args"]
     config["cache_dir"] = str(ROOT / config["cache_dir"])
     datamodule = AnatomyDataModule(**config)
     datamodule.setup("test")
     batches = list(datamodule.test_dataloader())
     return (torch.cat([b["image"] for b in batches]), torch.cat([b["mask"] for b in batches]),
-            [s for b in batches for s in b["subject"]])
+            [s for b in batches for s in b["subject"]], [int(p) for b in batches for p in b["position"]])
 
 
 def real_test_images(eval_config: Path) -> torch.Tensor:

@@ -512,6 +512,25 @@ CASES: list[tuple[str, str, Breaks, str]] = [
     ("synthesize-memorisation-quantile-one", "synthesize", setting("trainer.callbacks", [
         {"class_path": "DatasetWriter", "init_args": {"output_dir": "{inputs}/export", "memorisation_quantile": 1.0}}]),
      "DatasetWriter.memorisation_quantile"),
+    ("synthesize-quality-filter-min-dice-above-one", "synthesize", setting("trainer.callbacks", [
+        {"class_path": "DatasetWriter", "init_args": {"output_dir": "{inputs}/export", "quality_filter": {
+            "segmenter": "{segmenter}", "min_dice": 1.5}}}]),
+     "DatasetWriter.quality_filter.min_dice"),
+    ("synthesize-quality-filter-segmenter-missing", "synthesize", setting("trainer.callbacks", [
+        {"class_path": "DatasetWriter", "init_args": {"output_dir": "{inputs}/export", "quality_filter": {
+            "segmenter": "/nonexistent/own_split.ckpt", "min_dice": 0.5}}}]),
+     "DatasetWriter.quality_filter.segmenter"),
+    ("synthesize-quality-filter-rules-percentile", "synthesize", setting("trainer.callbacks", [
+        {"class_path": "DatasetWriter", "init_args": {"output_dir": "{inputs}/export", "quality_filter": {
+            "rules": True, "rules_config": {"low": 120}}}}]),
+     "DatasetWriter.quality_filter.rules_config.low"),
+    ("synthesize-quality-filter-with-the-judge", "synthesize", lambda s: (
+        s.inputs.mkdir(parents=True, exist_ok=True),
+        (s.inputs / "report.json").write_text(json.dumps({"segmenter": str(s.artefacts["segmenter"]), "results": {}})),
+        s.set("trainer.callbacks", [{"class_path": "DatasetWriter", "init_args": {
+            "output_dir": "{inputs}/export", "report": "{inputs}/report.json",
+            "quality_filter": {"segmenter": "{segmenter}", "min_dice": 0.5}}}])),
+     "is the evaluation judge"),
     ("synthesize-output-dir-not-writable", "synthesize", lambda s: (
         not_a_folder("writer", "export")(s),
         s.config["trainer"]["callbacks"][0]["init_args"].update(output_dir=s.config.pop("writer"))),

@@ -163,15 +163,16 @@ def guided_prediction(denoiser: AnatomicalDenoiser, model_input: torch.Tensor, t
                       **kwargs) -> DenoiserOutput:
     """The denoiser's output at one step, its ``sample`` guided by ``guidance`` (:class:`GuidanceConfig`):
     ``eps + (w - 1) * (eps - eps_other)``, ``eps_other`` the register-free prediction
-    (``"registers"``) or the ``guide``'s (``"autoguidance"``, called on its own bank, unedited).
-    ``kwargs`` go to the model's call (``mask_size``, ``registers``, ``return_attention``)."""
+    (``"registers"``) or the ``guide``'s (``"autoguidance"``, called on its own bank, unedited,
+    with the same ``anatomy`` condition). ``kwargs`` go to the model's call (``mask_size``,
+    ``registers``, ``return_attention``, ``anatomy``)."""
     output = denoiser(model_input, timesteps, **kwargs)  # (B, C, *S)
     if guidance is None or not guidance.enabled:
         return output
     if guidance.kind == "registers":
         other = denoiser(model_input, timesteps, registers=kwargs.get("registers"), use_registers=False).sample
     else:
-        other = guide(model_input, timesteps).sample  # (B, C, *S)
+        other = guide(model_input, timesteps, anatomy=kwargs.get("anatomy")).sample  # (B, C, *S)
     return replace(output, sample=output.sample + (guidance.weight - 1) * (output.sample - other.to(output.sample)))
 
 
@@ -247,11 +248,15 @@ def sample_latents(
     recorded = min(attention_steps, len(timesteps))  # maps are averaged over the steps recorded
     # deterministic samplers (UniPC) take no generator
     step_kwargs = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
+    conditioned = getattr(denoiser, "anatomy_conditioner", None) is not None
+    anatomy = None  # anatomy-conditioned registers: the head's previous prediction (zeros at the first step)
     for index, t in enumerate(timesteps):
         record = index >= len(timesteps) - attention_steps
         model_input = scheduler.scale_model_input(latents, t)
         output = guided_prediction(denoiser, model_input, t.expand(latents.shape[0]), guidance, guide,
-                                   mask_size=mask_size, registers=registers, return_attention=record)
+                                   mask_size=mask_size, registers=registers, return_attention=record, anatomy=anatomy)
+        if conditioned:
+            anatomy = torch.softmax(output.anatomy_logits.float(), dim=1)  # (B, classes, *mask_size)
         if record:
             for name, maps in output.attention.items():
                 attention[name] = attention.get(name, 0) + maps / recorded
@@ -262,6 +267,7 @@ def sample_latents(
     nfe = len(timesteps) * (2 if guidance is not None and guidance.enabled else 1)
     if output is not None and output.anatomy_logits is not None:
         clean = torch.zeros(latents.shape[0], dtype=torch.long, device=latents.device)  # t = 0
-        logits = denoiser(latents, clean, mask_size=mask_size, registers=registers).anatomy_logits  # the model alone
+        logits = denoiser(latents, clean, mask_size=mask_size, registers=registers,
+                          anatomy=anatomy).anatomy_logits  # the model alone
         nfe += 1
     return SampleOutput(latents, logits, attention or None, nfe)

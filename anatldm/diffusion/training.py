@@ -70,7 +70,8 @@ def diffusion_losses(batch: dict, *, autoencoder: nn.Module, scale_factor: Tenso
                      anatomy_loss: nn.Module | None, register_loss: nn.Module | None,
                      posterior_cache: PosteriorCache | None = None, generator: torch.Generator | None = None,
                      max_timestep: int | None = None, seeds: Sequence[int] | None = None,
-                     per_slice: bool = False, clean_fraction: float = 0.0) -> tuple[dict[str, Tensor], Tensor | None]:
+                     per_slice: bool = False, clean_fraction: float = 0.0,
+                     self_condition: bool = False) -> tuple[dict[str, Tensor], Tensor | None]:
     """Losses of one batch and the head's logits.
 
     Latents: the posterior moments ``(mu, sigma)`` of the frozen ``autoencoder`` (from
@@ -81,6 +82,9 @@ def diffusion_losses(batch: dict, *, autoencoder: nn.Module, scale_factor: Tenso
     (``anatomy_loss`` then the per-slice one), as validation reports them. ``clean_fraction``:
     the first ``round(clean_fraction * B)`` samples of the batch are drawn at t = 0 (the head's
     final call in sampling; ``HeadConfig.clean_fraction``), except with ``seeds``.
+    ``self_condition`` (anatomy-conditioned registers): the tokens respond to the head's soft
+    prediction of a first no-grad pass on the same noisy latents, as they respond to the previous
+    step's in sampling; otherwise to zeros, as at the first sampling step.
 
     Returns:
         ``{"diffusion_loss", ["anatomy_loss"], ["register_loss"]}`` (scalars) and the head's
@@ -113,7 +117,13 @@ def diffusion_losses(batch: dict, *, autoencoder: nn.Module, scale_factor: Tenso
     if clean_fraction > 0 and seeds is None:  # batches are shuffled: the first samples are a random share
         timesteps[: int(round(clean_fraction * batch_size))] = 0
     noisy = scheduler.add_noise(latents, noise, timesteps)  # (B, C_z, h, w)
-    output = denoiser(noisy, timesteps, mask_size=masks.shape[1:], return_attention=register_loss is not None)
+    anatomy = None  # the condition of anatomy-conditioned registers: zeros unless self-conditioned
+    if self_condition and getattr(denoiser, "anatomy_conditioner", None) is not None:
+        with torch.no_grad():
+            first = denoiser(noisy, timesteps, mask_size=masks.shape[1:]).anatomy_logits
+        anatomy = torch.softmax(first.float(), dim=1)  # (B, classes, H, W)
+    output = denoiser(noisy, timesteps, mask_size=masks.shape[1:], return_attention=register_loss is not None,
+                      anatomy=anatomy)
     target = noise if noise_schedule.prediction_type == "epsilon" else \
         scheduler.get_velocity(latents, noise, timesteps)
     per_sample = F.mse_loss(output.sample.float(), target.float(), reduction="none").flatten(1).mean(1)  # (B,)

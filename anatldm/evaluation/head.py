@@ -2,75 +2,96 @@
 
 The head's promise is a mask that matches its image. On generated samples that is measured
 by self-consistency (head vs judge, :class:`~anatldm.metrics.SelfConsistencyDice`); on real test
-slices it can be measured against the ground truth itself: encode the slice, noise its latent
-to timestep ``t``, and compare the head's mask with the label map, by subject as the judge's
-gate does (:func:`~anatldm.evaluation.protocol.case_dice`). ``t = 0`` is the call that labels
-every sample; larger ``t`` shows how early in sampling the head knows the anatomy.
+slices it can be measured against the ground truth itself: encode the slice (posterior mean),
+noise its latent to timestep ``t``, and compare the head's mask with the label map, by subject
+as the judge's gate does (:func:`~anatldm.evaluation.protocol.case_dice`). ``t = 0`` is the call
+that labels every sample; larger ``t`` shows how early in sampling the head knows the anatomy.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from anatldm.evaluation.protocol import case_dice
+from anatldm.evaluation.slices import CaseOverlap
 
-__all__ = ["HEAD_TIMESTEPS", "head_dice_by_timestep"]
+__all__ = ["HEAD_TIMESTEPS", "HeadDice", "head_dice_by_timestep"]
 
 #: the timesteps of the report's head diagnostic
 HEAD_TIMESTEPS: tuple[int, ...] = (0, 50, 200, 500)
 
 
-@torch.no_grad()
-def head_dice_by_timestep(pipeline, images: Tensor, masks: Tensor, subjects: Sequence[str],
-                          timesteps: Sequence[int] = HEAD_TIMESTEPS, seed: int = 0,
-                          batch_size: int = 64) -> dict[str, dict[str, float]]:
-    """The head's Dice per class against ground truth on real slices noised to each timestep.
+def slice_noise(subjects: Sequence[str], positions: Sequence[int], shape: Sequence[int]) -> Tensor:
+    """Noise ``(B, *shape)`` seeded by each slice itself (subject, position): the numbers do not
+    depend on the batch or the rank (:func:`~anatldm.diffusion.training.slice_seeds`)."""
+    from anatldm.diffusion.training import slice_seeds
+
+    seeds = slice_seeds({"subject": list(subjects), "position": list(positions)})
+    return torch.stack([torch.randn(tuple(shape), generator=torch.Generator().manual_seed(s)) for s in seeds])
+
+
+class HeadDice:
+    """The anatomy heads' Dice against ground truth on real slices noised to each timestep.
 
     Args:
-        pipeline: an :class:`~anatldm.pipelines.AnatomicalLDMPipeline` with a head.
-        images: real slices ``(N, 1, *S)`` in [-1, 1].
-        masks: their label maps ``(N, *S)``.
-        subjects: the subject of each slice (Dice is pooled per subject, then averaged).
+        models: name -> :class:`~anatldm.pipelines.AnatomicalLDMPipeline`; models without a head
+            are skipped.
+        class_names: label names, background first.
+        subject_names: every subject of the data (gathered across ranks by index).
+        device: where the states live.
         timesteps: noise levels ``t`` (0: the clean latent, the sampler's final call).
-        seed: seed of the noise (the same noise for every ``t``).
-        batch_size: slices per denoiser call.
-
-    Returns:
-        ``{"t=0": {class: dice, ..., "mean": macro}, "t=50": ...}``.
     """
+
+    def __init__(self, models: Mapping[str, object], class_names: list[str], subject_names, device,
+                 timesteps: Sequence[int] = HEAD_TIMESTEPS) -> None:
+        self.models = {name: model for name, model in models.items() if model.denoiser.head is not None}
+        self.timesteps = tuple(int(t) for t in timesteps)
+        self.overlap = {(name, t): CaseOverlap(class_names, subject_names, device)
+                        for name in self.models for t in self.timesteps}
+
+    @torch.no_grad()
+    def update(self, images: Tensor, truth: Tensor, subjects: Sequence[str], positions: Sequence[int]) -> None:
+        """One batch of real slices ``(B, 1, *S)`` in [-1, 1] with label maps ``(B, *S)``."""
+        noise = None
+        for name, pipeline in self.models.items():
+            latents = pipeline.autoencoder.encode(images)[0] * pipeline.scale_factor  # (B, C_z, *s), posterior mean
+            if noise is None or noise.shape != latents.shape:
+                noise = slice_noise(subjects, [int(p) for p in positions], latents.shape[1:]).to(latents)
+            was_training = pipeline.denoiser.training
+            pipeline.denoiser.eval()
+            try:
+                for t in self.timesteps:
+                    t_batch = torch.full((len(latents),), t, device=latents.device, dtype=torch.long)
+                    noisy = pipeline.train_scheduler.add_noise(latents, noise, t_batch)
+                    logits = pipeline.denoiser(noisy, t_batch, mask_size=truth.shape[1:]).anatomy_logits
+                    self.overlap[(name, t)].update(logits.argmax(1), truth, subjects)
+            finally:
+                pipeline.denoiser.train(was_training)
+
+    def compute(self) -> dict[str, dict[str, dict[str, float]]]:
+        """``{model: {"t=0": {class: dice, ..., "mean": macro}, ...}}`` over all ranks."""
+        out: dict[str, dict[str, dict[str, float]]] = {}
+        for (name, t), overlap in self.overlap.items():
+            dice = overlap.case_dice()
+            dice["mean"] = float(np.nanmean(list(dice.values())))
+            out.setdefault(name, {})[f"t={t}"] = {k: round(v, 4) for k, v in dice.items()}
+        return out
+
+
+def head_dice_by_timestep(pipeline, images: Tensor, masks: Tensor, subjects: Sequence[str],
+                          positions: Sequence[int], timesteps: Sequence[int] = HEAD_TIMESTEPS,
+                          batch_size: int = 64) -> dict[str, dict[str, float]]:
+    """:class:`HeadDice` of one pipeline on real slices ``images (N, 1, *S)``, ``masks (N, *S)``
+    (e.g. a screen outside the evaluation): ``{"t=0": {class: dice, ..., "mean"}, ...}``."""
     if pipeline.denoiser.head is None:
         raise ValueError("this model has no anatomy head")
-    device, num_classes = pipeline.device, len(pipeline.class_names)
-    subjects = np.asarray(list(subjects))
-    generator = torch.Generator().manual_seed(seed)
-    latents = torch.cat([pipeline.autoencoder.encode(images[s:s + batch_size].to(device))[0]
-                         for s in range(0, len(images), batch_size)]) * pipeline.scale_factor  # (N, C_z, *s)
-    noise = torch.randn(latents.shape, generator=generator).to(latents)
-    classes = torch.arange(1, num_classes, device=device).view(1, -1, *([1] * (masks.ndim - 1)))  # (1, C-1, 1..)
-    was_training = pipeline.denoiser.training
-    pipeline.denoiser.eval()
-    results = {}
-    try:
-        for t in timesteps:
-            intersection, cardinality = [], []
-            for s in range(0, len(latents), batch_size):
-                z, eps = latents[s:s + batch_size], noise[s:s + batch_size]
-                t_batch = torch.full((len(z),), int(t), device=device, dtype=torch.long)
-                noisy = pipeline.train_scheduler.add_noise(z, eps, t_batch)
-                logits = pipeline.denoiser(noisy, t_batch, mask_size=pipeline.image_size).anatomy_logits
-                predicted = logits.argmax(1).unsqueeze(1) == classes  # (B, C-1, *S)
-                truth = masks[s:s + batch_size].to(device).unsqueeze(1) == classes
-                dims = tuple(range(2, predicted.ndim))
-                intersection.append((predicted & truth).sum(dims).cpu())
-                cardinality.append((predicted.sum(dims) + truth.sum(dims)).cpu())
-            dice = case_dice(torch.cat(intersection).numpy(), torch.cat(cardinality).numpy(), subjects,
-                             pipeline.class_names)
-            dice["mean"] = float(np.nanmean(list(dice.values())))
-            results[f"t={int(t)}"] = {k: round(v, 4) for k, v in dice.items()}
-    finally:
-        pipeline.denoiser.train(was_training)
-    return results
+    subjects, positions = list(subjects), list(positions)
+    diagnostic = HeadDice({"model": pipeline}, pipeline.class_names, sorted(set(subjects)), pipeline.device,
+                          timesteps)
+    for s in range(0, len(images), batch_size):
+        diagnostic.update(images[s:s + batch_size].to(pipeline.device), masks[s:s + batch_size].to(pipeline.device),
+                          subjects[s:s + batch_size], positions[s:s + batch_size])
+    return diagnostic.compute()["model"]

@@ -149,6 +149,9 @@ class EvaluationProtocol:
             memorisation=memorisation.per_sample().cpu().double().numpy(),
             diversity=diversity.pair_values().cpu().double().numpy(),
             consistency=consistency.per_sample().cpu().double().numpy() if has_head else None,
+            consistency_per_class={name: round(float(value), 4) for name, value in
+                                   zip(self.class_names[1:], consistency.per_class().cpu(), strict=True)}
+            if has_head else None,
             nfe=nfe, guidance=asdict(guidance))
         return record, kept
 

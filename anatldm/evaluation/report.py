@@ -13,6 +13,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 __all__ = ["ClaimCriteria", "GateThresholds", "claim_verdict", "gate_verdict", "markdown_report"]
 
 
@@ -116,6 +118,29 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
 
 
+def _head_table(models: dict) -> list[str]:
+    """Per model with a head, per class: self-consistency on its samples (head vs judge) and
+    the head's Dice against ground truth on real test slices noised to each timestep."""
+    heads = {name: result["head"] for name, result in models.items() if result.get("head")}
+    if not heads:
+        return []
+    first = next(iter(heads.values()))
+    classes = list(first["self_consistency_per_class"])
+    timesteps = list(first.get("dice_real_by_timestep") or {})
+    lines = ["", "Anatomy head, per class: self-consistency on the samples (head vs judge) and Dice against the "
+                 "ground truth on real test slices noised to t (per subject, as the judge's gate; t = 0 labels every "
+                 "sample):", ""]
+    rows = []
+    for name, head in heads.items():
+        consistency = head["self_consistency_per_class"]
+        rows.append([name, "self-consistency", *[f"{consistency[c]:.3f}" for c in classes],
+                     f"{np.nanmean(list(consistency.values())):.3f}"])
+        for t in timesteps:
+            real = head["dice_real_by_timestep"][t]
+            rows.append([name, f"real, {t}", *[f"{real[c]:.3f}" for c in classes], f"{real['mean']:.3f}"])
+    return lines + _table(["model", "measure", *classes, "mean"], rows)
+
+
 def markdown_report(report: dict, metrics: dict) -> str:
     """``report.md``: gate first, then the claim, the arms, every model, the controls."""
     gate, conf = report["gate"], int(round(report["confidence"] * 100))
@@ -165,6 +190,7 @@ def markdown_report(report: dict, metrics: dict) -> str:
     model_metrics = [m for m in metrics if any(m in models[n] for n in models)]
     lines += _table(["model", *model_metrics],
                     [[n, *[_cell(models[n].get(m)) for m in model_metrics]] for n in models])
+    lines += _head_table(models)
     lines += ["", "Judge and controls (pass rate of the plausibility rules):", ""]
     rows = [["real test slices", _cell(gate["real_pass_rate_interval"]), f">= {gate['thresholds']['min_real_pass_rate']}"]]
     for name, control in gate["controls"].items():

@@ -85,6 +85,9 @@ def build_report(hp: Any, models: dict[str, list[str]], early_models: dict[str, 
         results[name]["checkpoint"] = record.checkpoint
         results[name]["nfe"] = record.nfe
         results[name]["guidance"] = record.guidance
+        if record.consistency_per_class is not None:
+            results[name]["head"] = {"self_consistency_per_class": record.consistency_per_class,
+                                     "dice_real_by_timestep": record.head_dice_real}
     arms, pairs = {}, []
     for arm, names in models.items():
         group = [records[n] for n in names]

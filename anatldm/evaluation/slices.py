@@ -12,7 +12,7 @@ from torchmetrics import CatMetric
 from anatldm.errors import ConfigError
 from anatldm.evaluation.protocol import case_dice
 
-__all__ = ["RealSlices", "calibration_slices", "class_overlap", "evenly_spaced_training_images", "lateral_slices"]
+__all__ = ["CaseOverlap", "RealSlices", "calibration_slices", "class_overlap", "evenly_spaced_training_images", "lateral_slices"]
 
 
 def calibration_slices(datamodule, calibration_subjects: int,
@@ -65,6 +65,38 @@ def lateral_slices(truth: Tensor, lateralised: list[int]) -> Tensor:
     return lateral
 
 
+class CaseOverlap:
+    """Per-slice class overlap of predicted and true label maps over all ranks, and the per-case
+    Dice it gives (:func:`~anatldm.evaluation.protocol.case_dice`).
+
+    Args:
+        class_names: label names, background first.
+        subject_names: every subject of the data (their index is gathered across ranks).
+        device: where the states live.
+    """
+
+    def __init__(self, class_names: list[str], subject_names, device: torch.device) -> None:
+        self.class_names = list(class_names)
+        self.subject_index = {name: k for k, name in enumerate(subject_names)}
+        self.overlap = {key: CatMetric().to(device) for key in ("intersection", "cardinality", "subject")}
+
+    def update(self, masks: Tensor, truth: Tensor, subjects) -> None:
+        """The overlap of predicted masks and ground truth ``(B, H, W)`` of slices of ``subjects``."""
+        intersection, cardinality = class_overlap(masks, truth, len(self.class_names))  # (B, C - 1) each
+        self.overlap["intersection"].update(intersection)
+        self.overlap["cardinality"].update(cardinality)
+        self.overlap["subject"].update(torch.tensor([float(self.subject_index[s]) for s in subjects],
+                                                    device=masks.device))
+
+    def case_dice(self) -> dict[str, float]:
+        """Dice per class over *subjects* (cases) of all ranks."""
+        gathered = {key: metric.compute().cpu().numpy() for key, metric in self.overlap.items()}
+        foreground = len(self.class_names) - 1
+        return case_dice(gathered["intersection"].reshape(-1, foreground),
+                         gathered["cardinality"].reshape(-1, foreground), gathered["subject"].reshape(-1),
+                         self.class_names)
+
+
 class RealSlices:
     """The real test slices seen by this rank (images, judge masks, subjects, positions) and the
     per-slice class overlap of all ranks behind the judge's per-case Dice.
@@ -80,16 +112,11 @@ class RealSlices:
         self.images: list[Tensor] = []
         self.masks: list[Tensor] = []
         self.keys: list[tuple[np.ndarray, np.ndarray]] = []
-        self.subject_index = {name: k for k, name in enumerate(subject_names)}
-        self.overlap = {key: CatMetric().to(device) for key in ("intersection", "cardinality", "subject")}
+        self.judge = CaseOverlap(class_names, subject_names, device)
 
     def update_overlap(self, masks: Tensor, truth: Tensor, subjects) -> None:
         """The overlap of judge masks and ground truth ``(B, H, W)`` of slices of ``subjects``."""
-        intersection, cardinality = class_overlap(masks, truth, len(self.class_names))  # (B, C - 1) each
-        self.overlap["intersection"].update(intersection)
-        self.overlap["cardinality"].update(cardinality)
-        self.overlap["subject"].update(torch.tensor([float(self.subject_index[s]) for s in subjects],
-                                                    device=masks.device))
+        self.judge.update(masks, truth, subjects)
 
     def append(self, images: Tensor, masks: Tensor, subjects, positions: Tensor) -> None:
         """Keep this rank's images ``(B, 1, H, W)``, judge masks and slice keys (on the CPU)."""
@@ -103,10 +130,5 @@ class RealSlices:
                 np.concatenate([k[1] for k in self.keys]))
 
     def case_dice(self) -> dict[str, float]:
-        """The judge's Dice per class over test *subjects* (cases) of all ranks
-        (:func:`~anatldm.evaluation.protocol.case_dice`)."""
-        gathered = {key: metric.compute().cpu().numpy() for key, metric in self.overlap.items()}
-        foreground = len(self.class_names) - 1
-        return case_dice(gathered["intersection"].reshape(-1, foreground),
-                         gathered["cardinality"].reshape(-1, foreground), gathered["subject"].reshape(-1),
-                         self.class_names)
+        """The judge's Dice per class over test *subjects* (cases) of all ranks."""
+        return self.judge.case_dice()

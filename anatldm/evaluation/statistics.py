@@ -43,6 +43,9 @@ class ModelRecord:
     ``(N, C - 1)`` judge area fractions; ``features`` ``(N, F)`` judge features; ``consistency``
     ``(N,)`` head-vs-judge Dice or ``None``; ``memorisation`` ``(N,)`` nearest-training RMSE;
     ``diversity`` ``(P,)`` MS-SSIM of sample pairs; ``checkpoint`` the file it came from;
+    ``consistency_per_class`` the head-vs-judge Dice of each class over the samples where it is
+    present, and ``head_dice_real`` the head's Dice against ground truth on real test slices by
+    timestep (:class:`~anatldm.evaluation.head.HeadDice`), both ``None`` without a head.
     ``nfe`` network evaluations per sample; ``guidance`` the guidance it was sampled with (plain).
     """
 
@@ -54,6 +57,8 @@ class ModelRecord:
     diversity: np.ndarray
     consistency: np.ndarray | None = None
     checkpoint: str = ""
+    consistency_per_class: dict[str, float] | None = None
+    head_dice_real: dict[str, dict[str, float]] | None = None
     nfe: int = 0
     guidance: dict | None = None
 

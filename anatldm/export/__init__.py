@@ -1,4 +1,4 @@
-"""Synthetic data people can use: nnU-Net v2 / MONAI data sets with a data card and a memorisation audit.
+"""Synthetic data people can use: nnU-Net v2 / MONAI data sets with a data card, a memorisation audit and a quality filter.
 
 - :mod:`anatldm.export.nnunet`: the nnU-Net v2 raw layout, ``dataset.json``, the MONAI /
   Decathlon datalist, and :func:`check_dataset` (the integrity check).
@@ -6,6 +6,8 @@
   and :class:`~anatldm.export.geometry.NiftiSliceWriter`, the one writer of `SampleWriter` and `DatasetWriter`.
 - :mod:`anatldm.export.memorisation`: nearest-training distances against a held-out reference.
 - :mod:`anatldm.export.datacard`: ``datacard.json`` and ``DATACARD.md``.
+- :mod:`anatldm.export.filter`: the quality filter (head mask vs a segmenter of the user's own
+  training split, anatomy rules fitted on that split; never the evaluation judge).
 - :class:`DatasetWriter` (:mod:`anatldm.export.callback`, the only module here that imports
   Lightning): the ``anatldm predict`` callback that ties them together.
 """

@@ -28,6 +28,13 @@ from anatldm.export.datacard import (
     render_datacard,
     training_data_description,
 )
+from anatldm.export.filter import (
+    FilterDecision,
+    QualityFilterConfig,
+    drops_by_criterion,
+    filter_decisions,
+    filter_summary,
+)
 from anatldm.export.geometry import (
     NNUNET_2D_SPACING_FACTOR,
     NiftiSliceWriter,
@@ -48,6 +55,7 @@ from anatldm.export.nnunet import (
     check_export_target,
     label_dtype,
 )
+from anatldm.metrics.rules import AnatomyRules
 from anatldm.pipelines.ldm import AnatomicalLDMPipelineOutput
 from anatldm.visualize import save_overlay_grid
 
@@ -56,6 +64,11 @@ __all__ = ["DatasetWriter"]
 logger = logging.getLogger(__name__)
 
 _HPARAMS_NOT_ARGUMENTS = ("_class_path", "_instantiator")
+
+
+def synthetic_case_id(seed: int) -> str:
+    """The case id of the sample drawn with ``seed``."""
+    return f"synth_{seed:06d}"
 
 
 class DatasetWriter(BasePredictionWriter):
@@ -70,6 +83,11 @@ class DatasetWriter(BasePredictionWriter):
     interrupted export leaves nothing half-written. Geometry and intensity: see
     :mod:`anatldm.export.geometry` (single-slice RAS+ volumes, nnU-Net's 2D spacing convention, CT
     in HU, MRI in the normalised training scale).
+
+    The quality filter (:mod:`anatldm.export.filter`, ``quality_filter``) leaves out samples whose
+    mask disagrees with a segmenter trained on the user's own training split or breaks anatomy
+    rules fitted on that split; the card lists every dropped sample's seed and reasons. The
+    memorisation audit and the preview see the kept samples only.
 
     The memorisation audit (:mod:`anatldm.export.memorisation`) compares every sample with the
     model's training slices and with held-out real slices (validation + test split). That data
@@ -96,6 +114,8 @@ class DatasetWriter(BasePredictionWriter):
         report_model: the model's name in ``report`` (default: the one with this checkpoint).
         overwrite: replace an existing dataset folder of the same name.
         preview_size: samples in ``preview.png``.
+        quality_filter: keep only samples that pass it (:class:`~anatldm.export.filter.QualityFilterConfig`);
+            ``None``: keep every sample.
     """
 
     def __init__(self, output_dir: str = "synthetic", dataset_id: int = 501, dataset_name: str = "AnatLDMSynthetic",
@@ -103,7 +123,8 @@ class DatasetWriter(BasePredictionWriter):
                  channel_name: str | None = None, include_real: bool = False, memorisation_audit: bool = True,
                  memorisation_quantile: float = 0.01, drop_memorised: bool = False,
                  training_data: dict[str, Any] | None = None, report: str | None = None,
-                 report_model: str | None = None, overwrite: bool = False, preview_size: int = 16) -> None:
+                 report_model: str | None = None, overwrite: bool = False, preview_size: int = 16,
+                 quality_filter: QualityFilterConfig | None = None) -> None:
         super().__init__(write_interval="batch")
         check_dataset_id(dataset_id, "DatasetWriter.dataset_id")
         check_dataset_name(dataset_name, "DatasetWriter.dataset_name")
@@ -125,6 +146,11 @@ class DatasetWriter(BasePredictionWriter):
             raise ConfigError(f"DatasetWriter.report: {report} not found")
         if preview_size < 0:
             raise ConfigError(f"DatasetWriter.preview_size must be >= 0, got {preview_size}")
+        if isinstance(quality_filter, dict):  # from Python
+            quality_filter = QualityFilterConfig(**quality_filter)
+        if quality_filter is not None and quality_filter.segmenter is not None and labels == "segmenter":
+            raise ConfigError(f"{QualityFilterConfig.key}.segmenter compares the anatomy head's masks with a segmenter's; "
+                              f"with labels: segmenter the masks already are a segmenter's (use rules: true)")
         self.output_dir = Path(output_dir)
         self.dataset_id, self.dataset_name = dataset_id, dataset_name
         self.labels, self.segmenter_path = labels, segmenter
@@ -136,6 +162,7 @@ class DatasetWriter(BasePredictionWriter):
         self.report_path, self.report_model = report, report_model
         self.overwrite = overwrite
         self.preview_size = preview_size
+        self.quality_filter = quality_filter
         self._checked_for: int | None = None
         self._builder: NNUNetDatasetBuilder | None = None
 
@@ -153,21 +180,44 @@ class DatasetWriter(BasePredictionWriter):
                               "so its samples come without label maps; set labels: segmenter and name a segmenter "
                               "checkpoint to export pseudo-labelled pairs")
         self.class_names = list(pipeline.class_names)
-        self._segmenter = None
-        if self.labels == "segmenter":
-            from anatldm.trainers.base import load_task  # trainer modules: imported when used
-            from anatldm.trainers.segmenter import SegmenterTask
-
-            self._segmenter = load_task(SegmenterTask, self.segmenter_path, "DatasetWriter.segmenter")
-            if self._segmenter.hparams.num_classes != len(self.class_names):
-                raise ConfigError(f"DatasetWriter.segmenter: {self.segmenter_path} has "
-                                  f"{self._segmenter.hparams.num_classes} classes, the model {len(self.class_names)}")
-            self._segmenter.eval().requires_grad_(False)
+        self._segmenter = (self._load_segmenter(self.segmenter_path, "DatasetWriter.segmenter")
+                           if self.labels == "segmenter" else None)
+        quality = self.quality_filter
+        self._filter_segmenter = None
+        if quality is not None and quality.segmenter is not None:
+            self._check_not_the_judge(quality.segmenter)
+            self._filter_segmenter = self._load_segmenter(quality.segmenter, f"{QualityFilterConfig.key}.segmenter")
         self.ckpt_path = str(ckpt_path) if ckpt_path else None
-        self._training_hparams = self._resolve_training_data() if (self.memorisation_audit or self.include_real) else None
+        needs_training_data = self.memorisation_audit or self.include_real or (quality is not None and quality.rules)
+        self._training_hparams = self._resolve_training_data() if needs_training_data else None
         self._evaluation = (evaluation_section(self.report_path, self.report_model, self.ckpt_path, "DatasetWriter.report")
                             if self.report_path else None)
         self._checked_for = id(model)
+
+    def _load_segmenter(self, path: str, key: str):
+        """A ``SegmenterTask`` with the model's classes, frozen."""
+        from anatldm.trainers.base import load_task  # trainer modules: imported when used
+        from anatldm.trainers.segmenter import SegmenterTask
+
+        segmenter = load_task(SegmenterTask, path, key)
+        if segmenter.hparams.num_classes != len(self.class_names):
+            raise ConfigError(f"{key}: {path} has {segmenter.hparams.num_classes} classes, the model "
+                              f"{len(self.class_names)}")
+        return segmenter.eval().requires_grad_(False)
+
+    def _check_not_the_judge(self, path: str) -> None:
+        """The filter's segmenter must not be the judge of ``report`` (the same file or the same bytes)."""
+        if self.report_path is None:
+            return
+        from anatldm.errors import read_json
+
+        judge = read_json(self.report_path, ConfigError, "DatasetWriter.report").get("segmenter")
+        if not judge or not Path(judge).is_file():
+            return
+        if Path(judge).resolve() == Path(path).resolve() or file_sha256(judge) == file_sha256(path):
+            raise ConfigError(f"{QualityFilterConfig.key}.segmenter: {path} is the evaluation judge of "
+                              f"{self.report_path}; filter with a segmenter trained on your own training split "
+                              f"(selecting samples by the judge's opinion biases every evaluation with it)")
 
     def _resolve_training_data(self) -> dict:
         from anatldm.datamodules import AnatomyDataModule
@@ -182,8 +232,8 @@ class DatasetWriter(BasePredictionWriter):
                 raise ConfigError(f"DatasetWriter.training_data.{key}: not a setting of AnatomyDataModule")
         if not stored and not self.training_overrides:
             raise ConfigError("DatasetWriter.training_data: the checkpoint holds no data module settings; name the "
-                              "model's training data (AnatomyDataModule settings) for the memorisation audit, or set "
-                              "memorisation_audit: false and include_real: false")
+                              "model's training data (AnatomyDataModule settings) for the memorisation audit and the "
+                              "quality filter's rules, or set memorisation_audit: false and include_real: false")
         hparams = {k: v for k, v in stored.items() if k not in _HPARAMS_NOT_ARGUMENTS and k in accepted}
         hparams.update(self.training_overrides)
         hparams.update(augment=False, num_workers=0)
@@ -194,8 +244,9 @@ class DatasetWriter(BasePredictionWriter):
         if trainer.world_size > 1:
             raise ConfigError("DatasetWriter writes one data set from one process: set trainer.devices: 1")
         self.check_inputs(pl_module, trainer.datamodule, trainer.ckpt_path)
-        if self._segmenter is not None:
-            self._segmenter.to(pl_module.device)
+        for segmenter in (self._segmenter, self._filter_segmenter):
+            if segmenter is not None:
+                segmenter.to(pl_module.device)
         self.normalization = dict(pl_module.pipeline.normalization)
         self.slices = NiftiSliceWriter(self.normalization)
         self._generation = (None, [])  # the sampling settings and resolved edits of the outputs
@@ -204,9 +255,12 @@ class DatasetWriter(BasePredictionWriter):
         self._reference: MemorisationReference | None = None
         self._training_images = self._training_masks = None
         self._data_info: dict = {}
+        self._filter_rules: AnatomyRules | None = None
         if self._training_hparams is not None:
             self._load_training_data()
-        self._seeds: list[int] = []
+        self._decisions: list[FilterDecision] = []
+        self._generated_seeds: list[int] = []  # every sample's seed, dropped ones included
+        self._seeds: list[int] = []  # the exported samples' seeds (the memorisation audit's)
         self._case_ids: list[str] = []
         self._distances: list[np.ndarray] = []
         self._nearest: list[np.ndarray] = []
@@ -235,6 +289,11 @@ class DatasetWriter(BasePredictionWriter):
         held_out = np.concatenate([data.datasets[split].indices for split in ("val", "test")])
         self._training_images = np.asarray(cache.images[train], dtype=np.float32)  # (M, H, W)
         self._training_masks = np.asarray(cache.masks[train])
+        if self.quality_filter is not None and self.quality_filter.rules:
+            self._filter_rules = AnatomyRules.fit(self._training_masks, self.class_names,
+                                                  self.quality_filter.fitted_rules,
+                                                  subjects=np.asarray(cache.subjects[train]),
+                                                  source="ground truth of the model's training split")
         names = [f"{cache.subject_names[int(cache.subjects[i])]}:{int(cache.positions[i])}" for i in train]
         self._training_names = names
         self._data_info = {"content_hash": data.content_hash, "num_training_slices": len(train),
@@ -257,13 +316,22 @@ class DatasetWriter(BasePredictionWriter):
         images = prediction.images[:, 0].float().cpu().numpy()  # (B, H, W) in [-1, 1]
         self._generation = (prediction.sampling, prediction.applied_edits)
         if self._segmenter is not None:
-            with torch.no_grad():
-                masks = self._segmenter(prediction.images.float().to(pl_module.device)).argmax(1)
+            masks = self._segment(self._segmenter, prediction.images, pl_module.device)
         else:
             masks = prediction.masks
         masks = masks.cpu().numpy().astype(label_dtype(len(self.class_names)))  # (B, H, W)
-        raw = to_raw_intensity(images, self.normalization)
         seeds = list(prediction.seeds)
+        self._generated_seeds += seeds
+        if self.quality_filter is not None:
+            judged = (self._segment(self._filter_segmenter, prediction.images, pl_module.device)
+                      if self._filter_segmenter is not None else None)
+            decisions = filter_decisions(masks, len(self.class_names), self.quality_filter, judged, self._filter_rules)
+            self._decisions += decisions
+            kept = [index for index, decision in enumerate(decisions) if decision.keep]
+            images, masks, seeds = images[kept], masks[kept], [seeds[index] for index in kept]
+            if not kept:
+                return
+        raw = to_raw_intensity(images, self.normalization)
         if self._reference is not None:
             distance, nearest = self._reference.nearest(images)
             for offset in np.flatnonzero(distance < self._reference.threshold):
@@ -271,7 +339,7 @@ class DatasetWriter(BasePredictionWriter):
             self._distances.append(distance)
             self._nearest.append(nearest)
         for index, seed in enumerate(seeds):
-            case_id = f"synth_{seed:06d}"
+            case_id = synthetic_case_id(seed)
             self._builder.add_case(case_id, raw[index], masks[index], source="synthetic", seed=seed)
             self._counts[case_id] = np.bincount(masks[index].ravel(), minlength=len(self.class_names))
             self._seeds.append(seed)
@@ -279,8 +347,18 @@ class DatasetWriter(BasePredictionWriter):
             if len(self._preview) < self.preview_size:
                 self._preview.append((images[index], masks[index], seed))
 
+    @staticmethod
+    def _segment(segmenter, images: torch.Tensor, device) -> torch.Tensor:
+        """A segmenter's label maps ``(B, H, W)`` of images ``(B, 1, H, W)``."""
+        with torch.no_grad():
+            return segmenter(images.float().to(device)).argmax(1)
+
     def on_predict_end(self, trainer, pl_module) -> None:
         builder = self._builder
+        if not self._seeds and self._generated_seeds:
+            self._fail_empty(f"{QualityFilterConfig.key}: all {len(self._generated_seeds)} samples were dropped "
+                             f"({self._drop_reasons()}); nothing was written. Lower min_dice, loosen rules_config, "
+                             f"or check the model")
         audit = None
         if self._reference is not None:
             distances, nearest = np.concatenate(self._distances), np.concatenate(self._nearest)
@@ -299,6 +377,9 @@ class DatasetWriter(BasePredictionWriter):
                         builder.remove_case(entry["case"])
                         self._dropped.append(entry["case"])
         num_synthetic = len(builder.cases)
+        if num_synthetic == 0 and self._seeds:
+            self._fail_empty(f"DatasetWriter.drop_memorised: all {len(self._seeds)} exported samples were flagged by "
+                             f"the memorisation audit and dropped; nothing was written")
         if self.include_real:
             raw = to_raw_intensity(self._training_images, self.normalization)
             for index, name in enumerate(self._training_names):
@@ -324,6 +405,15 @@ class DatasetWriter(BasePredictionWriter):
                         f"({100 * audit['flagged_fraction']:.1f} % [{100 * low:.1f}, {100 * high:.1f}] %)")
         logger.info(message)
 
+    def _drop_reasons(self) -> str:
+        """The quality filter's drops counted by criterion, e.g. ``"dice: 6, rules: 2"``."""
+        return ", ".join(f"{name}: {count}" for name, count in drops_by_criterion(self._decisions).items())
+
+    def _fail_empty(self, message: str) -> None:
+        self._builder.abort()
+        self._builder = None
+        raise ConfigError(message)
+
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if self._builder is not None:
             self._builder.abort()
@@ -343,7 +433,7 @@ class DatasetWriter(BasePredictionWriter):
         registers = pipeline.denoiser.registers
         description = training_data_description(self._training_hparams or {}) if self._training_hparams else \
             "the model's training data (not resolved: memorisation_audit and include_real are off)"
-        seeds = self._seeds
+        seeds = self._generated_seeds
         exported = [self._counts[case] for case in self._builder.cases]
         counts = np.stack(exported) if exported else np.zeros((0, len(self.class_names)), dtype=np.int64)
         return {
@@ -392,5 +482,14 @@ class DatasetWriter(BasePredictionWriter):
             "evaluation": self._evaluation,
             "memorisation": audit,
             "dropped_flagged": bool(self.drop_memorised and audit and audit["flagged"]),
+            "quality_filter": self._filter_section(),
             "licence": licence_note(description),
         }
+
+    def _filter_section(self) -> dict | None:
+        quality = self.quality_filter
+        if quality is None:
+            return None
+        case_ids = [synthetic_case_id(seed) for seed in self._generated_seeds]
+        return filter_summary(quality, self._decisions, case_ids, self._generated_seeds, self._filter_rules,
+                              file_sha256(quality.segmenter) if quality.segmenter else None)

@@ -3,7 +3,8 @@
 What a user of the data needs to judge it: which model made it (checkpoint sha256), from which
 training data, with which seeds, sampler, steps and register edits, what the classes are and how
 often they occur, how good the model was (the evaluation report, when given), whether samples
-copy training slices (the memorisation audit) and the licence note.
+copy training slices (the memorisation audit), which samples the quality filter dropped and why,
+and the licence note.
 """
 
 from __future__ import annotations
@@ -153,5 +154,31 @@ def render_datacard(card: dict) -> str:
                       for f in audit["flagged"]]
     else:
         lines += ["Not run (`DatasetWriter.memorisation_audit: false`)."]
+    lines += ["", "## Quality filter", ""] + _quality_filter_lines(card.get("quality_filter"))
     lines += ["", "## Licence", "", card["licence"], ""]
     return "\n".join(lines)
+
+
+def _quality_filter_lines(section: dict | None) -> list[str]:
+    if not section:
+        return ["Not used (`DatasetWriter.quality_filter`): every generated sample is in this export."]
+    settings = section["settings"]
+    criteria = []
+    if settings["segmenter"]:
+        criteria.append(f"mean foreground Dice >= {settings['min_dice']:g} between the anatomy head's mask and the "
+                        f"mask of the segmenter `{settings['segmenter']}` (sha256 `{settings['segmenter_sha256']}`, "
+                        f"trained on the user's own training split, not the evaluation judge)")
+    if settings["rules"]:
+        criteria.append(f"the anatomy rules fitted on the {section['rules_fitted_on']}")
+    lines = [f"A sample was kept only if its mask passed: {'; and '.join(criteria)}.", "",
+             f"**Kept {section['num_kept']} of {section['num_generated']} generated samples; dropped "
+             f"{section['num_dropped']}**"
+             + (f" ({', '.join(f'{name}: {n}' for name, n in section['dropped_by_criterion'].items())})"
+                if section["dropped_by_criterion"] else "") + "."]
+    if section["kept_dice_median"] is not None:
+        lines[-1] += f" Median Dice of the kept samples: {section['kept_dice_median']:.3f}."
+    if section["dropped"]:
+        lines += ["", "| case | seed | Dice | reasons |", "|---|---|---|---|"]
+        lines += [f"| {d['case']} | {d['seed']} | {'-' if d['dice'] is None else format(d['dice'], '.3f')} | "
+                  f"{'; '.join(d['reasons'])} |" for d in section["dropped"]]
+    return lines

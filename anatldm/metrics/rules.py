@@ -73,6 +73,9 @@ class RulesConfig:
         layout_floor_pixels: smallest feature scale of the layout rule, in pixels.
     """
 
+    #: where these settings sit in a config: errors name ``<key>.<field>``
+    key = "model.rules"
+
     low: float = 0.5
     high: float = 99.5
     tolerance: float = 1e-6
@@ -85,22 +88,23 @@ class RulesConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "range_rules", tuple(self.range_rules))  # a YAML list
+        key = self.key
         if not 0.0 <= self.low < 100.0:
-            raise ConfigError(f"model.rules.low must lie in [0, 100), got {self.low}")
+            raise ConfigError(f"{key}.low must lie in [0, 100), got {self.low}")
         if not self.low < self.high <= 100.0:
-            raise ConfigError(f"model.rules.high must lie in (model.rules.low = {self.low}, 100], got {self.high}")
+            raise ConfigError(f"{key}.high must lie in ({key}.low = {self.low}, 100], got {self.high}")
         if self.tolerance < 0:
-            raise ConfigError(f"model.rules.tolerance must be >= 0, got {self.tolerance}")
+            raise ConfigError(f"{key}.tolerance must be >= 0, got {self.tolerance}")
         if unknown := [rule for rule in self.range_rules if rule not in _RULE_FEATURES]:
-            raise ConfigError(f"model.rules.range_rules: {unknown} are not among {list(_RULE_FEATURES)}")
+            raise ConfigError(f"{key}.range_rules: {unknown} are not among {list(_RULE_FEATURES)}")
         if self.min_component_pixels < 0:
-            raise ConfigError(f"model.rules.min_component_pixels must be >= 0, got {self.min_component_pixels}")
+            raise ConfigError(f"{key}.min_component_pixels must be >= 0, got {self.min_component_pixels}")
         if self.layout_neighbours < 1:
-            raise ConfigError(f"model.rules.layout_neighbours must be at least 1, got {self.layout_neighbours}")
+            raise ConfigError(f"{key}.layout_neighbours must be at least 1, got {self.layout_neighbours}")
         if not 0.0 < self.layout_quantile <= 1.0:
-            raise ConfigError(f"model.rules.layout_quantile must lie in (0, 1], got {self.layout_quantile}")
+            raise ConfigError(f"{key}.layout_quantile must lie in (0, 1], got {self.layout_quantile}")
         if self.layout_floor_pixels < 0:
-            raise ConfigError(f"model.rules.layout_floor_pixels must be >= 0, got {self.layout_floor_pixels}")
+            raise ConfigError(f"{key}.layout_floor_pixels must be >= 0, got {self.layout_floor_pixels}")
 
 
 #: the defaults of every setting the rules are saved with

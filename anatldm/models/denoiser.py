@@ -20,6 +20,7 @@ from torch import nn
 
 from anatldm.config import as_config
 from anatldm.errors import ConfigError
+from anatldm.models.anatomy_conditioning import AnatomyTokenConditioner
 from anatldm.models.anatomy_head import (
     DEFAULT_HEAD_CHANNELS,
     AnatomicalSegmentationHead,
@@ -103,8 +104,10 @@ class DenoiserConfig:
                 "num_registers": registers.num_registers, "register_dim": registers.dim,
                 "register_init_std": registers.init_std, "register_levels": list(registers.levels),
                 "register_heads": registers.heads, "register_encoder": registers.encoder,
-                "register_mode": registers.mode, "register_dropout": registers.dropout, "num_classes": num_classes, "head_levels": list(head.levels),
-                "head_channels": head.channels, "head_upsample_stages": head.upsample_stages(downsampling)}
+                "register_mode": registers.mode, "register_dropout": registers.dropout, "num_classes": num_classes,
+                "head_levels": list(head.levels), "head_channels": head.channels,
+                "head_upsample_stages": head.upsample_stages(downsampling),
+                "anatomy_conditioning": registers.anatomy_conditioning}
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (the hyperparameters a checkpoint stores)."""
@@ -246,6 +249,9 @@ class AnatomicalDenoiser(nn.Module):
         num_classes: classes of the anatomy head (background included); 0 builds no head.
         head_levels: decoder levels fused by the head (2-3 recommended).
         head_channels: width of the head's fusion block.
+        anatomy_conditioning: per-sample tokens from the head's previous prediction
+            (:class:`~anatldm.models.anatomy_conditioning.AnatomyTokenConditioner`); needs
+            registers and a head.
         head_upsample_stages: learned x2 stages of the head after the fusion
             (:class:`AnatomicalSegmentationHead`; ``HeadConfig.resolution: image``).
     """
@@ -271,6 +277,7 @@ class AnatomicalDenoiser(nn.Module):
         head_levels: Sequence[int] = HeadConfig.levels,
         head_channels: int = DEFAULT_HEAD_CHANNELS,
         head_upsample_stages: int = 0,
+        anatomy_conditioning: bool = False,
     ) -> None:
         super().__init__()
         num_levels = len(channels)
@@ -313,6 +320,11 @@ class AnatomicalDenoiser(nn.Module):
                                                 num_classes, head_channels, min(norm_num_groups, head_channels),
                                                 head_upsample_stages)
                      if num_classes else None)
+        if anatomy_conditioning and not (num_registers and num_classes):
+            raise ValueError("anatomy_conditioning needs a register bank and a head "
+                             f"(num_registers {num_registers}, num_classes {num_classes})")
+        self.anatomy_conditioner = (AnatomyTokenConditioner(num_classes, num_registers, register_dim, spatial_dims)
+                                    if anatomy_conditioning else None)
         self._state: dict = {}
         hooked = {("down", lv) for lv in self.register_levels if register_encoder}
         hooked |= {("up", lv) for lv in (*self.register_levels, *self.head_levels)}
@@ -357,13 +369,15 @@ class AnatomicalDenoiser(nn.Module):
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, mask_size: Sequence[int] | None = None,
                 registers: torch.Tensor | None = None, return_attention: bool = False,
-                use_registers: bool = True) -> DenoiserOutput:
+                anatomy: torch.Tensor | None = None, use_registers: bool = True) -> DenoiserOutput:
         """Predict the noise of ``x (B, C, *S)`` at ``timesteps (B,)``.
 
         Args:
             mask_size: spatial size of the head's logits (default: the latent's).
             registers: edited ``(K, D)`` tokens to use instead of the learned bank.
             return_attention: also return each level's register attention maps.
+            anatomy: with anatomy-conditioned registers, the soft label map ``(B, classes, *S')``
+                the tokens respond to (the head's previous prediction); ``None``: zeros.
             use_registers: ``False`` gives the register-free ("null") prediction of register
                 guidance: no register path at all, as a sample dropped by ``register_dropout``.
         """
@@ -375,6 +389,10 @@ class AnatomicalDenoiser(nn.Module):
                                  f"{tuple(self.registers.tokens.shape)}")
         elif registers is not None:
             raise ValueError("this denoiser has no register bank (num_registers=0)")
+        if self.anatomy_conditioner is not None and use_registers:  # the null prediction reads no tokens
+            if anatomy is None:
+                anatomy = x.new_zeros(x.shape[0], self.head.num_classes, *x.shape[2:])  # (B, classes, *S)
+            tokens = self.anatomy_conditioner(tokens, anatomy)  # (B, K, D)
         keep = None if use_registers else False
         if use_registers and tokens is not None and self.training and self.register_dropout > 0:
             keep = torch.rand(x.shape[0], device=x.device) >= self.register_dropout  # (B,) the samples that read

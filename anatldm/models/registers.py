@@ -61,6 +61,14 @@ class RegisterConfig:
             register cross-attention residual) is dropped with this probability, so the denoiser
             also learns the register-free ("null") prediction that register guidance needs
             (:class:`~anatldm.diffusion.sampling.GuidanceConfig`, ``kind: registers``). 0: off.
+        anatomy_conditioning: the tokens respond to the sample: at each denoiser call they are
+            the bank plus an offset computed from the anatomy head's soft prediction of the
+            previous sampling step (:class:`~anatldm.models.anatomy_conditioning.AnatomyTokenConditioner`;
+            zeros at the first step). Trained with self-conditioning (``self_condition_rate``).
+            Needs the anatomy head. Off by default (the method's literal form).
+        self_condition_rate: with ``anatomy_conditioning``, the share of training batches whose
+            condition is the head's prediction of a first no-grad pass on the same noisy latents
+            (Chen et al. 2023, "Analog Bits"); the others get zeros, as the first sampling step.
     """
 
     #: where these settings sit in a config: errors name ``<key>.<field>``
@@ -77,6 +85,8 @@ class RegisterConfig:
     supervision_weight: float = 0.5
     supervised_per_class: int = 2
     dropout: float = 0.0
+    anatomy_conditioning: bool = False
+    self_condition_rate: float = 0.5
 
     def __post_init__(self) -> None:
         self.levels = tuple(int(level) for level in self.levels)
@@ -100,6 +110,10 @@ class RegisterConfig:
             raise ConfigError(f"{key}.dropout must lie in [0, 1], got {self.dropout}")
         if self.dropout and not self.num_registers:
             raise ConfigError(f"{key}.dropout needs a register bank, but num_registers is 0")
+        if self.anatomy_conditioning and not self.num_registers:
+            raise ConfigError(f"{key}.anatomy_conditioning needs a register bank, but num_registers is 0")
+        if not 0 <= self.self_condition_rate <= 1:
+            raise ConfigError(f"{key}.self_condition_rate must lie in [0, 1], got {self.self_condition_rate}")
 
 
 class AnatomicalRegisterBank(nn.Module):

@@ -28,6 +28,7 @@ from anatldm.errors import ConfigError
 from anatldm.evaluation import arguments, results, slices
 from anatldm.evaluation.controls import flip_left_right, splice_levels
 from anatldm.evaluation.edits import evaluate_edits
+from anatldm.evaluation.head import HeadDice
 from anatldm.evaluation.protocol import EvaluationProtocol
 from anatldm.evaluation.report import ClaimCriteria, GateThresholds
 from anatldm.metrics import (
@@ -200,6 +201,8 @@ class EvaluationTask(AnatomyTask):
         self.real_plausibility = PlausibilityRate(self.rules).to(self.device)
         self.controls = {name: PlausibilityRate(self.rules).to(self.device) for name in results.CONTROLS}
         self.real_slices = slices.RealSlices(self.class_names, datamodule.cache.subject_names, self.device)
+        self.head_dice = HeadDice({name: self.model(name) for names in self.arms.values() for name in names},
+                                  self.class_names, datamodule.cache.subject_names, self.device)
         self.protocol = EvaluationProtocol(hp, self.rules, self.class_names, self.segment, self._new_kid,
                                            self.training_images, self.floor_images, self.device, self.global_rank,
                                            self.trainer.world_size)
@@ -217,6 +220,7 @@ class EvaluationTask(AnatomyTask):
         latents = generator.autoencoder.encode(images)[0] * generator.scale_factor  # posterior mean
         self.controls["reconstructed"].update(self.segment(generator.decode(latents)))
         self.real_slices.append(images, masks, batch["subject"], batch["position"])
+        self.head_dice.update(images, batch["mask"], batch["subject"], batch["position"])
 
     # -- generators, metrics, report -----------------------------------------------------------
     def on_test_epoch_end(self) -> None:
@@ -233,6 +237,8 @@ class EvaluationTask(AnatomyTask):
         records, kept = self.protocol.sample_models(
             {name: (self.model(name), path) for name, path in self.checkpoints.items()}, self._seeds(num_samples),
             num_samples, self.guidance)
+        for name, dice in self.head_dice.compute().items():
+            records[name].head_dice_real = dice
         control_rates = {name: metric.per_sample().cpu().numpy() for name, metric in self.controls.items()
                          if metric.gathered("passed").numel() > 0}
         real_passed = self.real_plausibility.per_sample().cpu().numpy()

@@ -121,6 +121,9 @@ class AnatomicalLDMTask(AnatomyTask):
         if self.anatomy_loss_config.max_gradient_ratio is not None and not self.anatomy_loss_config.enabled:
             raise ConfigError(f"{AnatomyLossConfig.key}.max_gradient_ratio needs the anatomy loss "
                               f"({AnatomyLossConfig.key}.weight > 0, got {self.anatomy_loss_config.weight})")
+        if registers.anatomy_conditioning and not self.anatomy_loss_config.enabled:
+            raise ConfigError(f"{registers.key}.anatomy_conditioning needs the anatomy head "
+                              f"(model.anatomy_loss.weight > 0, got {self.anatomy_loss_config.weight})")
         if self._initial_sampling.edits and not registers.num_registers:
             edited = "register_edits" if self._initial_sampling.register_edits else "anatomy_edits"
             raise ConfigError(f"{SamplingConfig.key}.{edited} needs a register bank, but "
@@ -231,7 +234,17 @@ class AnatomicalLDMTask(AnatomyTask):
             anatomy_loss=self.eval_anatomy_loss if per_slice else self.anatomy_loss, register_loss=self.register_loss,
             posterior_cache=self.posterior_cache if self.training else None, generator=generator,
             max_timestep=max_timestep, seeds=seeds, per_slice=per_slice,
-            clean_fraction=self.denoiser_config.head.clean_fraction if self.training and self.denoiser.head else 0.0)
+            clean_fraction=self.denoiser_config.head.clean_fraction if self.training and self.denoiser.head else 0.0,
+            self_condition=self._self_condition())
+
+    def _self_condition(self) -> bool:
+        """Anatomy-conditioned registers: in training, a batch is self-conditioned with probability
+        ``self_condition_rate`` (the training RNG); validation always is (deterministic, as sampling
+        after its first step)."""
+        registers = self.denoiser_config.registers
+        if not registers.anatomy_conditioning:
+            return False
+        return bool(torch.rand(()) < registers.self_condition_rate) if self.training else True
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor | None:
         buffers = self.buffer_snapshot()

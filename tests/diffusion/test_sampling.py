@@ -165,3 +165,18 @@ def test_guidance_needs_what_it_guides_with() -> None:
         _sample(baseline, GuidanceConfig(kind="registers"))
     with pytest.raises(ConfigError, match="model.sampling.guidance.guide: autoguidance needs the guide network"):
         _sample(baseline, GuidanceConfig(kind="autoguidance", guide="early.ckpt"))
+
+
+def test_guidance_of_anatomy_conditioned_registers() -> None:
+    """The guide sees the same anatomy condition as the model: guided by itself, unguided."""
+    torch.manual_seed(0)
+    model = _awake(AnatomicalDenoiser(**TINY, anatomy_conditioning=True).eval())
+    for module in model.register_attention.values():
+        torch.nn.init.normal_(module.to_out.weight, std=0.1)
+    twin = AnatomicalDenoiser(**TINY, anatomy_conditioning=True).eval()
+    twin.load_state_dict(model.state_dict())
+    unguided = _sample(model)
+    assert torch.equal(_sample(model, GuidanceConfig(kind="registers", weight=1.0)).latents, unguided.latents)
+    assert torch.equal(_sample(model, GuidanceConfig(kind="autoguidance", weight=3.0, guide="twin"), twin).latents,
+                       unguided.latents)
+    assert not torch.allclose(_sample(model, GuidanceConfig(kind="registers", weight=2.0)).latents, unguided.latents)

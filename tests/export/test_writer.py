@@ -102,3 +102,49 @@ def test_baseline_with_segmenter_pseudo_labels(models: dict, tmp_path: Path) -> 
     assert check_dataset(folder)["cases"] == 2 and card["memorisation"] is None
     assert card["generation"]["labels"].startswith("pseudo-labels of the segmenter")
     assert "0 anatomical registers and no anatomy head" in card["model"]["description"]
+
+
+
+def _snapshot(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_size for p in root.rglob("*") if p.is_file()}
+
+
+def test_quality_filter_drops_samples_and_the_card_says_which(models: dict, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture) -> None:
+    segmenter = str(models["segmenter"])
+    config = predict_config(tmp_path, models["register"], models["bundle"],
+                            {"quality_filter": {"segmenter": segmenter, "min_dice": 0.0}})
+    main(["predict", "--config", str(config)])
+    folder = tmp_path / "out" / "Dataset042_Tiny"
+    section = json.loads((folder / "datacard.json").read_text())["quality_filter"]
+    assert section["num_generated"] == section["num_kept"] == 6 and section["dropped"] == []  # Dice >= 0 always
+    assert check_dataset(folder)["cases"] == 6 and section["settings"]["segmenter"] == segmenter
+
+    median = section["kept_dice_median"]  # a threshold some samples miss and some reach
+    main(["predict", "--config", str(config), "--trainer.callbacks.init_args.overwrite", "true",
+          "--trainer.callbacks.init_args.quality_filter.min_dice", str(median)])
+    card = json.loads((folder / "datacard.json").read_text())
+    section = card["quality_filter"]
+    written = sorted(p.name.removesuffix(".nii.gz") for p in (folder / "labelsTr").iterdir())
+    dropped = [d["case"] for d in section["dropped"]]
+    assert 0 < section["num_dropped"] < 6 and section["num_kept"] + section["num_dropped"] == 6
+    assert check_dataset(folder)["cases"] == len(written) == section["num_kept"] == card["dataset"]["num_synthetic"]
+    assert sorted(set(written) | set(dropped)) == [f"synth_{seed:06d}" for seed in range(3, 9)]
+    assert not set(written) & set(dropped) and card["generation"]["seeds"]["count"] == 6
+    for entry in section["dropped"]:
+        assert entry["dice"] < median and entry["reasons"] == [f"dice {entry['dice']:.3f} < {median:g}"]
+        assert entry["seed"] == int(entry["case"].removeprefix("synth_"))
+    assert section["dropped_by_criterion"] == {"dice": len(dropped)} and card["memorisation"]["num_samples"] == len(written)
+    assert f"Kept {len(written)} of 6 generated samples" in (folder / "DATACARD.md").read_text()
+
+    before = _snapshot(tmp_path / "out")
+    with pytest.raises(SystemExit):  # the ground-truth rules reject every sample of this two-step model
+        main(["predict", "--config", str(config), "--trainer.callbacks.init_args.overwrite", "true",
+              "--trainer.callbacks.init_args.quality_filter.rules", "true"])
+    assert "DatasetWriter.quality_filter: all 6 samples were dropped (rules: 6)" in capsys.readouterr().err
+    assert _snapshot(tmp_path / "out") == before  # nothing written, the previous export untouched
+    with pytest.raises(SystemExit):
+        main(["predict", "--config", str(config), "--trainer.callbacks.init_args.overwrite", "true",
+              "--trainer.callbacks.init_args.quality_filter.min_dice", "1.01"])
+    assert "DatasetWriter.quality_filter.min_dice must lie in [0, 1]" in capsys.readouterr().err
+    assert _snapshot(tmp_path / "out") == before

@@ -23,7 +23,7 @@ CASES = [
     (RegisterConfig, {"num_registers": 0, "dropout": 0.1}, "model.denoiser.registers.dropout needs a register bank"),
     (HeadConfig, {"levels": []}, "model.denoiser.head.levels must name at least one level"),
     (HeadConfig, {"channels": 0}, "model.denoiser.head.channels must be at least 1"),
-    (HeadConfig, {"resolution": "full"}, "model.denoiser.head.resolution must be 'latent' or 'image'"),
+    (HeadConfig, {"output_stride": 3}, "model.denoiser.head.output_stride must be a power of 2"),
     (HeadConfig, {"clean_fraction": 1.0}, "model.denoiser.head.clean_fraction must lie in \\[0, 1\\)"),
     (DenoiserConfig, {"attention_levels": [False]}, "model.denoiser.attention_levels has 1 entries for the 3 levels"),
     (DenoiserConfig, {"num_res_blocks": 0}, "model.denoiser.num_res_blocks must be at least 1"),
@@ -52,7 +52,11 @@ def test_the_denoiser_is_built_from_its_config() -> None:
     assert baseline.registers is None and baseline.head is None
 
 
-def test_head_upsample_stages_reach_the_image_resolution() -> None:
-    assert HeadConfig(resolution="image").upsample_stages(4) == 2
-    assert HeadConfig(resolution="image").upsample_stages(8) == 3
+def test_head_upsample_stages_reach_the_output_stride() -> None:
+    assert HeadConfig(output_stride=1).upsample_stages(4) == 2
+    assert HeadConfig(output_stride=1).upsample_stages(8) == 3
+    assert HeadConfig(output_stride=2).upsample_stages(4) == 1
+    assert HeadConfig(output_stride=4).upsample_stages(4) == 0
     assert HeadConfig().upsample_stages(4) == 0
+    with pytest.raises(ConfigError, match="output_stride 8 is coarser than the latent grid"):
+        HeadConfig(output_stride=8).upsample_stages(4)

@@ -61,7 +61,10 @@ def test_baseline_holds_no_register_or_head_parameter(bundle: Path) -> None:
 
 
 @pytest.mark.parametrize("model", [{}, {"denoiser__registers__num_registers": 0, "anatomy_loss__weight": 0.0},
-                                   {"noise_schedule__prediction_type": "v_prediction"}])
+                                   {"noise_schedule__prediction_type": "v_prediction"},
+                                   {"denoiser__registers__anatomy_conditioning": True,
+                                    "denoiser__registers__self_condition_rate": 1.0,
+                                    "denoiser__head__output_stride": 1, "denoiser__head__clean_fraction": 0.5}])
 def test_fast_dev_run_fit(bundle: Path, tmp_path: Path, model: dict) -> None:
     config = write_config(tmp_path / "ldm.yaml", bundle, tmp_path, model)
     main(["fit", "--config", str(config), "--trainer.fast_dev_run", "1"])
@@ -148,6 +151,8 @@ def test_head_learns_on_phantom_slices(bundle: Path, tmp_path: Path) -> None:
      "model.denoiser.registers.supervised_per_class: 5 classes x 2 registers"),
     ({"denoiser__registers__supervision": "attention", "anatomy_loss__weight": 0.0},
      "model.denoiser.registers.supervision needs the anatomy head"),
+    ({"denoiser__registers__anatomy_conditioning": True, "anatomy_loss__weight": 0.0},
+     "model.denoiser.registers.anatomy_conditioning needs the anatomy head"),
     ({"anatomy_loss__snr_cutoff": 0.0}, "model.anatomy_loss.snr_cutoff must be positive"),
     ({"denoiser__registers__mode": "write"}, "model.denoiser.registers.mode must be 'read' or 'read_write'"),
     ({"denoiser__registers__nmu_registers": 3}, "model.denoiser.registers: unknown key\\(s\\) nmu_registers"),
