@@ -45,7 +45,8 @@ def test_dry_run_runs_every_part_and_times_it(dry_run) -> None:
         assert 0 < part["wall_s"] <= part["budget_s"] and part["stages"], name
         assert all(stage["status"] == "ok" and stage["wall_s"] > 0 for stage in part["stages"]), name
         assert part["files"] and all(Path(f).is_file() for f in part["files"]), name
-    assert summary["wall_s"] >= sum(part["wall_s"] for part in summary["parts"].values())
+    # each wall time is rounded to 0.1 s: the total may fall short of the parts by their rounding
+    assert summary["wall_s"] >= sum(part["wall_s"] for part in summary["parts"].values()) - 0.1 * len(PARTS)
     assert "| smoke | ok |" in (out / "summary.md").read_text()
 
 

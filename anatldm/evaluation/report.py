@@ -136,7 +136,9 @@ def _head_table(models: dict) -> list[str]:
         rows.append([name, "self-consistency", *[f"{consistency[c]:.3f}" for c in classes],
                      f"{np.nanmean(list(consistency.values())):.3f}"])
         for t in timesteps:
-            real = head["dice_real_by_timestep"][t]
+            real = (head.get("dice_real_by_timestep") or {}).get(t)
+            if real is None:  # e.g. no real test slice reached this model's diagnostic
+                continue
             rows.append([name, f"real, {t}", *[f"{real[c]:.3f}" for c in classes], f"{real['mean']:.3f}"])
     return lines + _table(["model", "measure", *classes, "mean"], rows)
 

@@ -194,7 +194,7 @@ def write_edit_report(output_dir: str | Path, results: dict, kept: dict, generat
     if generator.register_groups is None and any(  # the table they were chosen from (not bound ones)
             edit.classes for edit_list in edits.values() for edit in edit_list):
         save_association(generator.register_association(), class_names, out, source="anatomy head",
-                         num_samples=generator.association_samples, stem=f"association_{edit_generator}")
+                         num_samples=generator.sampling.association_samples, stem=f"association_{edit_generator}")
     columns = min(6, len(kept["unedited"][0]))
     images = torch.cat([images[:columns, 0] for images, _ in kept.values()]).numpy()
     masks = torch.cat([masks[:columns] for _, masks in kept.values()]).numpy()

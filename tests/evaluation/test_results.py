@@ -97,6 +97,6 @@ def test_logged_metrics_and_written_files(report_parts: dict, tmp_path: Path) ->
     assert logged["register/seed4/plausibility_rate"] == 0.7
     assert "register/seed3/violation_rates" not in logged and "baseline/seed3/fid" in logged
     write_report(tmp_path, report_parts["report"], report_parts["rules"], {}, CLASS_NAMES, 0, 1)
-    assert json.loads((tmp_path / "report.json").read_text())["claim"]["met"] is True
-    assert AnatomyRules.from_dict(json.loads((tmp_path / "rules.json").read_text())).range_rules == ["components"]
-    assert (tmp_path / "report.md").read_text().startswith("Gate: PASSED")
+    assert json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))["claim"]["met"] is True
+    assert AnatomyRules.from_dict(json.loads((tmp_path / "rules.json").read_text(encoding="utf-8"))).range_rules == ["components"]
+    assert (tmp_path / "report.md").read_text(encoding="utf-8").startswith("Gate: PASSED")
