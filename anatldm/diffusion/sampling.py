@@ -11,9 +11,9 @@ import numpy as np
 import torch
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
+from anatldm.config import as_config
 from anatldm.diffusion.schedulers import SAMPLERS, SamplerName
 from anatldm.errors import ConfigError
-from anatldm.config import as_config
 from anatldm.models.denoiser import AnatomicalDenoiser, DenoiserOutput
 from anatldm.models.registers import RegisterEdit
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-import math
 
 import torch
 import torch.nn.functional as F
@@ -94,7 +93,8 @@ class AnatomicalSegmentationHead(nn.Module):
     finest level; the sum goes through a small conv block. With ``upsample_stages = n`` the
     fused map then passes ``n`` learned x2 stages (MONAI ``UpSample`` in ``pixelshuffle`` mode,
     ICNR-initialised, followed by a 3x3 conv block; each stage halves the width, down to
-    ``MIN_UPSAMPLE_CHANNELS``, as a decoder does, so the full-resolution stages stay cheap), so the classifier draws the mask at
+    ``MIN_UPSAMPLE_CHANNELS``, as a decoder does, so the full-resolution stages stay cheap),
+    so the classifier draws the mask at
     ``2^n`` times the latent grid: the image resolution when ``2^n`` is the autoencoder's
     downsampling factor. Logits at any other size are interpolated to the requested mask size
     (with ``n = 0``, bilinear upsampling of latent-grid logits: thin structures such as ribs

@@ -30,8 +30,7 @@ from anatldm.losses import (
     RegisterAttentionLoss,
     TimestepWeighting,
 )
-from anatldm.models.autoencoder_bundle import load_autoencoder_bundle
-from anatldm.models.autoencoder_bundle import downsampling_factor
+from anatldm.models.autoencoder_bundle import downsampling_factor, load_autoencoder_bundle
 from anatldm.models.denoiser import AnatomicalDenoiser, DenoiserConfig
 from anatldm.pipelines import AnatomicalLDMPipeline, AnatomicalLDMPipelineOutput
 from anatldm.trainers.base import AnatomyTask

@@ -4,7 +4,12 @@ import pytest
 import torch
 
 from anatldm.errors import ConfigError
-from anatldm.losses import AnatomyGradientBalance, AnatomyLoss, AnatomyLossConfig, AnatomyWeightSchedule
+from anatldm.losses import (
+    AnatomyGradientBalance,
+    AnatomyLoss,
+    AnatomyLossConfig,
+    AnatomyWeightSchedule,
+)
 
 
 @pytest.mark.parametrize("decay, halfway", [("cosine", 1.25), ("linear", 1.25), ("constant", 2.0)])
