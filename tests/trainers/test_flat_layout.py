@@ -53,7 +53,19 @@ def test_nesting_moves_every_flat_name_to_its_group() -> None:
 
 
 def test_a_flat_checkpoint_samples_bit_identically(flat_checkpoint: Path) -> None:
-    """Samples of today's code equal those the flat-layout code drew from the same checkpoint."""
+    """Samples of today's code equal those the flat-layout code drew from the same checkpoint.
+
+    The fixture was drawn on one CPU thread; float sums depend on the thread count, so the
+    comparison runs on one thread too (``make test`` runs on all cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _compare_with_the_fixture(flat_checkpoint)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _compare_with_the_fixture(flat_checkpoint: Path) -> None:
     expected = torch.load(FIXTURE / "expected.pt", weights_only=True)
     task = load_task(AnatomicalLDMTask, str(flat_checkpoint), "ckpt_path").eval()
     registers = task.denoiser_config.registers
