@@ -44,9 +44,15 @@ ablation: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
 
-# does synthetic data help a segmenter? needs the quickstart models (make quickstart); about 11 min on 2 CPU cores
+# does synthetic data help a segmenter? needs the quickstart models (make quickstart); about 11 min on 2 CPU cores;
+# CLOSED=1: the closed-world low-data benchmark (scripts/augment_closed.sh trains its own models first)
+CLOSED ?= 0
 augment-bench: $(STAMP)
+ifeq ($(CLOSED),1)
+	FORCE=$(FORCE) PATH="$(abspath $(BIN)):$$PATH" bash scripts/augment_closed.sh
+else
 	$(BIN)/python benchmarks/augment_bench.py
+endif
 
 # the prepared GPU run (docs/device.md): one GPU, <= 9 min, runs/device/<time>/ then docs/results/device/;
 # DRY_RUN=1: the same parts on a CPU at tiny sizes (what tests/test_device_check.py runs);

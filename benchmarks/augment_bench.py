@@ -21,6 +21,17 @@ closed low-data world.
     python benchmarks/augment_bench.py --reduced  # fewer steps and samples (CPU smoke size)
 
 Writes ``docs/results/augmentation.json`` and ``docs/images/augmentation.png`` (``--out-*``).
+
+**Closed world** (``--closed-world RUNS``, run by ``make augment-bench CLOSED=1`` after
+``scripts/augment_closed.sh`` trained its models): the autoencoder, both generators (one per
+training seed) and the segmenter that labels and filters were all trained on the same few
+subjects (``data.train_subjects``) the downstream segmenters get as real data. Arms: real only;
+real + the register LDM's pairs (head masks); real + those pairs kept by the quality filter
+(:mod:`anatldm.export.filter`: agreement with that segmenter and the anatomy rules of the
+training masks); real + the baseline LDM's samples labelled by that segmenter. Segmenter seed
+``s`` goes with generator seed ``s``; intervals are hierarchical bootstraps (training seeds, then
+test slices), paired with ``real``. The section ``closed_world`` of the JSON is replaced; the
+rest (the open regimes above) is kept.
 """
 
 from __future__ import annotations
@@ -72,6 +83,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--num-bootstrap", type=int, default=1000)
     parser.add_argument("--reduced", action="store_true", help="CPU smoke size: 120 synthetic pairs, 150 steps")
+    parser.add_argument("--closed-world", metavar="RUNS", default=None,
+                        help="closed-world low-data mode: models of scripts/augment_closed.sh in RUNS")
+    parser.add_argument("--filter-min-dice", type=float, default=0.7,
+                        help="closed world: quality filter's agreement threshold (head vs the user's segmenter)")
     parser.add_argument("--out-json", default=str(ROOT / "docs/results/augmentation.json"))
     parser.add_argument("--out-png", default=str(ROOT / "docs/images/augmentation.png"))
     args = parser.parse_args(argv)
@@ -225,6 +240,9 @@ def plot(results: dict, low_fraction: float, path: str) -> None:
 def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
+    if args.closed_world:
+        closed_world(args)
+        return
     start = time.perf_counter()
     times = {}
     data = real_data(args.ldm, args.cache_dir)
@@ -314,6 +332,123 @@ def main(argv=None) -> None:
          args.low_fraction, args.out_png)
     print(markdown_table(report))
     print(f"wall time {times['total_s']:.0f} s; wrote {args.out_json} and {args.out_png}")
+
+
+# -- closed world -------------------------------------------------------------------------------
+def hierarchical_means(runs: dict[str, np.ndarray], num_bootstrap: int) -> dict[str, np.ndarray]:
+    """``runs[arm]``: ``(S, N, C, 2)``, seed ``s`` paired across arms. Per replicate: training seeds
+    drawn with replacement, then test slices; the mean over the drawn seeds of the pooled mean Dice."""
+    seeds, n = next(iter(runs.values())).shape[:2]
+    rng = np.random.default_rng(0)
+    draws = [(rng.integers(0, seeds, seeds), rng.integers(0, n, n)) for _ in range(num_bootstrap)]
+    return {arm: np.array([pooled_dice(counts[s][:, r]).mean(-1).mean() for s, r in draws])
+            for arm, counts in runs.items()}
+
+
+def closed_world(args) -> None:
+    from anatldm.export.filter import QualityFilterConfig, drops_by_criterion, filter_decisions
+    from anatldm.metrics.rules import AnatomyRules
+
+    start = time.perf_counter()
+    runs = Path(args.closed_world)
+    labeller_path = runs / "segmenter/checkpoints/last.ckpt"
+    generators = {arm: [runs / f"{name}_seed{s}/checkpoints/last.ckpt" for s in args.seeds]
+                  for arm, name in (("register", "ldm"), ("baseline", "ldm_baseline"))}
+    for path in [labeller_path, *generators["register"], *generators["baseline"]]:
+        if not path.is_file():
+            raise SystemExit(f"{path}: not found; scripts/augment_closed.sh trains the closed-world models")
+    data = real_data(str(generators["register"][0]), args.cache_dir)
+    subjects = data.hparams.train_subjects
+    for path in generators["register"][1:] + generators["baseline"]:
+        other = real_data(str(path), args.cache_dir)
+        if other.hparams.train_subjects != subjects or other.content_hash != data.content_hash:
+            raise SystemExit(f"{path}: trained on other data than {generators['register'][0]}")
+    class_names = list(data.class_names)
+    num_classes = len(class_names)
+    train_images, train_masks, train_subjects = split_arrays(data, "train")
+    test_images, test_masks, _ = split_arrays(data, "test")
+    labeller = SegmenterTask.load_from_checkpoint(str(labeller_path), map_location="cpu", weights_only=True).eval()
+    filter_config = QualityFilterConfig(segmenter=str(labeller_path), min_dice=args.filter_min_dice, rules=True)
+    rules = AnatomyRules.fit(train_masks, class_names, filter_config.fitted_rules, subjects=train_subjects,
+                             source="ground truth of the closed world's training subjects")
+    arms = ("real", "real+register", "real+register_filtered", "real+baseline_labelled")
+    counts: dict[str, list[np.ndarray]] = {arm: [] for arm in arms}
+    kept, drops, sizes = [], [], {arm: [] for arm in arms}
+    for index, seed in enumerate(args.seeds):
+        register = synthesize(str(generators["register"][index]), args.num_synthetic, args.sampler,
+                              args.num_inference_steps, None, None, seed=0)
+        with torch.no_grad():
+            labels = np.concatenate([labeller(torch.from_numpy(register[0][i:i + 64])[:, None]).argmax(1).numpy()
+                                     for i in range(0, len(register[0]), 64)])
+        decisions = filter_decisions(register[1], num_classes, filter_config, labels, rules)
+        keep = np.array([d.keep for d in decisions])
+        kept.append(int(keep.sum()))
+        drops.append(drops_by_criterion(decisions))
+        baseline = synthesize(str(generators["baseline"][index]), args.num_synthetic, args.sampler,
+                              args.num_inference_steps, None, labeller, seed=0)
+        sets = {"real": (train_images, train_masks),
+                "real+register": register, "real+register_filtered": (register[0][keep], register[1][keep]),
+                "real+baseline_labelled": baseline}
+        for arm in arms:
+            parts = [(train_images, train_masks)] + ([sets[arm]] if arm != "real" else [])
+            images, masks = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+            sizes[arm].append(len(images))
+            task = train_segmenter(images, masks, num_classes, args, seed)
+            counts[arm].append(overlap_counts(task, test_images, test_masks, num_classes))
+            logger.info("closed world, seed %d, %s (%d slices): mean Dice %.3f", seed, arm, len(images),
+                        float(pooled_dice(counts[arm][-1]).mean()))
+    stacked = {arm: np.stack(value) for arm, value in counts.items()}
+    boot = hierarchical_means(stacked, args.num_bootstrap)
+    results, changes = {}, {}
+    for arm in arms:
+        per_seed = pooled_dice(stacked[arm])  # (S, C)
+        mean = per_seed.mean(0)
+        results[arm] = {"dice": {name: float(mean[c]) for c, name in enumerate(class_names[1:])},
+                        "mean_dice": {"value": float(mean.mean()), "low": float(np.percentile(boot[arm], 2.5)),
+                                      "high": float(np.percentile(boot[arm], 97.5))},
+                        "mean_dice_per_seed": [float(v) for v in per_seed.mean(1)], "training_slices": sizes[arm]}
+        if arm != "real":
+            diff = boot[arm] - boot["real"]
+            changes[arm] = {"value": results[arm]["mean_dice"]["value"] - results["real"]["mean_dice"]["value"],
+                            "low": float(np.percentile(diff, 2.5)), "high": float(np.percentile(diff, 97.5)),
+                            "per_seed": [a - b for a, b in zip(results[arm]["mean_dice_per_seed"],
+                                                              results["real"]["mean_dice_per_seed"], strict=True)]}
+    section = {
+        "setting": f"closed world: autoencoder, generators, labeller and segmenters all trained on the same "
+                   f"{subjects} training subjects; scored on the real test subjects",
+        "train_subjects": subjects, "train_slices": int(len(train_images)), "test_slices": int(len(test_images)),
+        "seeds": list(args.seeds), "synthetic_per_generator": args.num_synthetic,
+        "sampler": f"{args.sampler} {args.num_inference_steps}", "segmenter_steps": args.steps,
+        "filter": {**filter_config.describe(), "kept_per_seed": kept, "dropped_by_criterion_per_seed": drops},
+        "interval": "95 % hierarchical bootstrap: training seeds (generator and segmenter seed s together), "
+                    "then real test slices; changes paired with real only in every replicate",
+        "results": results, "change_vs_real_mean_dice": changes,
+        "wall_time_s": round(time.perf_counter() - start, 1),
+        "command": "make augment-bench CLOSED=1  (scripts/augment_closed.sh, then python benchmarks/augment_bench.py "
+                   f"--closed-world {args.closed_world})",
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()},
+    }
+    out = Path(args.out_json)
+    report = json.loads(out.read_text()) if out.is_file() else {}
+    report["closed_world"] = section
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(closed_world_table(section, class_names[1:]))
+    print(f"wall time {section['wall_time_s']:.0f} s; wrote the closed_world section of {out}")
+
+
+def closed_world_table(section: dict, names: list[str]) -> str:
+    rows = ["| training data | slices | " + " | ".join(names) + " | mean Dice | vs real only | per seed |",
+            "|---|---|" + "---|" * (len(names) + 3)]
+    for arm, entry in section["results"].items():
+        change = section["change_vs_real_mean_dice"].get(arm)
+        mean = entry["mean_dice"]
+        rows.append(f"| {arm} | {round(float(np.mean(entry['training_slices'])))} | "
+                    + " | ".join(f"{entry['dice'][n]:.3f}" for n in names)
+                    + f" | {mean['value']:.3f} [{mean['low']:.3f}, {mean['high']:.3f}] | "
+                    + (f"{change['value']:+.3f} [{change['low']:+.3f}, {change['high']:+.3f}] | "
+                       + ", ".join(f"{v:+.3f}" for v in change["per_seed"]) if change else "– | –") + " |")
+    return "\n".join(rows)
 
 
 def markdown_table(report: dict) -> str:

@@ -63,6 +63,9 @@ class AnatomyDataModule(LightningDataModule):
         split_fractions: ``[train, val, test]`` fractions of subjects (a manifest's ``split``
             column overrides them for the subjects it names).
         split_seed: seed of the subject-level split.
+        train_subjects: keep only this many of the training split's subjects (a seeded choice,
+            ``split_seed``), for low-data experiments; validation and test splits are unchanged,
+            and the dropped subjects go to no split. ``None``: all.
         cache_dir: where phantoms and slice caches are written.
         batch_size: samples per batch.
         num_workers: data loader worker processes.
@@ -89,6 +92,7 @@ class AnatomyDataModule(LightningDataModule):
         label_map: dict[int, int] | None = None,
         split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
         split_seed: int = 0,
+        train_subjects: int | None = None,
         cache_dir: str = ".cache/anatldm",
         batch_size: int = 16,
         num_workers: int = 2,
@@ -109,6 +113,9 @@ class AnatomyDataModule(LightningDataModule):
                 or abs(sum(split_fractions) - 1) > 1e-6:
             raise ConfigError(f"data.split_fractions must be three non-negative numbers summing to 1 "
                              f"with a positive train fraction, got {split_fractions}")
+        if train_subjects is not None and train_subjects < 1:
+            raise ConfigError(f"data.train_subjects must be a positive number of subjects (or null: all), "
+                              f"got {train_subjects}")
         self.image_size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
         self.class_names = self._resolve_class_names()
         self.num_classes = len(self.class_names)
@@ -199,8 +206,16 @@ class AnatomyDataModule(LightningDataModule):
         if len(free) >= 3:  # every requested split gets at least one subject
             n_val, n_test = max(n_val, int(fractions[1] > 0)), max(n_test, int(fractions[2] > 0))
         n_train = len(free) - n_val - n_test
+        train = fixed["train"] + sorted(free[:n_train].tolist())
+        wanted = self.hparams.train_subjects
+        if wanted is not None:
+            if wanted > len(train):
+                raise DataInputError(f"data.train_subjects: {wanted} subjects asked, the training split has "
+                                     f"{len(train)}")
+            chosen = np.random.default_rng(self.hparams.split_seed).permutation(len(train))[:wanted]
+            train = sorted(train[i] for i in chosen)
         return {
-            "train": fixed["train"] + sorted(free[:n_train].tolist()),
+            "train": train,
             "val": fixed["val"] + sorted(free[n_train:n_train + n_val].tolist()),
             "test": fixed["test"] + sorted(free[n_train + n_val:].tolist()),
         }

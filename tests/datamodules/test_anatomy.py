@@ -46,6 +46,22 @@ def test_split_is_by_subject_and_seeded(volume_folder: Path, tmp_path: Path) -> 
     assert other.split_subjects(other._pairs()) != dm.split_subjects(dm._pairs())
 
 
+def test_train_subjects_keeps_a_seeded_subset_and_the_other_splits(volume_folder: Path, tmp_path: Path) -> None:
+    full = folder_module(volume_folder, tmp_path, split_fractions=(0.5, 0.25, 0.25))
+    low = folder_module(volume_folder, tmp_path, split_fractions=(0.5, 0.25, 0.25), train_subjects=1)
+    full.setup()
+    low.setup()
+    full_split, low_split = full.split_subjects(full._pairs()), low.split_subjects(low._pairs())
+    assert len(low_split["train"]) == 1 and set(low_split["train"]) < set(full_split["train"])
+    assert low_split["val"] == full_split["val"] and low_split["test"] == full_split["test"]
+    names = low.cache.subject_names
+    assert {names[i] for i in low.cache.subjects[low.datasets["train"].indices]} == set(low_split["train"])
+    with pytest.raises(DataInputError, match="data.train_subjects: 3 subjects asked, the training split has 2"):
+        folder_module(volume_folder, tmp_path, split_fractions=(0.5, 0.25, 0.25), train_subjects=3).setup()
+    with pytest.raises(ConfigError, match="data.train_subjects must be a positive"):
+        folder_module(volume_folder, tmp_path, train_subjects=0)
+
+
 def test_manifest_split_column_is_obeyed(volume_folder: Path, tmp_path: Path) -> None:
     manifest = volume_folder / "manifest.csv"
     rows = [f"images/case{i}.nii.gz,labels/case{i}.nii.gz,{s}" for i, s in enumerate(["train", "train", "val", "test"])]
