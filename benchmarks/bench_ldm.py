@@ -32,6 +32,7 @@ from monai.networks.nets import AutoencoderKL, DiffusionModelUNet
 
 from anatldm.models.autoencoder_bundle import save_autoencoder_bundle
 from anatldm.trainers import AnatomicalLDMTask
+from anatldm.diffusion import training as ldm_stage
 
 ROOT = Path(__file__).resolve().parents[1]
 ROUNDS, WARMUP = 50, 5
@@ -40,7 +41,9 @@ VARIANTS = {"register": {}, "latent_head": {"head": {"output_stride": None, "cle
             "anatomy_conditioning": {"registers": {"anatomy_conditioning": True}},
             "read_write": {"registers": {"mode": "read_write"}},
             "attention": {"registers": {"supervision": "attention"}},
-            "read_write_attention": {"registers": {"mode": "read_write", "supervision": "attention"}}}
+            "read_write_attention": {"registers": {"mode": "read_write", "supervision": "attention"}},
+            # claim v2's register arm (configs/claim/README.md, 2026-12-06): register dropout and the gradient balance
+            "claim_v2": {"registers": {"dropout": 0.15}, "anatomy_loss": {"max_gradient_ratio": 2.0}}}
 
 
 def _init_args(name: str) -> dict:
@@ -60,9 +63,14 @@ def _bundle(folder: Path) -> Path:
 
 def _step_fn(task: AnatomicalLDMTask, batch: dict):
     optimizer = task.configure_optimizers()  # the task's own (fused) AdamW
+    balance, count = task.gradient_balance, [0]
 
     def step() -> None:
         losses, _ = task._losses(batch)
+        if balance is not None and count[0] % balance.every_n_steps == 0:  # the balance's two extra backward passes
+            params = [p for p in task.denoiser.parameters() if p.requires_grad]
+            ldm_stage.gradient_norm(losses["anatomy_loss"], params), ldm_stage.gradient_norm(losses["diffusion_loss"], params)
+        count[0] += 1
         loss = torch.stack(list(losses.values())).sum()  # diffusion [+ anatomy] [+ register attention]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -125,8 +133,8 @@ def run() -> list[dict]:
         tasks = {}
         for name, groups in VARIANTS.items():
             args = _init_args("ldm.yaml")
-            for group, options in groups.items():
-                args["denoiser"][group].update(options)
+            for group, options in groups.items():  # a denoiser group, or a top-level one (anatomy_loss)
+                (args["denoiser"][group] if group in args["denoiser"] else args[group]).update(options)
             tasks[name] = AnatomicalLDMTask(**{**args, "autoencoder": bundle})
         register = tasks["register"]
         baseline = AnatomicalLDMTask(**{**_init_args("ldm_baseline.yaml"), "autoencoder": bundle})
