@@ -7,6 +7,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 FORCE ?=
 HALF ?= 1
+CLAIM ?= v2
+FRACTIONS ?= 1
 EXTRA_ARMS ?= 0
 VARIANTS ?= fixes timestep read_write attention
 SEEDS ?= 0 1
@@ -35,7 +37,7 @@ quickstart: $(STAMP)
 	FORCE=$(FORCE) PATH="$(abspath $(BIN)):$$PATH" bash scripts/quickstart.sh
 
 claim: $(STAMP)
-	FORCE=$(FORCE) HALF=$(HALF) EXTRA_ARMS=$(EXTRA_ARMS) PATH="$(abspath $(BIN)):$$PATH" bash scripts/claim.sh
+	FORCE=$(FORCE) CLAIM=$(CLAIM) FRACTIONS=$(FRACTIONS) HALF=$(HALF) EXTRA_ARMS=$(EXTRA_ARMS) PATH="$(abspath $(BIN)):$$PATH" bash scripts/claim.sh
 
 ablation: $(STAMP)
 	VARIANTS="$(VARIANTS)" SEEDS="$(SEEDS)" SAMPLES="$(SAMPLES)" TAG="$(TAG)" COMBINED="$(COMBINED)" \

@@ -30,9 +30,9 @@ import torch
 import yaml
 from monai.networks.nets import AutoencoderKL, DiffusionModelUNet
 
+from anatldm.diffusion import training as ldm_stage
 from anatldm.models.autoencoder_bundle import save_autoencoder_bundle
 from anatldm.trainers import AnatomicalLDMTask
-from anatldm.diffusion import training as ldm_stage
 
 ROOT = Path(__file__).resolve().parents[1]
 ROUNDS, WARMUP = 50, 5

@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
-# The pre-registered claim experiment (configs/claim/README.md), on CPU, through the real `anatldm`
-# commands: data -> autoencoder -> judge -> 3 training seeds x (register LDM, baseline LDM) ->
-# evaluation (gate, pooled arms, seed pairs, verdict) -> the same at 50 % of training.
-#   make claim            # skips stages whose outputs exist
+# The pre-registered claim experiments (configs/claim/README.md), on CPU, through the real `anatldm`
+# commands. Claim v2 (the default): data -> autoencoder -> judge -> 3 training seeds x (register
+# LDM as the method states it, register v2, baseline, compute-matched baseline) -> the guidance
+# selection (each arm's seed-0 model on the selection seeds, 40 network evaluations per sample) ->
+# evaluation with each arm's chosen guidance (gate, pooled arms, seed pairs, verdict; runs/claim/v2/).
+# The first claim (CLAIM=v1): 3 training seeds x (register LDM, baseline LDM) -> evaluation -> the
+# same at 50 % of training.
+#   make claim            # claim v2; skips stages whose outputs exist
+#   make claim CLAIM=v1   # the first claim, as it was run
 #   make claim FORCE=1    # redoes every stage
-#   make claim HALF=0     # without the 50 %-of-training evaluation
+#   make claim HALF=0     # (v1) without the 50 %-of-training evaluation
+#   CONFIGS=configs/claim/quickstart RUNS=runs/claim_quickstart make claim   # claim v2 at quickstart size
 #   make claim EXTRA_ARMS=1  # also the optional arms: head only (denoiser.registers.num_registers 0, anatomy_loss.weight 2)
 #                            # and registers only (denoiser.registers.num_registers 16, anatomy_loss.weight 0), 3 seeds each,
 #                            # evaluated beside the two main arms (report: runs/claim/extra/)
@@ -16,6 +22,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FORCE="${FORCE:-}"
+CLAIM="${CLAIM:-v2}"
 HALF="${HALF:-1}"
 EXTRA_ARMS="${EXTRA_ARMS:-0}"
 CONFIGS="${CONFIGS:-configs/claim}"
@@ -44,8 +51,10 @@ stage() {  # stage NAME OUTPUT COMMAND...
 }
 
 PENDING=()
-background() {  # background STAGE-ARGS...: run `stage` with at most JOBS at a time (`drain` waits for all)
-  stage "$@" &
+THREADS_PER_JOB=$(( $(nproc 2>/dev/null || echo 2) / JOBS )); (( THREADS_PER_JOB >= 1 )) || THREADS_PER_JOB=1
+background() {  # background STAGE-ARGS...: run `stage` with at most JOBS at a time (`drain` waits for all),
+  # each on its share of the cores when JOBS > 1 (small convolutions scale poorly across threads)
+  if (( JOBS > 1 )); then (export OMP_NUM_THREADS=$THREADS_PER_JOB; stage "$@") & else stage "$@" & fi
   PENDING+=($!)
   if (( ${#PENDING[@]} >= JOBS )); then
     wait "${PENDING[0]}" || exit 1
@@ -65,18 +74,62 @@ seed_config() {  # seed_config TEMPLATE SEED -> path of the template's copy for 
   echo "$out"
 }
 
-stage data        "$RUNS/data_preview.png" anatldm inspect --config "$CONFIGS/eval.yaml" --out "$RUNS/data_preview.png"
+case "$CLAIM" in v1) EVAL_CONFIG="$CONFIGS/eval.yaml" ;; v2) EVAL_CONFIG="$CONFIGS/eval_v2.yaml" ;;
+  *) echo "CLAIM must be v1 or v2, got '$CLAIM'" >&2; exit 2 ;; esac
+stage data        "$RUNS/data_preview.png" anatldm inspect --config "$EVAL_CONFIG" --out "$RUNS/data_preview.png"
 background autoencoder "$RUNS/vae/export/autoencoder.json" anatldm fit --config "$CONFIGS/vae.yaml"
 background judge       "$RUNS/judge/checkpoints/last.ckpt" anatldm fit --config "$CONFIGS/judge.yaml"
 drain
+REPORT="$RUNS"
+if [[ "$CLAIM" == v2 ]]; then
+  for s in "${SEEDS[@]}"; do
+    for arm in ldm ldm_v2 ldm_baseline ldm_baseline_matched; do
+      background "${arm}_seed$s" "$RUNS/${arm}_seed$s/checkpoints/last.ckpt" \
+        anatldm fit --config "$(seed_config "$CONFIGS/$arm.yaml" "$s")"
+    done
+  done
+  drain
+  stage selection "$RUNS/select/report.json" anatldm test --config "$CONFIGS/select_v2.yaml"
+  python - "$RUNS" "$CONFIGS" "${SEEDS[@]}" <<'PY'
+import json, sys
+import yaml
+from anatldm.atomic import write_text_atomic
+runs, configs, *seeds = sys.argv[1:]
+selection = yaml.safe_load(open(f"{configs}/select_v2.yaml"))["model"]["init_args"]
+report = json.load(open(f"{runs}/select/report.json"))
+candidates = {}
+for name, guidance in selection["guidance"].items():
+    arm = name.split("@")[0]
+    rate = report["arms"][name]["pooled"]["plausibility_rate"]["value"]
+    candidates.setdefault(arm, []).append((-rate, guidance["weight"], name, guidance))
+config = yaml.safe_load(open(f"{configs}/eval_v2.yaml"))
+args = config["model"]["init_args"]
+chosen, args["guidance"] = {}, {}
+for arm, options in candidates.items():
+    rate, _, name, guidance = sorted(options, key=lambda o: (o[0], o[1]))[0]
+    chosen[arm] = {"choice": name, "plausibility_rate": -rate,
+                   "candidates": {o[2]: -o[0] for o in options}}
+    if guidance["kind"] == "autoguidance":  # each training seed guided by its own early checkpoint
+        args["guidance"][arm] = [{**guidance, "guide": guidance["guide"].replace("_seed0/", f"_seed{s}/")} for s in seeds]
+    else:
+        args["guidance"][arm] = guidance
+write_text_atomic(f"{runs}/select/choice.json", json.dumps(chosen, indent=1))
+write_text_atomic(f"{runs}/configs/eval_v2.yaml", yaml.safe_dump(config, sort_keys=False))
+for arm, entry in chosen.items():
+    print(f"guidance of {arm}: {entry['choice']} (plausibility {entry['plausibility_rate']:.3f} on the selection seeds)")
+PY
+  stage evaluation_v2 "$RUNS/v2/report.md" anatldm test --config "$RUNS/configs/eval_v2.yaml"
+  REPORT="$RUNS/v2"
+fi
 for s in "${SEEDS[@]}"; do
+  [[ "$CLAIM" == v1 ]] || break
   background "ldm_seed$s" "$RUNS/ldm_seed$s/checkpoints/last.ckpt" \
     anatldm fit --config "$(seed_config "$CONFIGS/ldm.yaml" "$s")"
   background "ldm_baseline_seed$s" "$RUNS/ldm_baseline_seed$s/checkpoints/last.ckpt" \
     anatldm fit --config "$(seed_config "$CONFIGS/ldm_baseline.yaml" "$s")"
 done
 drain
-stage evaluation  "$RUNS/report.md" anatldm test --config "$CONFIGS/eval.yaml"
+[[ "$CLAIM" != v1 ]] || stage evaluation  "$RUNS/report.md" anatldm test --config "$CONFIGS/eval.yaml"
 if [[ "$EXTRA_ARMS" != 0 ]]; then  # the optional arms: what each half of the method does alone
   for s in "${SEEDS[@]}"; do
     for arm in head_only registers_only; do
@@ -103,30 +156,30 @@ open(f"{runs}/configs/eval_extra.yaml", "w").write(yaml.safe_dump(config, sort_k
 PY
   stage evaluation_extra "$RUNS/extra/report.md" anatldm test --config "$RUNS/configs/eval_extra.yaml"
 fi
-if [[ "$HALF" != 0 ]]; then
+if [[ "$CLAIM" == v1 && "$HALF" != 0 ]]; then
   stage evaluation_half "$RUNS/half/report.md" anatldm test --config "$CONFIGS/eval_half.yaml"
 fi
 TOTAL=$((SECONDS - START))
 printf '%-22s %5d s\n' "total (this call)" "$TOTAL" | tee -a "$TIMES"
-python - "$RUNS" <<'PY'
+python - "$RUNS" "$REPORT" <<'PY'
 import json, sys
 from pathlib import Path
 from anatldm.atomic import write_text_atomic
-runs = Path(sys.argv[1])
+runs, folder = Path(sys.argv[1]), Path(sys.argv[2])
 stages = {}
 for line in (runs / "stage_times.txt").read_text().splitlines():
     name = line[:22].strip()
     if not name.startswith("total"):
         stages[name] = int(line[22:].split()[0])
-report = json.loads((runs / "report.json").read_text())
+report = json.loads((folder / "report.json").read_text())
 report["stage_times_s"] = stages
 report["wall_time_s"] = sum(stages.values())
-write_text_atomic(runs / "report.json", json.dumps(report, indent=1))
+write_text_atomic(folder / "report.json", json.dumps(report, indent=1))
 print(f"wall time of all stages: {report['wall_time_s']} s")
 PY
 echo
-echo "== Report ($RUNS/report.md) =="
-cat "$RUNS/report.md"
+echo "== Report ($REPORT/report.md) =="
+cat "$REPORT/report.md"
 echo "== Stage wall times =="
 cat "$TIMES"
-echo "Sample grids: $(ls "$RUNS"/samples_*.png | head -4 | tr '\n' ' ')..."
+echo "Sample grids: $(ls "$REPORT"/samples_*.png | head -4 | tr '\n' ' ')..."

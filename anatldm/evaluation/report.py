@@ -43,11 +43,17 @@ class ClaimCriteria:
             of the claimed +23 %), with a confidence interval excluding 0 and the same sign in
             every seed pair.
         max_kid_ratio: pooled KID of ``arm`` at most this multiple of the baseline's.
+        min_self_consistency: pooled self-consistency Dice (head vs judge on the samples) of
+            ``arm`` at least this (claim v2: 0.75); ``None``: not a criterion.
+        min_class_self_consistency: every class's self-consistency, averaged over the arm's
+            models, at least this (claim v2: 0.65); ``None``: not a criterion.
     """
 
     arm: str
     min_relative_gain: float = 0.115
     max_kid_ratio: float = 1.10
+    min_self_consistency: float | None = None
+    min_class_self_consistency: float | None = None
 
 
 def gate_verdict(thresholds: GateThresholds, judge_dice: dict[str, float], real_pass_rate: dict,
@@ -77,8 +83,25 @@ def gate_verdict(thresholds: GateThresholds, judge_dice: dict[str, float], real_
     return gate
 
 
-def claim_verdict(criteria: ClaimCriteria, baseline: str, arms: dict[str, dict], gate_passed: bool) -> dict:
-    """Whether the pooled comparison of ``criteria.arm`` vs ``baseline`` meets the criteria."""
+def _self_consistency_checks(criteria: ClaimCriteria, arm: dict, models: dict | None) -> dict[str, bool]:
+    """The claim's optional self-consistency checks (``models``: the report's per-model results)."""
+    checks = {}
+    if criteria.min_self_consistency is not None:
+        pooled = arm["pooled"].get("self_consistency_dice", {}).get("value", math.nan)
+        checks["self_consistency"] = bool(pooled >= criteria.min_self_consistency)
+    if criteria.min_class_self_consistency is not None:
+        per_model = [models[name]["head"]["self_consistency_per_class"] for name in arm["models"]
+                     if models and (models.get(name) or {}).get("head")]
+        classes = per_model[0] if per_model else {}
+        means = [float(np.nanmean([m[c] for m in per_model])) for c in classes]
+        checks["self_consistency_every_class"] = bool(means) and min(means) >= criteria.min_class_self_consistency
+    return checks
+
+
+def claim_verdict(criteria: ClaimCriteria, baseline: str, arms: dict[str, dict], gate_passed: bool,
+                  models: dict | None = None) -> dict:
+    """Whether the pooled comparison of ``criteria.arm`` vs ``baseline`` meets the criteria
+    (``models``: the report's per-model results, read by the self-consistency criteria)."""
     arm = arms[criteria.arm]
     change = arm.get("change_vs_baseline", {}).get("plausibility_rate")
     if change is None:
@@ -96,6 +119,7 @@ def claim_verdict(criteria: ClaimCriteria, baseline: str, arms: dict[str, dict],
         "primary_interval_excludes_0": change["low"] > 0 or change["high"] < 0,
         "same_sign_every_pair": all(p > 0 for p in pairs) or all(p < 0 for p in pairs),
         "kid_ratio": kid_ratio <= criteria.max_kid_ratio,
+        **_self_consistency_checks(criteria, arm, models),
     }
     met = all(checks.values()) and change["value"] > 0
     if not gate_passed:
@@ -141,6 +165,22 @@ def _head_table(models: dict) -> list[str]:
                 continue
             rows.append([name, f"real, {t}", *[f"{real[c]:.3f}" for c in classes], f"{real['mean']:.3f}"])
     return lines + _table(["model", "measure", *classes, "mean"], rows)
+
+
+def _gradient_table(models: dict) -> list[str]:
+    """Per model with an anatomy term: the anatomy / diffusion gradient-norm ratio over training."""
+    balances = {name: result["gradient_balance"] for name, result in models.items() if result.get("gradient_balance")}
+    if not balances:
+        return []
+    fractions = list(next(iter(balances.values()))["ratio_at"])
+    rows = []
+    for name, balance in balances.items():
+        clipped = balance.get("clipped_share_at") or {}
+        rows.append([name, *[f"{balance['ratio_at'][f]:.2f}" + (f" ({clipped[f]:.0%})" if f in clipped else "")
+                             for f in fractions], f"{balance['max']:.1f}"])
+    return ["", "Anatomy / diffusion gradient-norm ratio over training (the weighted terms as trained, from the run's "
+                "TensorBoard logs; in brackets the share of steps clipped by gradient_clip_val):", "",
+            *_table(["model", *[f"at {f}" for f in fractions], "max"], rows)]
 
 
 def markdown_report(report: dict, metrics: dict) -> str:
@@ -193,6 +233,7 @@ def markdown_report(report: dict, metrics: dict) -> str:
     lines += _table(["model", *model_metrics],
                     [[n, *[_cell(models[n].get(m)) for m in model_metrics]] for n in models])
     lines += _head_table(models)
+    lines += _gradient_table(models)
     lines += ["", "Judge and controls (pass rate of the plausibility rules):", ""]
     rows = [["real test slices", _cell(gate["real_pass_rate_interval"]), f">= {gate['thresholds']['min_real_pass_rate']}"]]
     for name, control in gate["controls"].items():

@@ -31,6 +31,7 @@ from anatldm.evaluation.statistics import (
     Statistics,
     violation_rates,
 )
+from anatldm.evaluation.training_logs import gradient_balance
 from anatldm.interpret.association import save_association
 from anatldm.interpret.effects import edit_effects_markdown
 from anatldm.metrics import AnatomyRules
@@ -88,6 +89,11 @@ def build_report(hp: Any, models: dict[str, list[str]], early_models: dict[str, 
         if record.consistency_per_class is not None:
             results[name]["head"] = {"self_consistency_per_class": record.consistency_per_class,
                                      "dice_real_by_timestep": record.head_dice_real}
+    for names in models.values():  # final models: how their anatomy term weighed against diffusion
+        for name in names:
+            balance = gradient_balance(records[name].checkpoint)
+            if balance is not None:
+                results[name]["gradient_balance"] = balance
     arms, pairs = {}, []
     for arm, names in models.items():
         group = [records[n] for n in names]
@@ -156,7 +162,8 @@ def build_report(hp: Any, models: dict[str, list[str]], early_models: dict[str, 
         "evaluation_wall_time_s": wall_time_s,
     }
     if hp.claim is not None:
-        report["claim"] = claim_verdict(as_dataclass(ClaimCriteria, hp.claim), hp.baseline, arms, gate["passed"])
+        report["claim"] = claim_verdict(as_dataclass(ClaimCriteria, hp.claim), hp.baseline, arms, gate["passed"],
+                                        results)
     return report
 
 

@@ -80,7 +80,8 @@ def test_claim_supported_at_its_thresholds() -> None:
     claim = claim_verdict(CRITERIA, "baseline", _arms(_interval(0.25, 0.01, 0.5), [0.2, 0.3, 0.25]), True)
     assert claim["met"] is True and claim["verdict"] == "claim supported"
     assert claim["kid_ratio"] == 1.5 and all(claim["checks"].values())
-    assert claim["criteria"] == {"arm": "register", "min_relative_gain": 0.25, "max_kid_ratio": 1.5}
+    assert claim["criteria"] == {"arm": "register", "min_relative_gain": 0.25, "max_kid_ratio": 1.5,
+                                 "min_self_consistency": None, "min_class_self_consistency": None}
 
 
 @pytest.mark.parametrize("gain, pairs, kid, failed", [
@@ -93,6 +94,24 @@ def test_claim_not_supported_past_any_criterion(gain: dict, pairs: list[float], 
     claim = claim_verdict(CRITERIA, "baseline", _arms(gain, pairs, kid), True)
     assert claim["met"] is False and claim["verdict"] == "claim not supported"
     assert [name for name, ok in claim["checks"].items() if not ok] == [failed]
+
+
+@pytest.mark.parametrize("pooled, liver, failed", [
+    (0.75, 0.65, []),  # both at their thresholds
+    (0.7499, 0.65, ["self_consistency"]),
+    (0.8, 0.6499, ["self_consistency_every_class"]),  # the class mean over the arm's models decides
+])
+def test_claim_v2_self_consistency_criteria(pooled: float, liver: float, failed: list[str]) -> None:
+    criteria = ClaimCriteria(arm="register", min_relative_gain=0.25, max_kid_ratio=1.5, min_self_consistency=0.75,
+                             min_class_self_consistency=0.65)
+    arms = _arms(_interval(0.3, 0.01, 0.6), [0.2, 0.3])
+    arms["register"].update(models=["register/seed0", "register/seed1"])
+    arms["register"]["pooled"]["self_consistency_dice"] = _interval(pooled)
+    models = {"register/seed0": {"head": {"self_consistency_per_class": {"liver": liver - 0.1, "lung": 0.9}}},
+              "register/seed1": {"head": {"self_consistency_per_class": {"liver": liver + 0.1, "lung": 0.9}}}}
+    claim = claim_verdict(criteria, "baseline", arms, True, models)
+    assert [name for name, ok in claim["checks"].items() if not ok] == failed
+    assert claim["met"] is (not failed)
 
 
 def test_a_consistent_loss_is_not_a_supported_claim() -> None:
