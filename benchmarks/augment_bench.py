@@ -325,8 +325,11 @@ def main(argv=None) -> None:
                     "device": "cpu"},
         "command": "python benchmarks/augment_bench.py" + (" --reduced" if args.reduced else ""),
     }
-    Path(args.out_json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out_json).write_text(json.dumps(report, indent=2) + "\n")
+    out = Path(args.out_json)
+    if out.is_file() and "closed_world" in (previous := json.loads(out.read_text())):
+        report["closed_world"] = previous["closed_world"]  # written by --closed-world, another run
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
     plot({**results_out, "synthetic": {"synthetic_head": results_out["synthetic"]["head"],
                                        "synthetic_judge": results_out["synthetic"]["judge"]}},
          args.low_fraction, args.out_png)
