@@ -39,6 +39,7 @@ def _event_folder(checkpoint: Path) -> Path | None:
 def _scalars(folder: Path, tags: tuple[str, ...]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    logging.getLogger("tensorboard").setLevel(logging.WARNING)  # it logs every event file it reads at INFO
     events = EventAccumulator(str(folder), size_guidance={"scalars": 0})  # 0: keep every value
     events.Reload()
     available = set(events.Tags().get("scalars", []))
