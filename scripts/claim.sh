@@ -10,6 +10,7 @@
 #   make claim CLAIM=v1   # the first claim, as it was run
 #   make claim FORCE=1    # redoes every stage
 #   make claim HALF=0     # (v1) without the 50 %-of-training evaluation
+#   make claim FRACTIONS=0  # (v2) without the plausibility-vs-training-fraction evaluation (25 %, 50 %, 100 %, unguided)
 #   CONFIGS=configs/claim/quickstart RUNS=runs/claim_quickstart make claim   # claim v2 at quickstart size
 #   make claim EXTRA_ARMS=1  # also the optional arms: head only (denoiser.registers.num_registers 0, anatomy_loss.weight 2)
 #                            # and registers only (denoiser.registers.num_registers 16, anatomy_loss.weight 0), 3 seeds each,
@@ -23,6 +24,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 FORCE="${FORCE:-}"
 CLAIM="${CLAIM:-v2}"
+FRACTIONS="${FRACTIONS:-1}"
 HALF="${HALF:-1}"
 EXTRA_ARMS="${EXTRA_ARMS:-0}"
 CONFIGS="${CONFIGS:-configs/claim}"
@@ -90,46 +92,25 @@ if [[ "$CLAIM" == v2 ]]; then
   done
   drain
   stage selection "$RUNS/select/report.json" anatldm test --config "$CONFIGS/select_v2.yaml"
-  python - "$RUNS" "$CONFIGS" "${SEEDS[@]}" <<'PY'
-import json, sys
-import yaml
-from anatldm.atomic import write_text_atomic
-runs, configs, *seeds = sys.argv[1:]
-selection = yaml.safe_load(open(f"{configs}/select_v2.yaml"))["model"]["init_args"]
-report = json.load(open(f"{runs}/select/report.json"))
-candidates = {}
-for name, guidance in selection["guidance"].items():
-    arm = name.split("@")[0]
-    rate = report["arms"][name]["pooled"]["plausibility_rate"]["value"]
-    candidates.setdefault(arm, []).append((-rate, guidance["weight"], name, guidance))
-config = yaml.safe_load(open(f"{configs}/eval_v2.yaml"))
-args = config["model"]["init_args"]
-chosen, args["guidance"] = {}, {}
-for arm, options in candidates.items():
-    rate, _, name, guidance = sorted(options, key=lambda o: (o[0], o[1]))[0]
-    chosen[arm] = {"choice": name, "plausibility_rate": -rate,
-                   "candidates": {o[2]: -o[0] for o in options}}
-    if guidance["kind"] == "autoguidance":  # each training seed guided by its own early checkpoint
-        args["guidance"][arm] = [{**guidance, "guide": guidance["guide"].replace("_seed0/", f"_seed{s}/")} for s in seeds]
-    else:
-        args["guidance"][arm] = guidance
-write_text_atomic(f"{runs}/select/choice.json", json.dumps(chosen, indent=1))
-write_text_atomic(f"{runs}/configs/eval_v2.yaml", yaml.safe_dump(config, sort_keys=False))
-for arm, entry in chosen.items():
-    print(f"guidance of {arm}: {entry['choice']} (plausibility {entry['plausibility_rate']:.3f} on the selection seeds)")
-PY
+  python scripts/choose_guidance.py "$CONFIGS/select_v2.yaml" "$RUNS/select/report.json" "$CONFIGS/eval_v2.yaml" \
+    "$RUNS/configs/eval_v2.yaml" "$RUNS/select/choice.json" --seeds "${SEEDS[@]}"
   stage evaluation_v2 "$RUNS/v2/report.md" anatldm test --config "$RUNS/configs/eval_v2.yaml"
   REPORT="$RUNS/v2"
+  if [[ "$FRACTIONS" != 0 ]]; then  # plausibility against training fraction, every arm unguided
+    python scripts/fraction_config.py "$CONFIGS/eval_v2.yaml" "$RUNS/configs/eval_fractions.yaml" \
+      --fractions 0.25 0.50 --out-dir "$RUNS/fractions"
+    stage fractions "$RUNS/fractions/report.md" anatldm test --config "$RUNS/configs/eval_fractions.yaml"
+  fi
+else  # the first claim
+  for s in "${SEEDS[@]}"; do
+    background "ldm_seed$s" "$RUNS/ldm_seed$s/checkpoints/last.ckpt" \
+      anatldm fit --config "$(seed_config "$CONFIGS/ldm.yaml" "$s")"
+    background "ldm_baseline_seed$s" "$RUNS/ldm_baseline_seed$s/checkpoints/last.ckpt" \
+      anatldm fit --config "$(seed_config "$CONFIGS/ldm_baseline.yaml" "$s")"
+  done
+  drain
+  stage evaluation  "$RUNS/report.md" anatldm test --config "$CONFIGS/eval.yaml"
 fi
-for s in "${SEEDS[@]}"; do
-  [[ "$CLAIM" == v1 ]] || break
-  background "ldm_seed$s" "$RUNS/ldm_seed$s/checkpoints/last.ckpt" \
-    anatldm fit --config "$(seed_config "$CONFIGS/ldm.yaml" "$s")"
-  background "ldm_baseline_seed$s" "$RUNS/ldm_baseline_seed$s/checkpoints/last.ckpt" \
-    anatldm fit --config "$(seed_config "$CONFIGS/ldm_baseline.yaml" "$s")"
-done
-drain
-[[ "$CLAIM" != v1 ]] || stage evaluation  "$RUNS/report.md" anatldm test --config "$CONFIGS/eval.yaml"
 if [[ "$EXTRA_ARMS" != 0 ]]; then  # the optional arms: what each half of the method does alone
   for s in "${SEEDS[@]}"; do
     for arm in head_only registers_only; do
@@ -168,9 +149,9 @@ from anatldm.atomic import write_text_atomic
 runs, folder = Path(sys.argv[1]), Path(sys.argv[2])
 stages = {}
 for line in (runs / "stage_times.txt").read_text().splitlines():
-    name = line[:22].strip()
-    if not name.startswith("total"):
-        stages[name] = int(line[22:].split()[0])
+    *name, seconds, _ = line.split()  # "NAME  SECONDS s" (a long name overflows its column)
+    if name and name[0] != "total":
+        stages[" ".join(name)] = int(seconds)
 report = json.loads((folder / "report.json").read_text())
 report["stage_times_s"] = stages
 report["wall_time_s"] = sum(stages.values())
