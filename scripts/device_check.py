@@ -265,7 +265,7 @@ def _parallel(commands: list[tuple[list[str], Path]], timeout_s: float) -> list[
 
 
 def part_claim(mode: Mode, folder: Path, budget: float) -> dict:
-    """scripts/claim.sh on a config folder derived from configs/claim/ (the GPU-size claim)."""
+    """scripts/claim.sh on a config folder derived from configs/claim/ (the GPU-size first claim, CLAIM=v1: its folder holds the v1 configs)."""
     runs, cache, configs = folder / "claim", folder / "cache", folder / "configs"
     seeds = list(mode.claim_seeds)
     for name in ("vae", "judge", "ldm", "ldm_baseline", "eval", "eval_half"):
@@ -279,7 +279,7 @@ def part_claim(mode: Mode, folder: Path, budget: float) -> dict:
         derive_config(ROOT / "configs" / "claim" / f"{name}.yaml", configs / f"{name}.yaml", runs.parent, mode,
                       f"claim_{name}", cache, extra)
     env = {"CONFIGS": str(configs), "RUNS": str(runs), "SEEDS": " ".join(map(str, seeds)),
-           "JOBS": str(mode.claim_jobs), "FORCE": "1", "HALF": "0", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+           "JOBS": str(mode.claim_jobs), "FORCE": "1", "CLAIM": "v1", "HALF": "0", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     record = run_command(["bash", "scripts/claim.sh"], folder / "claim.log", budget, env)
     files = [str(path) for path in [runs / "report.json", runs / "report.md", runs / "half" / "report.json",
                                     runs / "half" / "report.md", runs / "stage_times.txt",
