@@ -9,7 +9,8 @@ losses, backward, AdamW step) on one fixed 64x64 batch of 16 phantom-like slices
 configs' options (``cache_latents``: the batch's latents are encoded once, as after a fit's
 first epoch). Steps of the models alternate, so machine noise hits all alike; the ratios are of
 medians. Register variants (``VARIANTS``): the quickstart's register LDM (read-only bank, the head
-at ``output_stride: 2``), the head on the latent grid (the release before), anatomy-conditioned
+on the latent grid), the head at the image resolution that reads the autoencoder decoder's
+activations at t = 0 (``image_features``: one decoder pass over a quarter of the batch), anatomy-conditioned
 registers (self-conditioning: a no-grad first pass on half of the batches), ``registers.mode:
 read_write`` and ``registers.supervision: attention``.
 
@@ -38,6 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 ROUNDS, WARMUP = 50, 5
 #: register variants on top of configs/quickstart/ldm.yaml (denoiser config group -> options)
 VARIANTS = {"register": {}, "latent_head": {"head": {"output_stride": None, "clean_fraction": 0.0}},
+            # the head at the image resolution reading the autoencoder decoder at t = 0 (issue 21)
+            "image_head": {"head": {"output_stride": 1, "clean_fraction": 0.25, "image_features": True}},
             "anatomy_conditioning": {"registers": {"anatomy_conditioning": True}},
             "read_write": {"registers": {"mode": "read_write"}},
             "attention": {"registers": {"supervision": "attention"}},

@@ -218,6 +218,7 @@ def sample_latents(
     progress: Callable[[int, int], None] | None = None,
     guidance: GuidanceConfig | None = None,
     guide: AnatomicalDenoiser | None = None,
+    image_features: Callable[[torch.Tensor], list[torch.Tensor]] | None = None,
 ) -> SampleOutput:
     """Run the sampler from ``noise`` to clean latents; no mask or condition is needed.
 
@@ -238,6 +239,8 @@ def sample_latents(
         progress: called with ``(step, total)`` after each step.
         guidance: guidance of each step's prediction (:func:`guided_prediction`); ``None``: none.
         guide: the guide network of ``guidance.kind: autoguidance`` (eval mode).
+        image_features: for a head that reads them (``HeadConfig.image_features``), the frozen
+            autoencoder decoder's activations of the final latents, read by the t = 0 call.
     """
     check_guidance(denoiser, guidance, guide)
     scheduler.set_timesteps(num_inference_steps, device=noise.device)
@@ -267,7 +270,8 @@ def sample_latents(
     nfe = len(timesteps) * (2 if guidance is not None and guidance.enabled else 1)
     if output is not None and output.anatomy_logits is not None:
         clean = torch.zeros(latents.shape[0], dtype=torch.long, device=latents.device)  # t = 0
-        logits = denoiser(latents, clean, mask_size=mask_size, registers=registers,
-                          anatomy=anatomy).anatomy_logits  # the model alone
+        logits = denoiser(latents, clean, mask_size=mask_size, registers=registers, anatomy=anatomy,
+                          image_features=image_features(latents) if image_features is not None else None
+                          ).anatomy_logits  # the model alone
         nfe += 1
     return SampleOutput(latents, logits, attention or None, nfe)

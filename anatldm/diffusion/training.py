@@ -21,8 +21,8 @@ from anatldm.errors import ConfigError
 from anatldm.losses import class_register_groups
 from anatldm.models.registers import RegisterConfig
 
-__all__ = ["TrainingOptions", "check_cache_latents", "check_training_data", "diffusion_losses", "gradient_norm",
-           "slice_seeds", "supervised_register_groups"]
+__all__ = ["TrainingOptions", "check_cache_latents", "check_training_data", "clean_image_features", "diffusion_losses",
+           "gradient_norm", "posterior_moments", "slice_seeds", "supervised_register_groups"]
 
 
 @dataclass
@@ -71,7 +71,9 @@ def diffusion_losses(batch: dict, *, autoencoder: nn.Module, scale_factor: Tenso
                      posterior_cache: PosteriorCache | None = None, generator: torch.Generator | None = None,
                      max_timestep: int | None = None, seeds: Sequence[int] | None = None,
                      per_slice: bool = False, clean_fraction: float = 0.0,
-                     self_condition: bool = False) -> tuple[dict[str, Tensor], Tensor | None]:
+                     self_condition: bool = False,
+                     image_features: Callable[[Tensor], list[Tensor]] | None = None,
+                     ) -> tuple[dict[str, Tensor], Tensor | None]:
     """Losses of one batch and the head's logits.
 
     Latents: the posterior moments ``(mu, sigma)`` of the frozen ``autoencoder`` (from
@@ -84,7 +86,10 @@ def diffusion_losses(batch: dict, *, autoencoder: nn.Module, scale_factor: Tenso
     final call in sampling; ``HeadConfig.clean_fraction``), except with ``seeds``.
     ``self_condition`` (anatomy-conditioned registers): the tokens respond to the head's soft
     prediction of a first no-grad pass on the same noisy latents, as they respond to the previous
-    step's in sampling; otherwise to zeros, as at the first sampling step.
+    step's in sampling; otherwise to zeros, as at the first sampling step. ``image_features``
+    (``HeadConfig.image_features``): the frozen decoder's activations of a latent; the head of
+    every sample at t = 0 reads those of its (noised) latent, as the final sampling call does,
+    the others read zeros.
 
     Returns:
         ``{"diffusion_loss", ["anatomy_loss"], ["register_loss"]}`` (scalars) and the head's
@@ -93,12 +98,7 @@ def diffusion_losses(batch: dict, *, autoencoder: nn.Module, scale_factor: Tenso
     images, masks = batch["image"], batch["mask"]  # (B, 1, H, W), (B, H, W)
     batch_size = images.shape[0]
     high = max_timestep or scheduler.config.num_train_timesteps
-    if posterior_cache is not None and seeds is None:
-        keys = list(zip(batch["subject"], (int(p) for p in batch["position"]), strict=True))
-        z_mu, z_sigma = posterior_cache.moments(keys, images, autoencoder.encode)  # (B, C_z, h, w) each
-    else:
-        with torch.no_grad():
-            z_mu, z_sigma = autoencoder.encode(images)  # (B, C_z, h, w) each
+    z_mu, z_sigma = posterior_moments(batch, autoencoder, posterior_cache if seeds is None else None)
     generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds] if seeds is not None else None
     if generators is not None:
         eps = torch.stack([torch.randn(z_mu.shape[1:], generator=g) for g in generators]).to(z_mu)
@@ -123,7 +123,7 @@ def diffusion_losses(batch: dict, *, autoencoder: nn.Module, scale_factor: Tenso
             first = denoiser(noisy, timesteps, mask_size=masks.shape[1:]).anatomy_logits
         anatomy = torch.softmax(first.float(), dim=1)  # (B, classes, H, W)
     output = denoiser(noisy, timesteps, mask_size=masks.shape[1:], return_attention=register_loss is not None,
-                      anatomy=anatomy)
+                      anatomy=anatomy, image_features=clean_image_features(noisy, timesteps, image_features))
     target = noise if noise_schedule.prediction_type == "epsilon" else \
         scheduler.get_velocity(latents, noise, timesteps)
     per_sample = F.mse_loss(output.sample.float(), target.float(), reduction="none").flatten(1).mean(1)  # (B,)
@@ -136,6 +136,32 @@ def diffusion_losses(batch: dict, *, autoencoder: nn.Module, scale_factor: Tenso
     if register_loss is not None:
         losses["register_loss"] = register_loss(output.attention, masks, weights)
     return losses, output.anatomy_logits
+
+
+def posterior_moments(batch: dict, autoencoder: nn.Module,
+                      posterior_cache: PosteriorCache | None = None) -> tuple[Tensor, Tensor]:
+    """The frozen ``autoencoder``'s posterior ``(mu, sigma)`` ``(B, C_z, h, w)`` of ``batch["image"]``
+    (from ``posterior_cache`` when one is given, keyed by subject and position)."""
+    if posterior_cache is not None:
+        keys = list(zip(batch["subject"], (int(p) for p in batch["position"]), strict=True))
+        return posterior_cache.moments(keys, batch["image"], autoencoder.encode)
+    with torch.no_grad():
+        return autoencoder.encode(batch["image"])
+
+
+def clean_image_features(latents: Tensor, timesteps: Tensor,
+                         image_features: Callable[[Tensor], list[Tensor]] | None) -> list[Tensor] | None:
+    """``image_features`` of the samples at t = 0 of ``latents (B, C_z, *s)``, zeros for the
+    others (one decoder pass over the clean ones); ``None`` (the head reads none, as it reads
+    zeros: its image projections have no bias) without ``image_features`` or a clean sample."""
+    clean = timesteps == 0  # (B,)
+    if image_features is None or not bool(clean.any()):
+        return None
+    features = image_features(latents[clean])  # [(B_clean, C_i, *S_i)]
+    full = [latents.new_zeros(len(latents), *f.shape[1:]) for f in features]  # [(B, C_i, *S_i)]
+    for target, feature in zip(full, features, strict=True):
+        target[clean] = feature.to(target)
+    return full
 
 
 def gradient_norm(term: Tensor, params: Sequence[Tensor]) -> Tensor:

@@ -66,7 +66,10 @@ class HeadDice:
                 for t in self.timesteps:
                     t_batch = torch.full((len(latents),), t, device=latents.device, dtype=torch.long)
                     noisy = pipeline.train_scheduler.add_noise(latents, noise, t_batch)
-                    logits = pipeline.denoiser(noisy, t_batch, mask_size=truth.shape[1:]).anatomy_logits
+                    reads = t == 0 and pipeline.denoiser.reads_image_features  # as the final sampling call
+                    logits = pipeline.denoiser(noisy, t_batch, mask_size=truth.shape[1:],
+                                               image_features=pipeline.head_image_features(noisy) if reads else None
+                                               ).anatomy_logits
                     self.overlap[(name, t)].update(logits.argmax(1), truth, subjects)
             finally:
                 pipeline.denoiser.train(was_training)

@@ -47,6 +47,11 @@ class ClaimCriteria:
             ``arm`` at least this (claim v2: 0.75); ``None``: not a criterion.
         min_class_self_consistency: every class's self-consistency, averaged over the arm's
             models, at least this (claim v2: 0.65); ``None``: not a criterion.
+        min_memorisation_change: guard against a gain bought by copying: the pooled relative
+            change of the nearest-training-slice RMSE vs the baseline at least this (-0.10: the
+            samples are not 10 % closer to the training slices); ``None``: not a criterion.
+        max_diversity_ratio: guard against a gain bought by collapse: the arm's pooled pairwise
+            MS-SSIM at most this multiple of the baseline's (1.10); ``None``: not a criterion.
     """
 
     arm: str
@@ -54,6 +59,8 @@ class ClaimCriteria:
     max_kid_ratio: float = 1.10
     min_self_consistency: float | None = None
     min_class_self_consistency: float | None = None
+    min_memorisation_change: float | None = None
+    max_diversity_ratio: float | None = None
 
 
 def gate_verdict(thresholds: GateThresholds, judge_dice: dict[str, float], real_pass_rate: dict,
@@ -98,6 +105,19 @@ def _self_consistency_checks(criteria: ClaimCriteria, arm: dict, models: dict | 
     return checks
 
 
+def _guard_checks(criteria: ClaimCriteria, arm: dict, baseline: dict) -> dict[str, bool]:
+    """The claim's optional guards: no gain bought by copying the training slices or by collapse."""
+    checks = {}
+    if criteria.min_memorisation_change is not None:
+        change = arm.get("change_vs_baseline", {}).get("memorisation_rmse", {}).get("value", math.nan)
+        checks["guard_memorisation"] = bool(change >= criteria.min_memorisation_change)
+    if criteria.max_diversity_ratio is not None:
+        ours = arm["pooled"].get("diversity_msssim", {}).get("value", math.nan)
+        theirs = baseline["pooled"].get("diversity_msssim", {}).get("value", math.nan)
+        checks["guard_diversity"] = bool(ours <= criteria.max_diversity_ratio * theirs)
+    return checks
+
+
 def claim_verdict(criteria: ClaimCriteria, baseline: str, arms: dict[str, dict], gate_passed: bool,
                   models: dict | None = None) -> dict:
     """Whether the pooled comparison of ``criteria.arm`` vs ``baseline`` meets the criteria
@@ -120,6 +140,7 @@ def claim_verdict(criteria: ClaimCriteria, baseline: str, arms: dict[str, dict],
         "same_sign_every_pair": all(p > 0 for p in pairs) or all(p < 0 for p in pairs),
         "kid_ratio": kid_ratio <= criteria.max_kid_ratio,
         **_self_consistency_checks(criteria, arm, models),
+        **_guard_checks(criteria, arm, arms[baseline]),
     }
     met = all(checks.values()) and change["value"] > 0
     if not gate_passed:

@@ -43,6 +43,20 @@ class HeadConfig:
         clean_fraction: share of each training batch drawn at t = 0 (the clean latent) instead
             of a uniform timestep, so that the head's final call at t = 0, which labels every
             sample, is what was trained; 0 draws every timestep uniformly.
+        image_features: at t = 0 (the final call that labels every sample, and the clean share
+            of each training batch) the head's upsampling stages also read the frozen
+            autoencoder decoder's activations of the same latent at their resolution
+            (:func:`~anatldm.models.decoder_features.decoder_activations`): the mask is drawn
+            from the pixels that are decoded, not from the latent grid alone. Calls at t > 0
+            (sampling steps, anatomy-conditioned registers) read none. Needs ``output_stride``
+            and a t = 0 term to train them (``clean_fraction > 0`` or ``refine_steps > 0``);
+            costs one decoder pass for the clean share of a batch.
+        refine_steps: after training, fit the head alone at t = 0 on clean training latents
+            for this many steps, the rest of the denoiser frozen at its final (EMA) weights
+            (:func:`~anatldm.diffusion.head_refinement.refine_head`): the call that labels every
+            sample is fitted to the exported network; samples are unchanged. Written into the
+            exported pipeline and the run's ``last.ckpt``. 0: none.
+        refine_lr: the AdamW learning rate of that refinement.
     """
 
     #: where these settings sit in a config: errors name ``<key>.<field>``
@@ -52,6 +66,9 @@ class HeadConfig:
     channels: int = DEFAULT_HEAD_CHANNELS
     output_stride: int | None = None
     clean_fraction: float = 0.0
+    image_features: bool = False
+    refine_steps: int = 0
+    refine_lr: float = 1.0e-3
 
     def __post_init__(self) -> None:
         self.levels = tuple(int(level) for level in self.levels)
@@ -64,6 +81,14 @@ class HeadConfig:
                               f"got {self.output_stride}")
         if not 0 <= self.clean_fraction < 1:
             raise ConfigError(f"{self.key}.clean_fraction must lie in [0, 1), got {self.clean_fraction}")
+        if self.refine_steps < 0 or not self.refine_lr > 0:
+            raise ConfigError(f"{self.key}.refine_steps must be >= 0 and refine_lr > 0, got {self.refine_steps}, "
+                              f"{self.refine_lr}")
+        if self.image_features and (self.output_stride is None or (self.clean_fraction == 0 and not self.refine_steps)):
+            raise ConfigError(f"{self.key}.image_features needs learned upsampling stages to read them "
+                              f"(output_stride, got {self.output_stride}) and a t = 0 term to train them "
+                              f"(clean_fraction > 0, got {self.clean_fraction}, or refine_steps > 0, got "
+                              f"{self.refine_steps})")
 
     def upsample_stages(self, downsampling: int) -> int:
         """Learned x2 stages for an autoencoder that downsamples by ``downsampling``."""
@@ -96,7 +121,10 @@ class AnatomicalSegmentationHead(nn.Module):
     ``MIN_UPSAMPLE_CHANNELS``, as a decoder does, so the full-resolution stages stay cheap),
     so the classifier draws the mask at
     ``2^n`` times the latent grid: the image resolution when ``2^n`` is the autoencoder's
-    downsampling factor. Logits at any other size are interpolated to the requested mask size
+    downsampling factor. With ``image_channels``, stage ``s`` also adds a 1 x 1 projection of
+    an image feature map at its output resolution (the frozen autoencoder decoder's activation,
+    a U-Net skip connection from the decoded image) between its upsampling and its conv block;
+    a call without them adds nothing. Logits at any other size are interpolated to the requested mask size
     (with ``n = 0``, bilinear upsampling of latent-grid logits: thin structures such as ribs
     cannot be drawn at all, docs/method.md). Akin to the feature-pyramid fusion of Kirillov et
     al., "Panoptic Feature Pyramid Networks" (CVPR 2019), read from a diffusion UNet's decoder
@@ -111,10 +139,13 @@ class AnatomicalSegmentationHead(nn.Module):
         hidden_channels: width of the fusion block.
         norm_num_groups: groups of the GroupNorm layers.
         upsample_stages: learned x2 upsampling stages after the fusion (0: none).
+        image_channels: channels of the image feature map each stage may read, one per stage
+            (empty: the head reads none).
     """
 
     def __init__(self, spatial_dims: int, in_channels: Sequence[int], num_classes: int,
-                 hidden_channels: int = 32, norm_num_groups: int = 8, upsample_stages: int = 0) -> None:
+                 hidden_channels: int = 32, norm_num_groups: int = 8, upsample_stages: int = 0,
+                 image_channels: Sequence[int] = ()) -> None:
         super().__init__()
         if len(in_channels) == 0:
             raise ValueError("in_channels must name at least one feature level")
@@ -125,6 +156,9 @@ class AnatomicalSegmentationHead(nn.Module):
                              f"norm_num_groups ({norm_num_groups})")
         if upsample_stages < 0:
             raise ValueError(f"upsample_stages must be >= 0, got {upsample_stages}")
+        if image_channels and len(image_channels) != upsample_stages:
+            raise ValueError(f"image_channels names {len(image_channels)} feature maps for {upsample_stages} "
+                             "upsampling stages (one per stage)")
         conv = Conv[Conv.CONV, spatial_dims]
         self.spatial_dims, self.num_classes = spatial_dims, num_classes
         self.projections = nn.ModuleList(conv(c, hidden_channels, kernel_size=1) for c in in_channels)
@@ -134,12 +168,24 @@ class AnatomicalSegmentationHead(nn.Module):
             nn.Sequential(UpSample(spatial_dims, c_in, c_out, scale_factor=2, mode="pixelshuffle", apply_pad_pool=False),
                           _conv_block(conv, c_out, math.gcd(norm_num_groups, c_out)))
             for c_in, c_out in zip(widths[:-1], widths[1:], strict=True))
+        self.image_projections = nn.ModuleList(conv(c_in, c_out, kernel_size=1, bias=False)
+                                               for c_in, c_out in zip(image_channels, widths[1:len(image_channels) + 1],
+                                                                          strict=True))
         self.classifier = conv(widths[-1], num_classes, kernel_size=1)
 
-    def forward(self, features: Sequence[torch.Tensor], output_size: Sequence[int]) -> torch.Tensor:
-        """``features[i]: (B, C_i, *S_i)`` -> logits ``(B, num_classes, *output_size)``."""
+    @property
+    def reads_image_features(self) -> bool:
+        return len(self.image_projections) > 0
+
+    def forward(self, features: Sequence[torch.Tensor], output_size: Sequence[int],
+                image_features: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        """``features[i]: (B, C_i, *S_i)`` -> logits ``(B, num_classes, *output_size)``;
+        ``image_features[s]: (B, image_channels[s], *2^(s+1) S_max)``, read by stage ``s`` (zeros
+        for a sample add nothing: the projections have no bias)."""
         if len(features) != len(self.projections):
             raise ValueError(f"expected {len(self.projections)} feature maps, got {len(features)}")
+        if image_features is not None and len(image_features) != len(self.image_projections):
+            raise ValueError(f"expected {len(self.image_projections)} image feature maps, got {len(image_features)}")
         finest = max((f.shape[2:] for f in features), key=lambda s: s.numel())  # S_max
         mode = "bilinear" if self.spatial_dims == 2 else "trilinear"
         fused = 0
@@ -149,8 +195,11 @@ class AnatomicalSegmentationHead(nn.Module):
                 projected = F.interpolate(projected, size=finest, mode=mode, align_corners=False)
             fused = fused + projected  # (B, hidden, *S_max)
         hidden = self.fuse(fused)  # (B, hidden, *S_max)
-        for stage in self.upsample:
-            hidden = stage(hidden)  # (B, hidden, *2S)
+        for index, (upsample, block) in enumerate(self.upsample):
+            hidden = upsample(hidden)  # (B, c_s, *2S)
+            if image_features is not None:
+                hidden = hidden + self.image_projections[index](image_features[index])  # (B, c_s, *2S)
+            hidden = block(hidden)  # (B, c_s, *2S)
         logits = self.classifier(hidden)  # (B, num_classes, *S_max * 2^n)
         if tuple(logits.shape[2:]) != tuple(output_size):
             logits = F.interpolate(logits, size=tuple(output_size), mode=mode, align_corners=False)

@@ -94,10 +94,19 @@ class DenoiserConfig:
                 raise ConfigError(f"{key}.{name} {bad} out of range for the {num_levels} levels of {key}.channels")
 
     def denoiser_kwargs(self, spatial_dims: int, in_channels: int, num_classes: int,
-                        downsampling: int = 1) -> dict[str, Any]:
+                        downsampling: int = 1, decoder_channels: Sequence[int] = ()) -> dict[str, Any]:
         """The :class:`AnatomicalDenoiser` keyword arguments (``num_classes``: 0 builds no head;
-        ``downsampling``: the autoencoder's, image side / latent side); what a pipeline folder stores."""
+        ``downsampling``: the autoencoder's, image side / latent side; ``decoder_channels``: the
+        channels of its decoder's activations above the latent grid, coarsest first, needed by
+        ``head.image_features``); what a pipeline folder stores."""
         registers, head = self.registers, self.head
+        stages = head.upsample_stages(downsampling)
+        image_channels: list[int] = []
+        if head.image_features and num_classes:
+            if len(decoder_channels) < stages:
+                raise ConfigError(f"{head.key}.image_features: the autoencoder's decoder has {len(decoder_channels)} "
+                                  f"resolutions above the latent grid for the head's {stages} upsampling stages")
+            image_channels = [int(c) for c in decoder_channels[:stages]]
         return {"spatial_dims": spatial_dims, "in_channels": in_channels, "channels": list(self.channels),
                 "num_res_blocks": self.num_res_blocks, "attention_levels": list(self.attention_levels),
                 "norm_num_groups": self.norm_num_groups, "num_head_channels": self.num_head_channels,
@@ -106,7 +115,7 @@ class DenoiserConfig:
                 "register_heads": registers.heads, "register_encoder": registers.encoder,
                 "register_mode": registers.mode, "register_dropout": registers.dropout, "num_classes": num_classes,
                 "head_levels": list(head.levels), "head_channels": head.channels,
-                "head_upsample_stages": head.upsample_stages(downsampling),
+                "head_upsample_stages": stages, "head_image_channels": image_channels,
                 "anatomy_conditioning": registers.anatomy_conditioning}
 
     def to_dict(self) -> dict[str, Any]:
@@ -253,7 +262,10 @@ class AnatomicalDenoiser(nn.Module):
             (:class:`~anatldm.models.anatomy_conditioning.AnatomyTokenConditioner`); needs
             registers and a head.
         head_upsample_stages: learned x2 stages of the head after the fusion
-            (:class:`AnatomicalSegmentationHead`; ``HeadConfig.resolution: image``).
+            (:class:`AnatomicalSegmentationHead`; ``HeadConfig.output_stride``).
+        head_image_channels: channels of the autoencoder decoder's activations that the head's
+            upsampling stages read at t = 0, one per stage (``HeadConfig.image_features``;
+            :func:`~anatldm.models.decoder_features.decoder_activation_channels`); empty: none.
     """
 
     def __init__(
@@ -277,6 +289,7 @@ class AnatomicalDenoiser(nn.Module):
         head_levels: Sequence[int] = HeadConfig.levels,
         head_channels: int = DEFAULT_HEAD_CHANNELS,
         head_upsample_stages: int = 0,
+        head_image_channels: Sequence[int] = (),
         anatomy_conditioning: bool = False,
     ) -> None:
         super().__init__()
@@ -318,7 +331,7 @@ class AnatomicalDenoiser(nn.Module):
         self.head_levels = tuple(sorted(head_levels)) if num_classes else ()
         self.head = (AnatomicalSegmentationHead(spatial_dims, [channels[lv] for lv in self.head_levels],
                                                 num_classes, head_channels, min(norm_num_groups, head_channels),
-                                                head_upsample_stages)
+                                                head_upsample_stages, head_image_channels)
                      if num_classes else None)
         if anatomy_conditioning and not (num_registers and num_classes):
             raise ValueError("anatomy_conditioning needs a register bank and a head "
@@ -330,6 +343,11 @@ class AnatomicalDenoiser(nn.Module):
         hooked |= {("up", lv) for lv in (*self.register_levels, *self.head_levels)}
         for side, level in sorted(hooked):
             self._block(side, level).register_forward_hook(self._make_hook(side, level))
+
+    @property
+    def reads_image_features(self) -> bool:
+        """Whether the head's t = 0 call reads the autoencoder decoder's activations."""
+        return self.head is not None and self.head.reads_image_features
 
     @classmethod
     def from_config(cls, config: DenoiserConfig, spatial_dims: int, in_channels: int,
@@ -369,7 +387,8 @@ class AnatomicalDenoiser(nn.Module):
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, mask_size: Sequence[int] | None = None,
                 registers: torch.Tensor | None = None, return_attention: bool = False,
-                anatomy: torch.Tensor | None = None, use_registers: bool = True) -> DenoiserOutput:
+                anatomy: torch.Tensor | None = None, use_registers: bool = True,
+                image_features: Sequence[torch.Tensor] | None = None) -> DenoiserOutput:
         """Predict the noise of ``x (B, C, *S)`` at ``timesteps (B,)``.
 
         Args:
@@ -380,6 +399,9 @@ class AnatomicalDenoiser(nn.Module):
                 the tokens respond to (the head's previous prediction); ``None``: zeros.
             use_registers: ``False`` gives the register-free ("null") prediction of register
                 guidance: no register path at all, as a sample dropped by ``register_dropout``.
+            image_features: for a head with ``head_image_channels``, the frozen autoencoder
+                decoder's activations of ``x`` (:func:`~anatldm.models.decoder_features.decoder_activations`;
+                t = 0 calls only); ``None``: the head reads none.
         """
         tokens = None
         if self.registers is not None:
@@ -406,5 +428,6 @@ class AnatomicalDenoiser(nn.Module):
             self._state = {}
         logits = None
         if self.head is not None:
-            logits = self.head(features, tuple(mask_size or x.shape[2:]))  # (B, classes, *mask_size)
+            logits = self.head(features, tuple(mask_size or x.shape[2:]),
+                               image_features)  # (B, classes, *mask_size)
         return DenoiserOutput(sample, logits, attention)

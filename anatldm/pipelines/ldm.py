@@ -41,6 +41,7 @@ from anatldm.interpret.edits import (
     load_register_bank,
 )
 from anatldm.models.autoencoder_bundle import downsampling_factor
+from anatldm.models.decoder_features import decoder_activations
 from anatldm.models.denoiser import AnatomicalDenoiser
 from anatldm.models.registers import RegisterEdit
 
@@ -157,6 +158,13 @@ class AnatomicalLDMPipeline(nn.Module):
     def decode(self, latents: Tensor) -> Tensor:
         """Images ``(B, 1, *S)`` in [-1, 1] from scaled latents."""
         return self.autoencoder.decode_stage_2_outputs(latents / self.scale_factor).clamp(-1, 1)
+
+    @torch.no_grad()
+    def head_image_features(self, latents: Tensor) -> list[Tensor]:
+        """The frozen decoder's activations of scaled ``latents`` above the latent grid, as many
+        as the head's upsampling stages read (``HeadConfig.image_features``), coarsest first."""
+        features = decoder_activations(self.autoencoder, latents / self.scale_factor)[1]
+        return features[: len(self.denoiser.head.image_projections)]
 
     # -- register control ---------------------------------------------------------------------
     def check_edits(self, edits: Sequence[RegisterEdit] | None = None,
@@ -320,7 +328,9 @@ class AnatomicalLDMPipeline(nn.Module):
             output = sample_latents(self.denoiser, scheduler, noise, sampling.num_inference_steps,
                                     mask_size=self.image_size, registers=registers,
                                     attention_steps=sampling.attention_steps if return_attention else 0,
-                                    generator=generator, guidance=sampling.guidance, guide=guide)
+                                    generator=generator, guidance=sampling.guidance, guide=guide,
+                                    image_features=self.head_image_features if self.denoiser.reads_image_features
+                                    else None)
         finally:
             self.denoiser.train(was_training)
         masks = output.anatomy_logits.argmax(1) if output.anatomy_logits is not None else None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +13,11 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 from torchmetrics.segmentation import DiceScore
 
+from anatldm.atomic import write_atomic
 from anatldm.config import as_config
 from anatldm.diffusion import make_train_scheduler
 from anatldm.diffusion import training as ldm_stage
+from anatldm.diffusion.head_refinement import refine_head
 from anatldm.diffusion.latents import PosteriorCache
 from anatldm.diffusion.sampling import SamplingConfig
 from anatldm.diffusion.schedulers import NoiseScheduleConfig
@@ -31,6 +33,7 @@ from anatldm.losses import (
     TimestepWeighting,
 )
 from anatldm.models.autoencoder_bundle import downsampling_factor, load_autoencoder_bundle
+from anatldm.models.decoder_features import decoder_activation_channels
 from anatldm.models.denoiser import AnatomicalDenoiser, DenoiserConfig
 from anatldm.pipelines import AnatomicalLDMPipeline, AnatomicalLDMPipelineOutput
 from anatldm.trainers.base import AnatomyTask
@@ -153,8 +156,12 @@ class AnatomicalLDMTask(AnatomyTask):
         self.image_size = tuple(self.bundle["image_size"])
         config = self.bundle["config"]
         num_classes = len(self.class_names) if self.anatomy_loss_config.enabled else 0
+        downsampling = downsampling_factor(config)
+        decoder_channels = (decoder_activation_channels(self.autoencoder, (
+            config["latent_channels"], *(size // downsampling for size in self.image_size)))
+            if self.denoiser_config.head.image_features else ())
         denoiser_kwargs = self.denoiser_config.denoiser_kwargs(config.get("spatial_dims", 2), config["latent_channels"],
-                                                               num_classes, downsampling_factor(config))
+                                                               num_classes, downsampling, decoder_channels)
         try:
             self.denoiser = AnatomicalDenoiser(**denoiser_kwargs)
         except ValueError as err:
@@ -215,13 +222,42 @@ class AnatomicalLDMTask(AnatomyTask):
                                                                   self.trainer.estimated_stepping_batches)
 
     def on_train_end(self) -> None:
-        """Export the pipeline (:meth:`AnatomicalLDMPipeline.save_pretrained`) to
+        """Refine the head at t = 0 (``denoiser.head.refine_steps``; rank 0, written into each
+        ``last.ckpt``), then export the pipeline (:meth:`AnatomicalLDMPipeline.save_pretrained`) to
         ``<trainer.log_dir>/pipeline``, with the EMA weights (swapped in by the callback before this hook)."""
         folder = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "pipeline"
+        head = self.denoiser_config.head
+        if self.trainer.is_global_zero and self.denoiser.head is not None and head.refine_steps:
+            refine_head(self.denoiser, self._clean_training_batches(), self.anatomy_loss,
+                        1 if self.trainer.fast_dev_run else head.refine_steps, head.refine_lr,
+                        self.pipeline.head_image_features if self.denoiser.reads_image_features else None)
+            self._write_head_into_last_checkpoints()
         if self.trainer.is_global_zero:
             self.pipeline.save_pretrained(folder, extra={"source": {"autoencoder": str(self.hparams.autoencoder),
                                                                     "global_step": int(self.global_step)}})
         self.trainer.strategy.barrier("pipeline_export")
+
+    def _clean_training_batches(self) -> Iterator[tuple[Tensor, Tensor]]:
+        """``(latents, masks)`` of the training data, epoch after epoch: posterior samples, scaled."""
+        while True:
+            for batch in self.trainer.train_dataloader:
+                batch = {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+                z_mu, z_sigma = ldm_stage.posterior_moments(batch, self.autoencoder, self.posterior_cache)
+                yield (z_mu + z_sigma * torch.randn_like(z_mu)) * self.scale_factor, batch["mask"]
+
+    def _write_head_into_last_checkpoints(self) -> None:
+        """The refined head into every ``last.ckpt`` of the run (their weights and, for resuming,
+        the live weights the averaging callback keeps beside them), each rewritten atomically."""
+        head = {f"denoiser.head.{name}": value.detach().cpu() for name, value in self.denoiser.head.state_dict().items()}
+        for callback in self.trainer.checkpoint_callbacks:
+            path = Path(getattr(callback, "last_model_path", "") or "")
+            if not path.is_file():
+                continue
+            checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+            for key in ("state_dict", "current_model_state"):
+                if key in checkpoint:
+                    checkpoint[key].update(head)
+            write_atomic(path, lambda partial, checkpoint=checkpoint: torch.save(checkpoint, partial))
 
     def _losses(self, batch: dict, generator: torch.Generator | None = None, max_timestep: int | None = None,
                 seeds: Sequence[int] | None = None, per_slice: bool = False) -> tuple[dict[str, Tensor], Tensor | None]:
@@ -234,7 +270,8 @@ class AnatomicalLDMTask(AnatomyTask):
             posterior_cache=self.posterior_cache if self.training else None, generator=generator,
             max_timestep=max_timestep, seeds=seeds, per_slice=per_slice,
             clean_fraction=self.denoiser_config.head.clean_fraction if self.training and self.denoiser.head else 0.0,
-            self_condition=self._self_condition())
+            self_condition=self._self_condition(),
+            image_features=self.pipeline.head_image_features if self.denoiser.reads_image_features else None)
 
     def _self_condition(self) -> bool:
         """Anatomy-conditioned registers: in training, a batch is self-conditioned with probability

@@ -81,7 +81,8 @@ def test_claim_supported_at_its_thresholds() -> None:
     assert claim["met"] is True and claim["verdict"] == "claim supported"
     assert claim["kid_ratio"] == 1.5 and all(claim["checks"].values())
     assert claim["criteria"] == {"arm": "register", "min_relative_gain": 0.25, "max_kid_ratio": 1.5,
-                                 "min_self_consistency": None, "min_class_self_consistency": None}
+                                 "min_self_consistency": None, "min_class_self_consistency": None,
+                                 "min_memorisation_change": None, "max_diversity_ratio": None}
 
 
 @pytest.mark.parametrize("gain, pairs, kid, failed", [
@@ -110,6 +111,23 @@ def test_claim_v2_self_consistency_criteria(pooled: float, liver: float, failed:
     models = {"register/seed0": {"head": {"self_consistency_per_class": {"liver": liver - 0.1, "lung": 0.9}}},
               "register/seed1": {"head": {"self_consistency_per_class": {"liver": liver + 0.1, "lung": 0.9}}}}
     claim = claim_verdict(criteria, "baseline", arms, True, models)
+    assert [name for name, ok in claim["checks"].items() if not ok] == failed
+    assert claim["met"] is (not failed)
+
+
+@pytest.mark.parametrize("memorisation, msssim, failed", [
+    (-0.10, 0.66, []),  # both guards at their thresholds (baseline MS-SSIM 0.6)
+    (-0.1001, 0.66, ["guard_memorisation"]),  # samples closer to the training slices: copying
+    (0.0, 0.6601, ["guard_diversity"]),  # samples more alike: collapse
+])
+def test_claim_guards_against_copying_and_collapse(memorisation: float, msssim: float, failed: list[str]) -> None:
+    criteria = ClaimCriteria(arm="register", min_relative_gain=0.25, max_kid_ratio=1.5, min_memorisation_change=-0.10,
+                             max_diversity_ratio=1.10)
+    arms = _arms(_interval(0.3, 0.01, 0.6), [0.2, 0.3])
+    arms["register"]["change_vs_baseline"]["memorisation_rmse"] = _interval(memorisation)
+    arms["register"]["pooled"]["diversity_msssim"] = _interval(msssim)
+    arms["baseline"]["pooled"]["diversity_msssim"] = _interval(0.6)
+    claim = claim_verdict(criteria, "baseline", arms, True)
     assert [name for name, ok in claim["checks"].items() if not ok] == failed
     assert claim["met"] is (not failed)
 

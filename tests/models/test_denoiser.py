@@ -241,3 +241,42 @@ def test_register_dropout_does_nothing_in_eval_and_draws_per_sample() -> None:
 def test_register_dropout_is_checked() -> None:
     with pytest.raises(ValueError, match="register_dropout must lie in"):
         AnatomicalDenoiser(num_registers=4, register_dropout=2.0, **TINY)
+
+
+def _tiny_autoencoder():
+    from monai.networks.nets import AutoencoderKL
+
+    return AutoencoderKL(spatial_dims=2, in_channels=1, out_channels=1, channels=(8, 16, 16), latent_channels=4,
+                         num_res_blocks=1, norm_num_groups=8, attention_levels=(False, False, False),
+                         with_encoder_nonlocal_attn=False, with_decoder_nonlocal_attn=False).eval()
+
+
+def test_decoder_activations_are_the_decoders_own_pass() -> None:
+    from anatldm.models.decoder_features import decoder_activation_channels, decoder_activations
+
+    autoencoder, latents = _tiny_autoencoder(), torch.randn(2, 4, 8, 8)
+    image, features = decoder_activations(autoencoder, latents)
+    torch.testing.assert_close(image, autoencoder.decode(latents))
+    assert [tuple(f.shape) for f in features] == [(2, 16, 16, 16), (2, 8, 32, 32)]  # coarsest first
+    assert decoder_activation_channels(autoencoder, (4, 8, 8)) == [16, 8]
+
+
+def test_head_reads_image_features_only_when_given() -> None:
+    from anatldm.models.decoder_features import decoder_activations
+
+    model = AnatomicalDenoiser(num_registers=4, num_classes=3, head_upsample_stages=2, head_image_channels=(16, 8),
+                               **TINY).eval()
+    assert model.reads_image_features
+    latents, t = torch.randn(2, 4, 8, 8), torch.zeros(2, dtype=torch.long)
+    features = decoder_activations(_tiny_autoencoder(), latents)[1]
+    with torch.no_grad():
+        plain = model(latents, t, mask_size=(32, 32)).anatomy_logits
+        zeros = model(latents, t, mask_size=(32, 32), image_features=[torch.zeros_like(f) for f in features])
+        read = model(latents, t, mask_size=(32, 32), image_features=features).anatomy_logits
+    torch.testing.assert_close(zeros.anatomy_logits, plain)  # zeros add nothing: no bias
+    assert read.shape == (2, 3, 32, 32) and not torch.allclose(read, plain)
+    with pytest.raises(ValueError, match="expected 2 image feature maps, got 1"):
+        model(latents, t, mask_size=(32, 32), image_features=features[:1])
+    with pytest.raises(ValueError, match="image_channels names 1 feature maps for 2 upsampling stages"):
+        AnatomicalSegmentationHead(2, [8], 3, 8, 4, upsample_stages=2, image_channels=(16,))
+    assert not AnatomicalDenoiser(num_registers=4, num_classes=3, head_upsample_stages=2, **TINY).reads_image_features

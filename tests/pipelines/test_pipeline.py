@@ -256,3 +256,30 @@ def test_predict_samples_with_the_register_guidance_of_its_config(tiny_bundle: P
     with pytest.raises(ConfigError, match="model.sampling.guidance.kind: register guidance needs a register bank"):
         trained_looking_task(tiny_bundle, denoiser__registers__num_registers=0,
                              sampling__guidance={"kind": "registers"})
+
+
+def test_a_head_that_reads_the_decoder_labels_samples_from_the_decoded_latent(tiny_bundle: Path,
+                                                                              tmp_path: Path) -> None:
+    task = trained_looking_task(tiny_bundle, denoiser__head__output_stride=1, denoiser__head__clean_fraction=0.25,
+                                denoiser__head__image_features=True)
+    pipeline = task.pipeline
+    assert pipeline.denoiser.reads_image_features
+    out = pipeline.generate([0, 1], sampler="ddim", num_inference_steps=2)
+    latents = pipeline.encode(out.images)  # not the sampled latents: check the wiring on the final call instead
+    calls = []
+    original = pipeline.head_image_features
+    pipeline.head_image_features = lambda z: calls.append(z.shape) or original(z)
+    again = pipeline.generate([0, 1], sampler="ddim", num_inference_steps=2)
+    assert calls == [torch.Size([2, *pipeline.latent_shape])]  # once, at the t = 0 call only
+    assert torch.equal(again.masks, out.masks)
+    zero = torch.zeros(2, dtype=torch.long)
+    with torch.no_grad():
+        plain = pipeline.denoiser(latents, zero, mask_size=pipeline.image_size).anatomy_logits
+        read = pipeline.denoiser(latents, zero, mask_size=pipeline.image_size,
+                                 image_features=original(latents)).anatomy_logits
+    assert not torch.equal(plain, read)
+    folder = tmp_path / "pipeline"
+    pipeline.save_pretrained(folder)
+    loaded = AnatomicalLDMPipeline.from_pretrained(folder)
+    assert loaded.denoiser.reads_image_features
+    assert torch.equal(loaded.generate([0, 1], sampler="ddim", num_inference_steps=2).masks, out.masks)

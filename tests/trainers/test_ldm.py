@@ -64,7 +64,9 @@ def test_baseline_holds_no_register_or_head_parameter(bundle: Path) -> None:
                                    {"noise_schedule__prediction_type": "v_prediction"},
                                    {"denoiser__registers__anatomy_conditioning": True,
                                     "denoiser__registers__self_condition_rate": 1.0,
-                                    "denoiser__head__output_stride": 1, "denoiser__head__clean_fraction": 0.5}])
+                                    "denoiser__head__output_stride": 1, "denoiser__head__clean_fraction": 0.5},
+                                   {"denoiser__head__output_stride": 1, "denoiser__head__clean_fraction": 0.5,
+                                    "denoiser__head__image_features": True}])
 def test_fast_dev_run_fit(bundle: Path, tmp_path: Path, model: dict) -> None:
     config = write_config(tmp_path / "ldm.yaml", bundle, tmp_path, model)
     main(["fit", "--config", str(config), "--trainer.fast_dev_run", "1"])
@@ -302,3 +304,29 @@ def test_cache_latents_refuses_augmented_data(bundle: Path, tmp_path: Path) -> N
                       enable_progress_bar=False, default_root_dir=str(tmp_path))
     with pytest.raises(ConfigError, match=r"model.training.cache_latents needs data.augment: false"):
         trainer.fit(task(bundle, training__cache_latents=True), data)
+
+
+def test_head_refinement_reaches_the_last_checkpoint_and_the_pipeline(bundle: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    checkpoints = tmp_path / "checkpoints"
+    callbacks = [{"class_path": "anatldm.callbacks.EMAWeightAveraging", "init_args": {"decay": 0.9}},
+                 {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                  "init_args": {"dirpath": str(checkpoints), "save_last": True, "filename": "final"}}]
+    model = {"denoiser__head__output_stride": 1, "denoiser__head__image_features": True,
+             "denoiser__head__refine_steps": 3}
+    config = write_config(tmp_path / "ldm.yaml", bundle, tmp_path, model, max_epochs=1, limit_train_batches=2,
+                          limit_val_batches=0, callbacks=callbacks)
+    main(["fit", "--config", str(config)])
+    last = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=False)
+    before = torch.load(checkpoints / "final.ckpt", map_location="cpu", weights_only=False)  # the same step, unrefined
+    exported = load_file(next((tmp_path / "tb").rglob("pipeline/denoiser/*.safetensors")))
+    head = [k for k in last["state_dict"] if k.startswith("denoiser.head.")]
+    assert any(k.startswith("denoiser.head.image_projections") for k in head)
+    for key in head:
+        torch.testing.assert_close(last["state_dict"][key], exported[key[len("denoiser."):]])
+        torch.testing.assert_close(last["current_model_state"][key], last["state_dict"][key])
+    assert any(not torch.equal(last["state_dict"][k], before["state_dict"][k]) for k in head)
+    for key, value in before["state_dict"].items():  # nothing but the head moved
+        if key.startswith("denoiser.") and not key.startswith("denoiser.head."):
+            assert torch.equal(last["state_dict"][key], value), key
