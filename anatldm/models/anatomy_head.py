@@ -54,8 +54,10 @@ class HeadConfig:
         refine_steps: after training, fit the head alone at t = 0 on clean training latents
             for this many steps, the rest of the denoiser frozen at its final (EMA) weights
             (:func:`~anatldm.diffusion.head_refinement.refine_head`): the call that labels every
-            sample is fitted to the exported network; samples are unchanged. Written into the
-            exported pipeline and the run's ``last.ckpt``. 0: none.
+            sample is fitted to the exported network; samples are unchanged (hence not with
+            anatomy-conditioned registers, which read the head at every step). Written into the
+            exported pipeline and the run's ``last.ckpt``; the head's calls at t > 0 change too
+            (the real-slice Dice at t = 50 may fall). 0: none.
         refine_lr: the AdamW learning rate of that refinement.
     """
 

@@ -92,6 +92,10 @@ class DenoiserConfig:
             bad = [level for level in levels if not 0 <= level < num_levels]
             if bad:
                 raise ConfigError(f"{key}.{name} {bad} out of range for the {num_levels} levels of {key}.channels")
+        if self.head.refine_steps and self.registers.anatomy_conditioning:
+            raise ConfigError(f"{key}.head.refine_steps: anatomy-conditioned registers read the head at every "
+                              "sampling step, so refining it after training would change the samples; use one of "
+                              f"{key}.head.refine_steps and {key}.registers.anatomy_conditioning")
 
     def denoiser_kwargs(self, spatial_dims: int, in_channels: int, num_classes: int,
                         downsampling: int = 1, decoder_channels: Sequence[int] = ()) -> dict[str, Any]:

@@ -34,6 +34,8 @@ CASES = [
     (DenoiserConfig, {"num_res_blocks": 0}, "model.denoiser.num_res_blocks must be at least 1"),
     (DenoiserConfig, {"head": {"levels": [3]}}, "model.denoiser.head.levels \\[3\\] out of range for the 3 levels"),
     (DenoiserConfig, {"registers": {"heds": 2}}, "model.denoiser.registers: unknown key\\(s\\) heds"),
+    (DenoiserConfig, {"head": {"refine_steps": 10}, "registers": {"anatomy_conditioning": True}},
+     "model.denoiser.head.refine_steps: anatomy-conditioned registers read the head at every sampling step"),
 ]
 
 
