@@ -9,8 +9,10 @@ losses, backward, AdamW step) on one fixed 64x64 batch of 16 phantom-like slices
 configs' options (``cache_latents``: the batch's latents are encoded once, as after a fit's
 first epoch). Steps of the models alternate, so machine noise hits all alike; the ratios are of
 medians. Register variants (``VARIANTS``): the quickstart's register LDM (read-only bank, the head
-on the latent grid), the head at the image resolution that reads the autoencoder decoder's
-activations at t = 0 (``image_features``: one decoder pass over a quarter of the batch), anatomy-conditioned
+at the image resolution reading the autoencoder decoder at t = 0; its 500-step refinement after
+training is not a step cost: the quickstart's stage times show it), the head on the latent grid
+(the release before), the decoder-feature path also trained on a quarter of each batch at t = 0
+(one decoder pass over those samples), anatomy-conditioned
 registers (self-conditioning: a no-grad first pass on half of the batches), ``registers.mode:
 read_write`` and ``registers.supervision: attention``.
 
@@ -38,10 +40,12 @@ from anatldm.trainers import AnatomicalLDMTask
 ROOT = Path(__file__).resolve().parents[1]
 ROUNDS, WARMUP = 50, 5
 #: register variants on top of configs/quickstart/ldm.yaml (denoiser config group -> options)
-VARIANTS = {"register": {}, "latent_head": {"head": {"output_stride": None, "clean_fraction": 0.0}},
-            # the head at the image resolution reading the autoencoder decoder at t = 0 (issue 21)
-            "image_head": {"head": {"output_stride": 1, "clean_fraction": 0.25, "image_features": True}},
-            "anatomy_conditioning": {"registers": {"anatomy_conditioning": True}},
+VARIANTS = {"register": {},
+            # the head of the release before 2026-12-07: on the latent grid, no decoder features, no refinement
+            "latent_head": {"head": {"output_stride": None, "image_features": False, "refine_steps": 0}},
+            # the decoder-feature path trained in the steps too (a quarter of each batch at t = 0)
+            "image_head_clean_share": {"head": {"clean_fraction": 0.25}},
+            "anatomy_conditioning": {"registers": {"anatomy_conditioning": True}, "head": {"refine_steps": 0}},
             "read_write": {"registers": {"mode": "read_write"}},
             "attention": {"registers": {"supervision": "attention"}},
             "read_write_attention": {"registers": {"mode": "read_write", "supervision": "attention"}},

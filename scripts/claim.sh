@@ -10,7 +10,7 @@
 #   make claim CLAIM=v1   # the first claim, as it was run
 #   make claim FORCE=1    # redoes every stage
 #   make claim HALF=0     # (v1) without the 50 %-of-training evaluation
-#   make claim FRACTIONS=0  # (v2) without the plausibility-vs-training-fraction evaluation (25 %, 50 %, 100 %, unguided)
+#   make claim FRACTIONS=0  # (v2) without the plausibility-vs-training-fraction evaluation (25 %, 50 %, 75 %, 100 %, unguided)
 #   CONFIGS=configs/claim/quickstart RUNS=runs/claim_quickstart make claim   # claim v2 at quickstart size
 #   make claim EXTRA_ARMS=1  # also the optional arms: head only (denoiser.registers.num_registers 0, anatomy_loss.weight 2)
 #                            # and registers only (denoiser.registers.num_registers 16, anatomy_loss.weight 0), 3 seeds each,
@@ -98,7 +98,7 @@ if [[ "$CLAIM" == v2 ]]; then
   REPORT="$RUNS/v2"
   if [[ "$FRACTIONS" != 0 ]]; then  # plausibility against training fraction, every arm unguided
     python scripts/fraction_config.py "$CONFIGS/eval_v2.yaml" "$RUNS/configs/eval_fractions.yaml" \
-      --fractions 0.25 0.50 --out-dir "$RUNS/fractions"
+      --fractions 0.25 0.50 0.75 --out-dir "$RUNS/fractions"
     stage fractions "$RUNS/fractions/report.md" anatldm test --config "$RUNS/configs/eval_fractions.yaml"
   fi
 else  # the first claim
