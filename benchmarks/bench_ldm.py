@@ -45,7 +45,9 @@ VARIANTS = {"register": {},
             "latent_head": {"head": {"output_stride": None, "image_features": False, "refine_steps": 0}},
             # the decoder-feature path trained in the steps too (a quarter of each batch at t = 0)
             "image_head_clean_share": {"head": {"clean_fraction": 0.25}},
-            "anatomy_conditioning": {"registers": {"anatomy_conditioning": True}, "head": {"refine_steps": 0}},
+            # (refinement and anatomy conditioning exclude each other: the head without decoder features here)
+            "anatomy_conditioning": {"registers": {"anatomy_conditioning": True},
+                                     "head": {"refine_steps": 0, "image_features": False}},
             "read_write": {"registers": {"mode": "read_write"}},
             "attention": {"registers": {"supervision": "attention"}},
             "read_write_attention": {"registers": {"mode": "read_write", "supervision": "attention"}},
