@@ -9,10 +9,10 @@ losses, backward, AdamW step) on one fixed 64x64 batch of 16 phantom-like slices
 configs' options (``cache_latents``: the batch's latents are encoded once, as after a fit's
 first epoch). Steps of the models alternate, so machine noise hits all alike; the ratios are of
 medians. Register variants (``VARIANTS``): the quickstart's register LDM (read-only bank, the head
-at the image resolution reading the autoencoder decoder at t = 0; its 500-step refinement after
-training is not a step cost: the quickstart's stage times show it), the head on the latent grid
-(the release before), the decoder-feature path also trained on a quarter of each batch at t = 0
-(one decoder pass over those samples), anatomy-conditioned
+at 32 x 32 reading the autoencoder decoder at t = 0; its 500-step refinement after training is not
+a step cost: the quickstart's stage times show it), the head on the latent grid (the release
+before), the head at 64 x 64, the decoder-feature path also trained on a quarter of each batch at
+t = 0 (one decoder pass over those samples), anatomy-conditioned
 registers (self-conditioning: a no-grad first pass on half of the batches), ``registers.mode:
 read_write`` and ``registers.supervision: attention``.
 
@@ -43,6 +43,8 @@ ROUNDS, WARMUP = 50, 5
 VARIANTS = {"register": {},
             # the head of the release before 2026-12-07: on the latent grid, no decoder features, no refinement
             "latent_head": {"head": {"output_stride": None, "image_features": False, "refine_steps": 0}},
+            # the head's logits at 64x64 (two learned x2 stages) instead of 32x32
+            "image_head_stride1": {"head": {"output_stride": 1}},
             # the decoder-feature path trained in the steps too (a quarter of each batch at t = 0)
             "image_head_clean_share": {"head": {"clean_fraction": 0.25}},
             # (refinement and anatomy conditioning exclude each other: the head without decoder features here)
