@@ -351,7 +351,7 @@ class AnatomicalDenoiser(nn.Module):
     @property
     def reads_image_features(self) -> bool:
         """Whether the head's t = 0 call reads the autoencoder decoder's activations."""
-        return bool(getattr(self.head, "reads_image_features", False))  # a swapped-in head may not define it
+        return self.head is not None and self.head.reads_image_features
 
     @classmethod
     def from_config(cls, config: DenoiserConfig, spatial_dims: int, in_channels: int,
@@ -432,7 +432,6 @@ class AnatomicalDenoiser(nn.Module):
             self._state = {}
         logits = None
         if self.head is not None:
-            size = tuple(mask_size or x.shape[2:])
-            logits = (self.head(features, size) if image_features is None  # any head's call
-                      else self.head(features, size, image_features))  # (B, classes, *mask_size)
+            logits = self.head(features, tuple(mask_size or x.shape[2:]),
+                               image_features)  # (B, classes, *mask_size)
         return DenoiserOutput(sample, logits, attention)

@@ -160,11 +160,20 @@ class AnatomicalLDMPipeline(nn.Module):
         return self.autoencoder.decode_stage_2_outputs(latents / self.scale_factor).clamp(-1, 1)
 
     @torch.no_grad()
+    def decode_with_features(self, latents: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """One decoder pass: :meth:`decode`'s images and the decoder's activations that the head's
+        upsampling stages read (``HeadConfig.image_features``), coarsest first."""
+        image, features = decoder_activations(self.autoencoder, latents / self.scale_factor)
+        return image.clamp(-1, 1), features[: len(self.denoiser.head.image_projections)]
+
     def head_image_features(self, latents: Tensor) -> list[Tensor]:
-        """The frozen decoder's activations of scaled ``latents`` above the latent grid, as many
-        as the head's upsampling stages read (``HeadConfig.image_features``), coarsest first."""
-        features = decoder_activations(self.autoencoder, latents / self.scale_factor)[1]
-        return features[: len(self.denoiser.head.image_projections)]
+        """The decoder's activations of scaled ``latents`` that the head reads at t = 0."""
+        return self.decode_with_features(latents)[1]
+
+    @property
+    def image_feature_reader(self) -> Callable[[Tensor], list[Tensor]] | None:
+        """:meth:`head_image_features` for a head that reads them, else ``None``."""
+        return self.head_image_features if self.denoiser.reads_image_features else None
 
     # -- register control ---------------------------------------------------------------------
     def check_edits(self, edits: Sequence[RegisterEdit] | None = None,
@@ -322,6 +331,13 @@ class AnatomicalLDMPipeline(nn.Module):
         scheduler = make_sampler(sampling.sampler, self.train_scheduler)
         generator = step_generators(seeds)  # per sample: a sample does not depend on its batch
         guide = self.guide_network(sampling)
+        decoded: list[Tensor] = []  # the final call's decoder pass also gives the images
+
+        def read_features(latents: Tensor) -> list[Tensor]:
+            images, features = self.decode_with_features(latents)
+            decoded.append(images)
+            return features
+
         was_training = self.denoiser.training
         self.denoiser.eval()
         try:
@@ -329,13 +345,12 @@ class AnatomicalLDMPipeline(nn.Module):
                                     mask_size=self.image_size, registers=registers,
                                     attention_steps=sampling.attention_steps if return_attention else 0,
                                     generator=generator, guidance=sampling.guidance, guide=guide,
-                                    image_features=self.head_image_features if self.denoiser.reads_image_features
-                                    else None)
+                                    image_features=read_features if self.denoiser.reads_image_features else None)
         finally:
             self.denoiser.train(was_training)
         masks = output.anatomy_logits.argmax(1) if output.anatomy_logits is not None else None
-        return AnatomicalLDMPipelineOutput(self.decode(output.latents), masks, output.attention, applied, seeds,
-                                           sampling, output.nfe)
+        images = decoded[0] if decoded else self.decode(output.latents)
+        return AnatomicalLDMPipelineOutput(images, masks, output.attention, applied, seeds, sampling, output.nfe)
 
     def forward(self, *args: Any, **kwargs: Any) -> AnatomicalLDMPipelineOutput:
         """``pipeline(num_samples=16)`` is :meth:`generate`."""

@@ -230,7 +230,7 @@ class AnatomicalLDMTask(AnatomyTask):
         if self.trainer.is_global_zero and self.denoiser.head is not None and head.refine_steps:
             refine_head(self.denoiser, self._clean_training_batches(), self.anatomy_loss,
                         1 if self.trainer.fast_dev_run else head.refine_steps, head.refine_lr,
-                        self.pipeline.head_image_features if self.denoiser.reads_image_features else None)
+                        self.pipeline.image_feature_reader)
             self._write_head_into_last_checkpoints()
         if self.trainer.is_global_zero:
             self.pipeline.save_pretrained(folder, extra={"source": {"autoencoder": str(self.hparams.autoencoder),
@@ -271,7 +271,7 @@ class AnatomicalLDMTask(AnatomyTask):
             max_timestep=max_timestep, seeds=seeds, per_slice=per_slice,
             clean_fraction=self.denoiser_config.head.clean_fraction if self.training and self.denoiser.head else 0.0,
             self_condition=self._self_condition(),
-            image_features=self.pipeline.head_image_features if self.denoiser.reads_image_features else None)
+            image_features=self.pipeline.image_feature_reader)
 
     def _self_condition(self) -> bool:
         """Anatomy-conditioned registers: in training, a batch is self-conditioned with probability

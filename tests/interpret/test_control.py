@@ -29,8 +29,9 @@ class ThresholdHead(nn.Module):
     def __init__(self, threshold: float) -> None:
         super().__init__()
         self.threshold = threshold
+        self.reads_image_features = False
 
-    def forward(self, features, output_size):
+    def forward(self, features, output_size, image_features=None):
         level0 = features[0][:, :1]  # (B, 1, h, w)
         logits = torch.full((level0.shape[0], len(CT_ABDOMEN_CLASSES), *level0.shape[2:]), -1e4)
         logits[:, 0] = 0.0

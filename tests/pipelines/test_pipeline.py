@@ -267,8 +267,8 @@ def test_a_head_that_reads_the_decoder_labels_samples_from_the_decoded_latent(ti
     out = pipeline.generate([0, 1], sampler="ddim", num_inference_steps=2)
     latents = pipeline.encode(out.images)  # not the sampled latents: check the wiring on the final call instead
     calls = []
-    original = pipeline.head_image_features
-    pipeline.head_image_features = lambda z: calls.append(z.shape) or original(z)
+    decode_with_features = pipeline.decode_with_features
+    pipeline.decode_with_features = lambda z: calls.append(z.shape) or decode_with_features(z)
     again = pipeline.generate([0, 1], sampler="ddim", num_inference_steps=2)
     assert calls == [torch.Size([2, *pipeline.latent_shape])]  # once, at the t = 0 call only
     assert torch.equal(again.masks, out.masks)
@@ -276,7 +276,7 @@ def test_a_head_that_reads_the_decoder_labels_samples_from_the_decoded_latent(ti
     with torch.no_grad():
         plain = pipeline.denoiser(latents, zero, mask_size=pipeline.image_size).anatomy_logits
         read = pipeline.denoiser(latents, zero, mask_size=pipeline.image_size,
-                                 image_features=original(latents)).anatomy_logits
+                                 image_features=pipeline.head_image_features(latents)).anatomy_logits
     assert not torch.equal(plain, read)
     folder = tmp_path / "pipeline"
     pipeline.save_pretrained(folder)
