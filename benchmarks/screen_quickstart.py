@@ -9,7 +9,9 @@ default: the quickstart's, so run ``make quickstart`` first) on the quickstart's
 
 - ``autoencoder``: the share of reconstructions (posterior mean, decoded) of the real test slices
   that pass the rules (the evaluation's positive control, the ceiling of any LDM on this
-  autoencoder) and their PSNR;
+  autoencoder), their PSNR, and the judge's Dice per class on them against the slices' ground
+  truth (how much anatomy survives the autoencoder: it bounds both the plausibility of samples
+  and the head-vs-judge self-consistency; the judge's Dice on the real slices is printed beside it);
 - ``ldm``: the share of ``--samples`` samples (seeds 0..N-1, the pipeline's sampler) that pass,
   with a normal-approximation 95 % half-width; for a model with a head, the self-consistency
   Dice per class (head vs judge on the samples, :class:`~anatldm.metrics.SelfConsistencyDice`)
@@ -31,7 +33,7 @@ import torch
 from bench_sampling import real_test_slices  # benchmarks/ is on sys.path when run as a script
 
 from anatldm.evaluation.head import head_dice_by_timestep
-from anatldm.metrics import AnatomyRules, SelfConsistencyDice
+from anatldm.metrics import AnatomyRules, SelfConsistencyDice, per_class_dice
 from anatldm.models.autoencoder_bundle import load_autoencoder_bundle
 from anatldm.pipelines import AnatomicalLDMPipeline
 from anatldm.trainers import SegmenterTask
@@ -41,15 +43,26 @@ ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "runs" / "quickstart"
 
 
-def screen_autoencoder(path: str, judge, rules: AnatomyRules, images: torch.Tensor) -> dict:
-    autoencoder, _ = load_autoencoder_bundle(path)
+def judge_dice(judge, images: torch.Tensor, masks: torch.Tensor, class_names: list[str]) -> dict[str, float]:
+    """The judge's Dice per class (mean over the slices where the class is in either map) and its mean."""
+    labels = torch.cat([judge(images[s:s + 64]).argmax(1) for s in range(0, len(images), 64)])
+    per_class = per_class_dice(labels, masks, len(class_names)).nanmean(0)
+    dice = {name: round(float(v), 3) for name, v in zip(class_names[1:], per_class, strict=True)}
+    return {**dice, "mean": round(float(per_class.mean()), 3)}
+
+
+def screen_autoencoder(path: str, judge, rules: AnatomyRules, images: torch.Tensor, masks: torch.Tensor) -> dict:
+    autoencoder, bundle = load_autoencoder_bundle(path)
     autoencoder.eval()
     reconstructions = torch.cat([autoencoder.decode(autoencoder.encode(images[s:s + 64])[0]).clamp(-1, 1)
                                  for s in range(0, len(images), 64)])
     mse = (reconstructions - images).pow(2).flatten(1).mean(1)
     passed = rules.check_batch(judge(reconstructions).argmax(1))[0]
+    class_names = list(bundle["class_names"])
     return {"model": path, "slices": len(images), "reconstruction_pass_rate": round(float(passed.mean()), 3),
-            "psnr_db": round(float((10 * torch.log10(4.0 / mse)).mean()), 2)}
+            "psnr_db": round(float((10 * torch.log10(4.0 / mse)).mean()), 2),
+            "judge_dice_reconstructions": judge_dice(judge, reconstructions, masks, class_names),
+            "judge_dice_real": judge_dice(judge, images, masks, class_names)}
 
 
 def screen_ldm(path: str, judge, rules: AnatomyRules, samples: int, real: tuple | None, batch: int = 64) -> dict:
@@ -90,7 +103,7 @@ def main() -> None:
     rules = AnatomyRules.from_dict(json.loads(args.rules.read_text(encoding="utf-8")))
     real = real_test_slices(args.data_config)
     for model in args.models:
-        row = (screen_autoencoder(model, judge, rules, real[0]) if args.what == "autoencoder"
+        row = (screen_autoencoder(model, judge, rules, real[0], real[1]) if args.what == "autoencoder"
                else screen_ldm(model, judge, rules, args.samples, real))
         line = json.dumps(row)
         print(line, flush=True)

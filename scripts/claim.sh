@@ -76,10 +76,23 @@ seed_config() {  # seed_config TEMPLATE SEED -> path of the template's copy for 
   echo "$out"
 }
 
-case "$CLAIM" in v1) EVAL_CONFIG="$CONFIGS/eval.yaml" ;; v2) EVAL_CONFIG="$CONFIGS/eval_v2.yaml" ;;
+# The first claim's autoencoder had no domain perceptual loss (claim v2 adopted it by the amendment of
+# 2026-12-07 in configs/claim/README.md): CLAIM=v1 switches it off, so the first claim stays reproducible.
+AUTOENCODER_OPTIONS=()
+case "$CLAIM" in
+  v1) EVAL_CONFIG="$CONFIGS/eval.yaml"; AUTOENCODER_OPTIONS=(--model.init_args.anatomy_perceptual.weight 0) ;;
+  v2) EVAL_CONFIG="$CONFIGS/eval_v2.yaml" ;;
   *) echo "CLAIM must be v1 or v2, got '$CLAIM'" >&2; exit 2 ;; esac
+# v1 and v2 share the run folder's stages (the register LDM is both claims' literal arm) but not their
+# autoencoder: a folder started by one claim is not continued by the other
+if [[ -f "$RUNS/claim_version" && "$(cat "$RUNS/claim_version")" != "$CLAIM" ]]; then
+  echo "$RUNS holds the stages of claim $(cat "$RUNS/claim_version"), not $CLAIM: use FORCE=1 (starts over) or another RUNS" >&2
+  exit 2
+fi
+echo "$CLAIM" > "$RUNS/claim_version"
 stage data        "$RUNS/data_preview.png" anatldm inspect --config "$EVAL_CONFIG" --out "$RUNS/data_preview.png"
-background autoencoder "$RUNS/vae/export/autoencoder.json" anatldm fit --config "$CONFIGS/vae.yaml"
+background autoencoder "$RUNS/vae/export/autoencoder.json" anatldm fit --config "$CONFIGS/vae.yaml" \
+  ${AUTOENCODER_OPTIONS[@]+"${AUTOENCODER_OPTIONS[@]}"}
 background judge       "$RUNS/judge/checkpoints/last.ckpt" anatldm fit --config "$CONFIGS/judge.yaml"
 drain
 REPORT="$RUNS"

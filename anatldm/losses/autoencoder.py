@@ -20,11 +20,13 @@ def kl_divergence(z_mu: Tensor, z_sigma: Tensor) -> Tensor:
 
 def generator_losses(images: Tensor, reconstruction: Tensor, z_mu: Tensor, z_sigma: Tensor, *,
                      reconstruction_loss: str, kl_weight: float, perceptual_loss=None,
-                     perceptual_weight: float = 0.0, discriminator=None, adversarial_loss=None,
+                     perceptual_weight: float = 0.0, anatomy_perceptual=None, anatomy_perceptual_weight: float = 0.0,
+                     masks: Tensor | None = None, discriminator=None, adversarial_loss=None,
                      adv_weight: float = 0.0) -> dict[str, Tensor]:
     """The autoencoder's losses (in float32): ``reconstruction`` (L1 or L2), ``kl``, optionally
-    ``perceptual`` and ``generator_adversarial`` (when ``discriminator`` is given), and their
-    weighted sum ``loss``."""
+    ``perceptual``, ``anatomy_perceptual`` (an
+    :class:`~anatldm.losses.anatomy_perceptual.AnatomyPerceptualLoss`, with the slices' ``masks``)
+    and ``generator_adversarial`` (when ``discriminator`` is given), and their weighted sum ``loss``."""
     images, reconstruction = images.float(), reconstruction.float()  # losses in float32
     if reconstruction_loss == "l1":
         reconstruction_term = F.l1_loss(reconstruction, images)
@@ -36,6 +38,9 @@ def generator_losses(images: Tensor, reconstruction: Tensor, z_mu: Tensor, z_sig
         # the torchvision ResNet expects [0, 1]
         losses["perceptual"] = perceptual_loss((reconstruction + 1) / 2, (images + 1) / 2).float()
         loss = loss + perceptual_weight * losses["perceptual"]
+    if anatomy_perceptual is not None:
+        losses["anatomy_perceptual"] = anatomy_perceptual(reconstruction, images, masks)
+        loss = loss + anatomy_perceptual_weight * losses["anatomy_perceptual"]
     if discriminator is not None:
         logits_fake = discriminator(reconstruction.contiguous())[-1].float()  # (B, 1, *patches)
         losses["generator_adversarial"] = adversarial_loss(logits_fake, target_is_real=True,

@@ -19,7 +19,9 @@ from monai.networks.nets import AutoencoderKL, PatchDiscriminator
 from torch import Tensor
 from torchmetrics import MeanMetric, MetricCollection
 
-from anatldm.errors import check_output_folder
+from anatldm.config import as_config
+from anatldm.errors import ConfigError, check_output_folder
+from anatldm.losses.anatomy_perceptual import AnatomyPerceptualConfig, AnatomyPerceptualLoss
 from anatldm.losses.autoencoder import discriminator_loss, generator_losses
 from anatldm.models import autoencoder as ae_stage
 from anatldm.trainers.base import AnatomyTask
@@ -35,8 +37,11 @@ class AutoencoderTask(AnatomyTask):
 
     Wires MONAI's ``AutoencoderKL`` (Pinaya et al. 2022, https://arxiv.org/abs/2209.07162),
     ``PatchDiscriminator`` and ``PatchAdversarialLoss`` into Lightning's manual-optimisation GAN
-    pattern: one generator step (L1 + KL [+ perceptual] [+ adversarial]) and, once the
-    adversarial warm-up is over, one discriminator step per batch. Losses are computed in
+    pattern: one generator step (L1 + KL [+ perceptual] [+ anatomy perceptual] [+ adversarial])
+    and, once the adversarial warm-up is over, one discriminator step per batch. With
+    ``anatomy_perceptual.weight > 0`` a small segmenter trains on the real slices for the first
+    ``anatomy_perceptual.warmup_steps`` batches, then is frozen and scores every reconstruction
+    (:mod:`anatldm.losses.anatomy_perceptual`). Losses are computed in
     float32, so ``bf16-mixed`` is safe. Nothing is 2D-only: ``spatial_dims: 3`` trains on volumes.
 
     At the end of fit, ``scale_factor = 1 / std(z_mu)`` is measured on
@@ -73,6 +78,8 @@ class AutoencoderTask(AnatomyTask):
         perceptual_weights_path: a local torchvision ResNet-50 state dict for MONAI's perceptual
             loss (needs torchvision). ``None`` switches the perceptual loss off; nothing is ever
             downloaded.
+        anatomy_perceptual: the domain perceptual loss of a segmenter trained on this fit's own
+            slices; :class:`~anatldm.losses.anatomy_perceptual.AnatomyPerceptualConfig` (off by default).
         gradient_clip_val: max gradient norm of each optimiser step; ``None`` or 0 disables it
             (``trainer.gradient_clip_val`` cannot be used with manual optimisation).
         scale_factor_batches: training batches used to measure the latent scale factor.
@@ -94,6 +101,7 @@ class AutoencoderTask(AnatomyTask):
         kl_weight: float = 1e-6, adv_weight: float = 0.01, adversarial_warmup_steps: int = 1000,
         discriminator_layers: int = 3, discriminator_channels: int = 64,
         perceptual_weight: float = 1e-3, perceptual_weights_path: str | None = None,
+        anatomy_perceptual: AnatomyPerceptualConfig = AnatomyPerceptualConfig(),
         gradient_clip_val: float | None = 1.0, scale_factor_batches: int = 50, export_dir: str | None = None,
         num_logged_images: int = 8, max_nonfinite_steps: int = 10,
     ) -> None:
@@ -104,6 +112,7 @@ class AutoencoderTask(AnatomyTask):
             perceptual_weight=perceptual_weight)
         if export_dir is not None:
             check_output_folder(export_dir, "model.init_args.export_dir")
+        self.anatomy_perceptual_config = as_config(AnatomyPerceptualConfig, anatomy_perceptual)
         super().__init__()
         self.automatic_optimization = False
         #: training batches seen so far (drives the adversarial warm-up; kept in checkpoints)
@@ -125,6 +134,8 @@ class AutoencoderTask(AnatomyTask):
             self.discriminator = PatchDiscriminator(spatial_dims=hp.spatial_dims, in_channels=hp.in_channels,
                                                     channels=hp.discriminator_channels,
                                                     num_layers_d=hp.discriminator_layers)
+        config = self.anatomy_perceptual_config
+        self.anatomy_perceptual = AnatomyPerceptualLoss(config, hp.spatial_dims) if config.enabled else None
 
     def configure_losses(self) -> None:
         hp = self.hparams
@@ -149,6 +160,10 @@ class AutoencoderTask(AnatomyTask):
         if self.discriminator is not None:
             optimizers.append(torch.optim.Adam(self.discriminator.parameters(), lr=hp.discriminator_lr,
                                                **self.adam_options(self.discriminator.parameters())))
+        if self.anatomy_perceptual is not None:  # the segmenter, during its warm-up only
+            segmenter = self.anatomy_perceptual.segmenter
+            optimizers.append(torch.optim.Adam(segmenter.parameters(), lr=self.anatomy_perceptual_config.lr,
+                                               **self.adam_options(segmenter.parameters())))
         return optimizers
 
     def train(self, mode: bool = True) -> AutoencoderTask:
@@ -162,6 +177,14 @@ class AutoencoderTask(AnatomyTask):
         """Slices must halve cleanly at every downsampling, or reconstructions change size."""
         ae_stage.check_image_size(getattr(datamodule, "image_size", None), self.hparams.channels,
                                   self.hparams.spatial_dims)
+        config = self.anatomy_perceptual_config
+        names = getattr(datamodule, "class_names", None)
+        if config.enabled and names is None:
+            raise ConfigError(f"{config.key}.weight > 0 needs labelled data (masks and class names), "
+                              f"but the data module {type(datamodule).__name__} has no class_names")
+        if config.enabled and len(names) != config.num_classes:
+            raise ConfigError(f"{config.key}.num_classes is {config.num_classes} but the data has "
+                              f"{len(names)} classes {list(names)}")
 
     def on_fit_start(self) -> None:
         self.check_inputs(self.trainer.datamodule)
@@ -175,26 +198,41 @@ class AutoencoderTask(AnatomyTask):
     def adversarial_active(self) -> bool:
         return self.discriminator is not None and self.generator_steps >= self.hparams.adversarial_warmup_steps
 
+    @property
+    def anatomy_perceptual_active(self) -> bool:
+        """Whether the segmenter's warm-up is over and its term is in the autoencoder's loss."""
+        return (self.anatomy_perceptual is not None
+                and self.generator_steps >= self.anatomy_perceptual_config.warmup_steps)
+
     def training_step(self, batch: dict, batch_idx: int) -> None:
         images = batch["image"]  # (B, C, *spatial) in [-1, 1]
         optimizers = self.optimizers()
-        optimizers = optimizers if isinstance(optimizers, list) else [optimizers]  # [generator, discriminator?]
+        optimizers = optimizers if isinstance(optimizers, list) else [optimizers]  # [generator, discriminator?, segmenter?]
         generator_optimizer = optimizers[0]
+        discriminator_optimizer = optimizers[1] if self.discriminator is not None else None
+        segmenter_optimizer = optimizers[-1] if self.anatomy_perceptual is not None else None
         adversarial = self.adversarial_active
-        learning_rate_factor = self._apply_lr_schedule(optimizers)
+        segmenter_warmup = segmenter_optimizer is not None and not self.anatomy_perceptual_active
+        learning_rate_factor = self._apply_lr_schedule([generator_optimizer] + ([discriminator_optimizer] if
+                                                                                 discriminator_optimizer else []))
         buffers = self.buffer_snapshot()
         with self.toggled_optimizer(generator_optimizer):
             reconstruction, z_mu, z_sigma = self.autoencoder(images)  # (B, C, *spatial), 2 x (B, C_z, *latent)
-            losses = self._generator_losses(images, reconstruction, z_mu, z_sigma, adversarial)
+            losses = self._generator_losses(images, reconstruction, z_mu, z_sigma, adversarial, batch.get("mask"))
         if adversarial:  # the discriminator loss is computed before either network changes, as before
-            with self.toggled_optimizer(optimizers[1]):
+            with self.toggled_optimizer(discriminator_optimizer):
                 losses["discriminator"] = self._discriminator_loss(images, reconstruction.detach())
-        if self.skip_nonfinite_loss(torch.stack([losses["loss"], losses.get("discriminator", losses["loss"])]),
-                                    buffers):
-            return  # neither network is updated
+        if segmenter_warmup:  # the segmenter learns the real slices while its term is off
+            with self.toggled_optimizer(segmenter_optimizer):
+                losses["segmenter"] = self.anatomy_perceptual.segmenter_loss(images, batch["mask"])
+        checked = [losses["loss"]] + [losses[name] for name in ("discriminator", "segmenter") if name in losses]
+        if self.skip_nonfinite_loss(torch.stack(checked), buffers):
+            return  # no network is updated
         self._step(generator_optimizer, losses["loss"])
         if adversarial:
-            self._step(optimizers[1], losses["discriminator"])
+            self._step(discriminator_optimizer, losses["discriminator"])
+        if segmenter_warmup:
+            self._step(segmenter_optimizer, losses["segmenter"])
         self.generator_steps += 1
         batch_size = images.shape[0]
         self.log(f"train/{self.hparams.reconstruction_loss}", losses["reconstruction"], prog_bar=True,
@@ -202,6 +240,8 @@ class AutoencoderTask(AnatomyTask):
         self.log_dict({f"train/{name}": value.detach() for name, value in losses.items() if name != "reconstruction"},
                       batch_size=batch_size)
         self.log("train/adversarial_on", float(adversarial), batch_size=batch_size)
+        if self.anatomy_perceptual is not None:
+            self.log("train/anatomy_perceptual_on", float(not segmenter_warmup), batch_size=batch_size)
         self.log("train/generator_lr", self.hparams.generator_lr * learning_rate_factor, batch_size=batch_size)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -247,11 +287,13 @@ class AutoencoderTask(AnatomyTask):
 
     # -- helpers -----------------------------------------------------------------------------
     def _generator_losses(self, images: Tensor, reconstruction: Tensor, z_mu: Tensor, z_sigma: Tensor,
-                          adversarial: bool) -> dict[str, Tensor]:
+                          adversarial: bool, masks: Tensor | None = None) -> dict[str, Tensor]:
         hp = self.hparams
         return generator_losses(images, reconstruction, z_mu, z_sigma, reconstruction_loss=hp.reconstruction_loss,
                                 kl_weight=hp.kl_weight, perceptual_loss=self.perceptual_loss,
                                 perceptual_weight=hp.perceptual_weight,
+                                anatomy_perceptual=self.anatomy_perceptual if self.anatomy_perceptual_active else None,
+                                anatomy_perceptual_weight=self.anatomy_perceptual_config.weight, masks=masks,
                                 discriminator=self.discriminator if adversarial else None,
                                 adversarial_loss=self.adversarial_loss, adv_weight=hp.adv_weight)
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from lightning.pytorch import Trainer, seed_everything
+from lightning.pytorch import Callback, Trainer, seed_everything
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -178,3 +178,52 @@ def test_cli_reports_a_bad_value_in_one_line(tmp_path: Path, cache_dir: str, cap
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("anatldm: error: model.init_args.channels [8, 16] must all be divisible")
+
+
+# -- the domain perceptual loss (model.init_args.anatomy_perceptual) --------------------------
+ANATOMY_PERCEPTUAL = {"weight": 0.5, "num_classes": 6, "warmup_steps": 2, "channels": [4, 8]}
+
+
+def test_anatomy_perceptual_segmenter_trains_during_its_warmup_then_scores_reconstructions(
+        tmp_path: Path, cache_dir: str) -> None:
+    from anatldm.datamodules import AnatomyDataModule
+
+    seed_everything(0)
+    datamodule = AnatomyDataModule(**{**TINY_DATA, "cache_dir": cache_dir})
+    task = AutoencoderTask(**{**TINY_MODEL, "adversarial_warmup_steps": 100}, export_dir=str(tmp_path / "export"),
+                           anatomy_perceptual=ANATOMY_PERCEPTUAL)
+    assert len(task.configure_optimizers()) == 3  # generator, discriminator, segmenter
+    snapshots = []
+
+    class Snapshot(Callback):
+        def on_train_batch_end(self, trainer, module, *args) -> None:
+            snapshots.append([p.detach().clone() for p in module.anatomy_perceptual.segmenter.parameters()])
+
+    trainer = Trainer(accelerator="cpu", devices=1, max_epochs=1, limit_train_batches=4, limit_val_batches=1,
+                      callbacks=[Snapshot()],
+                      logger=TensorBoardLogger(tmp_path, name="tb"), log_every_n_steps=1, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    before = [p.detach().clone() for p in task.anatomy_perceptual.segmenter.parameters()]
+    trainer.fit(task, datamodule=datamodule)
+    moved = [any(not torch.equal(a, b) for a, b in zip(prev, snap, strict=True))
+             for prev, snap in zip([before, *snapshots[:-1]], snapshots, strict=True)]
+    assert moved == [True, True, False, False]  # trained for its 2 warm-up batches, then frozen
+    events = EventAccumulator(str(next((tmp_path / "tb").rglob("events.out.tfevents*"))))
+    events.Reload()
+    assert [e.value for e in events.Scalars("train/anatomy_perceptual_on")] == [0.0, 0.0, 1.0, 1.0]
+    assert events.Scalars("train/segmenter")[0].step == 0
+    terms = events.Scalars("train/anatomy_perceptual")
+    assert terms[0].step == 2 and all(event.value > 0 for event in terms)  # from the first batch after the warm-up
+    assert (tmp_path / "export" / BUNDLE_WEIGHTS).is_file()
+    loaded, _ = load_autoencoder_bundle(tmp_path / "export")  # the segmenter is not part of the bundle
+    assert not any("segmenter" in name for name, _ in loaded.named_parameters())
+
+
+def test_anatomy_perceptual_class_mismatch_is_one_error_and_no_run_folder(tmp_path: Path, cache_dir: str) -> None:
+    config = write_config(tmp_path / "vae.yaml", cache_dir, tmp_path / "export",
+                          anatomy_perceptual={**ANATOMY_PERCEPTUAL, "num_classes": 4})
+    result = run_anatldm("fit", "--config", str(config), "--trainer.fast_dev_run", "1")
+    assert result.returncode == 2, result.stderr[-3000:]
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("anatldm: error: model.anatomy_perceptual.num_classes is 4 but the data has 6")
+    assert not (tmp_path / "run").exists() and not (tmp_path / "export").exists()
