@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The whole anatldm chain on built-in phantoms, on CPU, through the real `anatldm` commands:
-# data -> autoencoder + segmenter -> register LDM + baseline LDM -> evaluation + samples.
+# data -> autoencoder + segmenter -> register LDM + baseline LDM -> evaluation -> samples.
 #   make quickstart            # skips stages whose outputs exist
 #   make quickstart FORCE=1    # redoes every stage
-# Independent stages run two at a time, each on half the cores (on 2 cores, two single-thread
-# runs finish sooner than the same runs one after the other on 2 threads: small convolutions
+# Independent fits run two at a time, each on half the cores (on 2 cores, two single-thread
+# fits finish sooner than the same fits one after the other on 2 threads: small convolutions
 # scale poorly across threads). A failing stage stops the chain with that stage's error.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,8 +33,8 @@ stage() {  # stage NAME OUTPUT COMMAND...
 THREADS=$(( $(nproc 2>/dev/null || echo 2) / 2 )); (( THREADS >= 1 )) || THREADS=1
 LOGS="$RUNS/logs"
 
-pair() {  # pair NAME_A OUTPUT_A COMMAND_A CONFIG_A NAME_B OUTPUT_B COMMAND_B CONFIG_B: `anatldm COMMAND --config CONFIG`, both at once
-  local names=("$1" "$5") outputs=("$2" "$6") commands=("$3" "$7") configs=("$4" "$8") todo=() pids=() failed=() k
+fit_pair() {  # fit_pair NAME_A OUTPUT_A CONFIG_A NAME_B OUTPUT_B CONFIG_B: both `anatldm fit` at once
+  local names=("$1" "$4") outputs=("$2" "$5") configs=("$3" "$6") todo=() pids=() failed=() k
   for k in 0 1; do
     if [[ -z "$FORCE" && -e "${outputs[$k]}" ]]; then
       echo "==> [${names[$k]}] skipped: ${outputs[$k]} exists (FORCE=1 redoes it)"
@@ -43,16 +43,16 @@ pair() {  # pair NAME_A OUTPUT_A COMMAND_A CONFIG_A NAME_B OUTPUT_B COMMAND_B CO
     fi
   done
   if (( ${#todo[@]} < 2 )); then  # nothing to pair: run what is left as a plain stage
-    for k in "${todo[@]}"; do stage "${names[$k]}" "${outputs[$k]}" anatldm "${commands[$k]}" --config "${configs[$k]}"; done
+    for k in "${todo[@]}"; do stage "${names[$k]}" "${outputs[$k]}" anatldm fit --config "${configs[$k]}"; done
     return
   fi
   mkdir -p "$LOGS"
   local start=$SECONDS
   for k in 0 1; do
-    echo "==> [${names[$k]}] anatldm ${commands[$k]} --config ${configs[$k]}  ($THREADS thread(s), log: $LOGS/${names[$k]}.log)"
+    echo "==> [${names[$k]}] anatldm fit --config ${configs[$k]}  ($THREADS thread(s), log: $LOGS/${names[$k]}.log)"
     (
       begin=$SECONDS
-      if OMP_NUM_THREADS=$THREADS anatldm "${commands[$k]}" --config "${configs[$k]}" > "$LOGS/${names[$k]}.log" 2>&1; then rc=0; else rc=$?; fi
+      if OMP_NUM_THREADS=$THREADS anatldm fit --config "${configs[$k]}" > "$LOGS/${names[$k]}.log" 2>&1; then rc=0; else rc=$?; fi
       echo $((SECONDS - begin)) > "$LOGS/${names[$k]}.seconds"
       exit "$rc"
     ) &
@@ -74,12 +74,12 @@ if [[ -n "$FORCE" ]]; then  # a forced run retrains everything from scratch
   rm -rf "$RUNS/vae" "$RUNS/ldm" "$RUNS/ldm_baseline" "$RUNS/segmenter" "$RUNS/eval" "$RUNS/samples" "$LOGS"
 fi
 stage data         "$RUNS/data_preview.png" anatldm inspect --config configs/quickstart/vae.yaml --out "$RUNS/data_preview.png"
-pair autoencoder  "$RUNS/vae/export/autoencoder.json"        fit     configs/quickstart/vae.yaml \
-     segmenter    "$RUNS/segmenter/checkpoints/last.ckpt"     fit     configs/quickstart/segmenter.yaml
-pair ldm          "$RUNS/ldm/checkpoints/last.ckpt"           fit     configs/quickstart/ldm.yaml \
-     ldm_baseline "$RUNS/ldm_baseline/checkpoints/last.ckpt"  fit     configs/quickstart/ldm_baseline.yaml
-pair evaluation   "$RUNS/eval/report.md"                      test    configs/quickstart/eval.yaml \
-     samples      "$RUNS/samples/samples.png"                 predict configs/quickstart/sample.yaml
+fit_pair autoencoder "$RUNS/vae/export/autoencoder.json" configs/quickstart/vae.yaml \
+         segmenter   "$RUNS/segmenter/checkpoints/last.ckpt" configs/quickstart/segmenter.yaml
+fit_pair ldm          "$RUNS/ldm/checkpoints/last.ckpt" configs/quickstart/ldm.yaml \
+         ldm_baseline "$RUNS/ldm_baseline/checkpoints/last.ckpt" configs/quickstart/ldm_baseline.yaml
+stage evaluation   "$RUNS/eval/report.md" anatldm test --config configs/quickstart/eval.yaml
+stage samples      "$RUNS/samples/samples.png" anatldm predict --config configs/quickstart/sample.yaml
 printf '%-13s %4d s\n' total $((SECONDS - START)) | tee -a "$TIMES"
 
 echo
