@@ -6,17 +6,23 @@ slices it can be measured against the ground truth itself: encode the slice (pos
 noise its latent to timestep ``t``, and compare the head's mask with the label map, by subject
 as the judge's gate does (:func:`~anatldm.evaluation.protocol.case_dice`). ``t = 0`` is the call
 that labels every sample; larger ``t`` shows how early in sampling the head knows the anatomy.
+
+With a judge, the same t = 0 call is also compared with the judge's mask of the decoded latent
+(the slice's reconstruction): the self-consistency a sample as good as a reconstruction of a real
+slice would get. It bounds the self-consistency of samples from above, and separates what the
+samples cost from what the head and the judge cannot agree on even on decoded real anatomy.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from anatldm.evaluation.slices import CaseOverlap
+from anatldm.metrics import SelfConsistencyDice
 
 __all__ = ["HEAD_TIMESTEPS", "HeadDice", "head_dice_by_timestep"]
 
@@ -43,14 +49,20 @@ class HeadDice:
         subject_names: every subject of the data (gathered across ranks by index).
         device: where the states live.
         timesteps: noise levels ``t`` (0: the clean latent, the sampler's final call).
+        judge: images ``(B, 1, *S)`` -> label maps ``(B, *S)``; with it (and ``0`` among the
+            timesteps), :meth:`reconstruction_consistency` is measured too.
     """
 
     def __init__(self, models: Mapping[str, object], class_names: list[str], subject_names, device,
-                 timesteps: Sequence[int] = HEAD_TIMESTEPS) -> None:
+                 timesteps: Sequence[int] = HEAD_TIMESTEPS, judge: Callable[[Tensor], Tensor] | None = None) -> None:
         self.models = {name: model for name, model in models.items() if model.denoiser.head is not None}
         self.timesteps = tuple(int(t) for t in timesteps)
+        self.class_names = list(class_names)
         self.overlap = {(name, t): CaseOverlap(class_names, subject_names, device)
                         for name in self.models for t in self.timesteps}
+        self.judge = judge if 0 in self.timesteps else None
+        self.consistency = ({name: SelfConsistencyDice(len(class_names)).to(device) for name in self.models}
+                            if self.judge is not None else {})
 
     @torch.no_grad()
     def update(self, images: Tensor, truth: Tensor, subjects: Sequence[str], positions: Sequence[int]) -> None:
@@ -66,11 +78,14 @@ class HeadDice:
                 for t in self.timesteps:
                     t_batch = torch.full((len(latents),), t, device=latents.device, dtype=torch.long)
                     noisy = pipeline.train_scheduler.add_noise(latents, noise, t_batch)
+                    reconstruction, features = (pipeline.decode_with_features(noisy) if t == 0 and (
+                        self.judge is not None or pipeline.denoiser.reads_image_features) else (None, None))
                     reads = t == 0 and pipeline.denoiser.reads_image_features  # as the final sampling call
-                    logits = pipeline.denoiser(noisy, t_batch, mask_size=truth.shape[1:],
-                                               image_features=pipeline.head_image_features(noisy) if reads else None
-                                               ).anatomy_logits
-                    self.overlap[(name, t)].update(logits.argmax(1), truth, subjects)
+                    head = pipeline.denoiser(noisy, t_batch, mask_size=truth.shape[1:],
+                                             image_features=features if reads else None).anatomy_logits.argmax(1)
+                    self.overlap[(name, t)].update(head, truth, subjects)
+                    if t == 0 and self.judge is not None:
+                        self.consistency[name].update(head, self.judge(reconstruction))
             finally:
                 pipeline.denoiser.train(was_training)
 
@@ -81,6 +96,19 @@ class HeadDice:
             dice = overlap.case_dice()
             dice["mean"] = float(np.nanmean(list(dice.values())))
             out.setdefault(name, {})[f"t={t}"] = {k: round(v, 4) for k, v in dice.items()}
+        return out
+
+    def reconstruction_consistency(self) -> dict[str, dict[str, float]]:
+        """``{model: {class: dice, ..., "pooled": dice}}``: head (t = 0) vs judge on the decoded
+        latents of the real slices (:class:`~anatldm.metrics.SelfConsistencyDice`: per class over
+        the slices where the class is in either mask; ``pooled``: the mean over slices of each
+        slice's macro Dice, as the samples' pooled self-consistency); empty without a judge."""
+        out = {}
+        for name, metric in self.consistency.items():
+            per_class = metric.per_class().cpu()
+            values = {c: round(float(v), 4) for c, v in zip(self.class_names[1:], per_class, strict=True)}
+            values["pooled"] = round(float(metric.compute()), 4)
+            out[name] = values
         return out
 
 

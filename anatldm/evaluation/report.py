@@ -172,14 +172,20 @@ def _head_table(models: dict) -> list[str]:
     first = next(iter(heads.values()))
     classes = list(first["self_consistency_per_class"])
     timesteps = list(first.get("dice_real_by_timestep") or {})
-    lines = ["", "Anatomy head, per class: self-consistency on the samples (head vs judge) and Dice against the "
-                 "ground truth on real test slices noised to t (per subject, as the judge's gate; t = 0 labels every "
-                 "sample):", ""]
+    lines = ["", "Anatomy head, per class: self-consistency on the samples (head vs judge); the same on the "
+                 "decoded latents of the real test slices (reconstructions: what a sample as good as a reconstruction "
+                 "would get, the ceiling of the row above); "
+                 "Dice against the ground truth on real test slices noised to t (per subject, as the judge's gate; "
+                 "t = 0 labels every sample):", ""]
     rows = []
     for name, head in heads.items():
         consistency = head["self_consistency_per_class"]
         rows.append([name, "self-consistency", *[f"{consistency[c]:.3f}" for c in classes],
                      f"{np.nanmean(list(consistency.values())):.3f}"])
+        ceiling = head.get("self_consistency_reconstructions")
+        if ceiling is not None:
+            rows.append([name, "self-consistency, reconstructions", *[f"{ceiling[c]:.3f}" for c in classes],
+                         f"{np.nanmean([ceiling[c] for c in classes]):.3f}"])
         for t in timesteps:
             real = (head.get("dice_real_by_timestep") or {}).get(t)
             if real is None:  # e.g. no real test slice reached this model's diagnostic

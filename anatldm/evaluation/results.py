@@ -89,6 +89,8 @@ def build_report(hp: Any, models: dict[str, list[str]], early_models: dict[str, 
         if record.consistency_per_class is not None:
             results[name]["head"] = {"self_consistency_per_class": record.consistency_per_class,
                                      "dice_real_by_timestep": record.head_dice_real}
+            if record.consistency_reconstructions is not None:
+                results[name]["head"]["self_consistency_reconstructions"] = record.consistency_reconstructions
     for names in models.values():  # final models: how their anatomy term weighed against diffusion
         for name in names:
             balance = gradient_balance(records[name].checkpoint)

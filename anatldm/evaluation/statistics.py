@@ -45,7 +45,9 @@ class ModelRecord:
     ``diversity`` ``(P,)`` MS-SSIM of sample pairs; ``checkpoint`` the file it came from;
     ``consistency_per_class`` the head-vs-judge Dice of each class over the samples where it is
     present, and ``head_dice_real`` the head's Dice against ground truth on real test slices by
-    timestep (:class:`~anatldm.evaluation.head.HeadDice`), both ``None`` without a head.
+    timestep (:class:`~anatldm.evaluation.head.HeadDice`), both ``None`` without a head;
+    ``consistency_reconstructions`` the head's t = 0 mask vs the judge's on the decoded latents of
+    the real test slices, per class and ``mean`` (the ceiling of ``consistency``), or ``None``.
     ``nfe`` network evaluations per sample; ``guidance`` the guidance it was sampled with (plain).
     """
 
@@ -59,6 +61,7 @@ class ModelRecord:
     checkpoint: str = ""
     consistency_per_class: dict[str, float] | None = None
     head_dice_real: dict[str, dict[str, float]] | None = None
+    consistency_reconstructions: dict[str, float] | None = None
     nfe: int = 0
     guidance: dict | None = None
 

@@ -202,7 +202,7 @@ class EvaluationTask(AnatomyTask):
         self.controls = {name: PlausibilityRate(self.rules).to(self.device) for name in results.CONTROLS}
         self.real_slices = slices.RealSlices(self.class_names, datamodule.cache.subject_names, self.device)
         self.head_dice = HeadDice({name: self.model(name) for names in self.arms.values() for name in names},
-                                  self.class_names, datamodule.cache.subject_names, self.device)
+                                  self.class_names, datamodule.cache.subject_names, self.device, judge=self.segment)
         self.protocol = EvaluationProtocol(hp, self.rules, self.class_names, self.segment, self._new_kid,
                                            self.training_images, self.floor_images, self.device, self.global_rank,
                                            self.trainer.world_size)
@@ -239,6 +239,8 @@ class EvaluationTask(AnatomyTask):
             num_samples, self.guidance)
         for name, dice in self.head_dice.compute().items():
             records[name].head_dice_real = dice
+        for name, consistency in self.head_dice.reconstruction_consistency().items():
+            records[name].consistency_reconstructions = consistency
         control_rates = {name: metric.per_sample().cpu().numpy() for name, metric in self.controls.items()
                          if metric.gathered("passed").numel() > 0}
         real_passed = self.real_plausibility.per_sample().cpu().numpy()

@@ -60,3 +60,38 @@ def test_models_without_a_head_are_skipped(tiny_bundle: Path, slices) -> None:
     assert diagnostic.compute() == {}
     with pytest.raises(ValueError, match="no anatomy head"):
         head_dice_by_timestep(baseline, *slices)
+
+
+def test_reconstruction_consistency_is_head_vs_judge_on_the_decoded_latents(tiny_bundle: Path, slices) -> None:
+    """With a judge, the t = 0 head mask is compared with the judge's mask of the reconstruction:
+    a judge that returns the head's own mask gives 1, and a judge is called on decoded images."""
+    torch.manual_seed(0)
+    pipeline = AnatomicalLDMTask(autoencoder=str(tiny_bundle), **ldm_args()).pipeline.eval()
+    images, masks, subjects, positions = slices
+    with torch.no_grad():  # t = 0 as the diagnostic's: the posterior mean with the slice's own noise at t = 0
+        latents = pipeline.autoencoder.encode(images)[0] * pipeline.scale_factor
+        latents = pipeline.train_scheduler.add_noise(latents, slice_noise(subjects, positions, latents.shape[1:]),
+                                                     torch.zeros(6, dtype=torch.long))
+        head = pipeline.denoiser(latents, torch.zeros(6, dtype=torch.long), mask_size=(32, 32)).anatomy_logits.argmax(1)
+        reconstructions = pipeline.decode(latents)
+    seen = []
+
+    def judge_returning(labels: torch.Tensor):
+        def judge(batch: torch.Tensor) -> torch.Tensor:
+            seen.append(batch)
+            return labels
+        return judge
+
+    names = pipeline.class_names
+    agreeing = HeadDice({"m": pipeline}, names, ["s0", "s1", "s2"], "cpu", timesteps=(0, 50), judge=judge_returning(head))
+    agreeing.update(images, masks, subjects, positions)
+    ceiling = agreeing.reconstruction_consistency()["m"]
+    assert torch.allclose(seen[0], reconstructions) and len(seen) == 1  # the decoded latents, at t = 0 only
+    assert ceiling["pooled"] == pytest.approx(1.0)
+    assert all(ceiling[c] == pytest.approx(1.0) for c in names[1:] if (head == names.index(c)).any())
+    other = torch.where(head == 1, 0, 1)  # the judge disagrees on class 1 everywhere
+    disagreeing = HeadDice({"m": pipeline}, names, ["s0", "s1", "s2"], "cpu", timesteps=(0,), judge=judge_returning(other))
+    disagreeing.update(images, masks, subjects, positions)
+    assert disagreeing.reconstruction_consistency()["m"][names[1]] == pytest.approx(0.0)
+    assert HeadDice({"m": pipeline}, names, ["s0"], "cpu", timesteps=(50,), judge=judge_returning(head)
+                    ).reconstruction_consistency() == {}  # no t = 0, no ceiling
