@@ -2,6 +2,7 @@
 
     python benchmarks/screen_quickstart.py autoencoder runs/quickstart/vae/export [more bundles ...]
     python benchmarks/screen_quickstart.py ldm runs/quickstart/ldm/tensorboard/version_0/pipeline [...]
+    python benchmarks/screen_quickstart.py judge runs/quickstart/segmenter/checkpoints/last.ckpt [...]
 
 Both use a judge and the plausibility rules of one evaluation run (``--judge``, ``--rules``;
 default: the quickstart's, so run ``make quickstart`` first) on the quickstart's data
@@ -12,6 +13,10 @@ default: the quickstart's, so run ``make quickstart`` first) on the quickstart's
   autoencoder), their PSNR, and the judge's Dice per class on them against the slices' ground
   truth (how much anatomy survives the autoencoder: it bounds both the plausibility of samples
   and the head-vs-judge self-consistency; the judge's Dice on the real slices is printed beside it);
+- ``judge``: which rules the real test slices fail, with the judge's labels (the gate's real pass
+  rate) and with their ground-truth masks (what the rules alone reject): the judge's share of the
+  gate's margin (the rules of ``--rules`` were calibrated on the evaluation's own judge: for
+  another judge checkpoint the evaluation would calibrate its own);
 - ``ldm``: the share of ``--samples`` samples (seeds 0..N-1, the pipeline's sampler) that pass,
   with a normal-approximation 95 % half-width; for a model with a head, the self-consistency
   Dice per class (head vs judge on the samples, :class:`~anatldm.metrics.SelfConsistencyDice`)
@@ -65,6 +70,17 @@ def screen_autoencoder(path: str, judge, rules: AnatomyRules, images: torch.Tens
             "judge_dice_real": judge_dice(judge, images, masks, class_names)}
 
 
+def screen_judge(path: str, rules: AnatomyRules, images: torch.Tensor, masks: torch.Tensor) -> dict:
+    judge = load_task(SegmenterTask, path, "judge").eval()
+    labels = torch.cat([judge(images[s:s + 64]).argmax(1) for s in range(0, len(images), 64)])
+    row = {"model": path, "slices": len(images)}
+    for name, label_maps in (("judge_labels", labels), ("ground_truth", masks)):
+        passed, violations = rules.check_batch(label_maps)
+        row[name] = {"pass_rate": round(float(passed.mean()), 3),
+                     "failures_by_rule": {rule: int(v.sum()) for rule, v in violations.items() if v.sum() > 0}}
+    return row
+
+
 def screen_ldm(path: str, judge, rules: AnatomyRules, samples: int, real: tuple | None, batch: int = 64) -> dict:
     pipeline = AnatomicalLDMPipeline.from_pretrained(path).eval()
     passed, consistency = [], SelfConsistencyDice(len(pipeline.class_names))
@@ -90,8 +106,8 @@ def screen_ldm(path: str, judge, rules: AnatomyRules, samples: int, real: tuple 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=["autoencoder", "ldm"])
-    parser.add_argument("models", nargs="+", help="autoencoder export bundles, or exported LDM pipelines")
+    parser.add_argument("what", choices=["autoencoder", "ldm", "judge"])
+    parser.add_argument("models", nargs="+", help="autoencoder export bundles, exported LDM pipelines, or judge checkpoints")
     parser.add_argument("--judge", type=Path, default=QUICKSTART / "segmenter" / "checkpoints" / "last.ckpt")
     parser.add_argument("--rules", type=Path, default=QUICKSTART / "eval" / "rules.json")
     parser.add_argument("--data-config", type=Path, default=ROOT / "configs" / "quickstart" / "vae.yaml")
@@ -103,8 +119,12 @@ def main() -> None:
     rules = AnatomyRules.from_dict(json.loads(args.rules.read_text(encoding="utf-8")))
     real = real_test_slices(args.data_config)
     for model in args.models:
-        row = (screen_autoencoder(model, judge, rules, real[0], real[1]) if args.what == "autoencoder"
-               else screen_ldm(model, judge, rules, args.samples, real))
+        if args.what == "autoencoder":
+            row = screen_autoencoder(model, judge, rules, real[0], real[1])
+        elif args.what == "judge":
+            row = screen_judge(model, rules, real[0], real[1])
+        else:
+            row = screen_ldm(model, judge, rules, args.samples, real)
         line = json.dumps(row)
         print(line, flush=True)
         if args.out is not None:
