@@ -37,9 +37,10 @@ TIMES="$RUNS/stage_times.txt"
 [[ -f "$TIMES" ]] || : > "$TIMES"
 START=$SECONDS
 
-stage() {  # stage NAME OUTPUT COMMAND...
+stage() {  # stage NAME OUTPUT COMMAND...: skipped when OUTPUT exists and TIMES records the stage as finished
+  # (a fit killed at a session's end leaves its last.ckpt, but no line in TIMES: it is run again)
   local name="$1" output="$2"; shift 2
-  if [[ -e "$output" ]]; then
+  if [[ -e "$output" ]] && grep -q "^$name " "$TIMES"; then
     echo "==> [$name] skipped: $output exists (FORCE=1 redoes everything)"
     return
   fi
