@@ -73,15 +73,20 @@ drain() {
 
 seed_config() {  # seed_config TEMPLATE SEED -> path of the template's copy for that training seed
   local out="$RUNS/configs/$(basename "$1" .yaml)_seed$2.yaml"
-  sed -e "s/_seed0/_seed$2/g" -e "s/^seed_everything: 0$/seed_everything: $2/" "$1" > "$out"
+  sed -e "s/_seed0/_seed$2/g" -e "s/^seed_everything: 0$/seed_everything: $2/" ${V1_EDIT[@]+"${V1_EDIT[@]}"} "$1" > "$out"
   echo "$out"
 }
 
 # The first claim's autoencoder had no domain perceptual loss (claim v2 adopted it by the amendment of
 # 2026-12-07 in configs/claim/README.md): CLAIM=v1 switches it off, so the first claim stays reproducible.
+# Likewise the claim-size register arms gained the quickstart's image-resolution head and every arm cached latents
+# (amendment of 2026-12-07 15:40 UTC): CLAIM=v1 fits its two arms from copies without those lines.
 AUTOENCODER_OPTIONS=()
+V1_EDIT=()
 case "$CLAIM" in
-  v1) EVAL_CONFIG="$CONFIGS/eval.yaml"; AUTOENCODER_OPTIONS=(--model.init_args.anatomy_perceptual.weight 0) ;;
+  v1) EVAL_CONFIG="$CONFIGS/eval.yaml"; AUTOENCODER_OPTIONS=(--model.init_args.anatomy_perceptual.weight 0)
+      V1_EDIT=(-e '/^ *output_stride: 2 /d' -e '/^ *image_features: true /d' -e '/^ *refine_steps: 250 /d'
+               -e '/^ *cache_latents: true /d') ;;
   v2) EVAL_CONFIG="$CONFIGS/eval_v2.yaml" ;;
   *) echo "CLAIM must be v1 or v2, got '$CLAIM'" >&2; exit 2 ;; esac
 # v1 and v2 share the run folder's stages (the register LDM is both claims' literal arm) but not their
