@@ -80,7 +80,7 @@ seed_config() {  # seed_config TEMPLATE SEED -> path of the template's copy for 
 # The first claim's autoencoder had no domain perceptual loss (claim v2 adopted it by the amendment of
 # 2026-12-07 in configs/claim/README.md): CLAIM=v1 switches it off, so the first claim stays reproducible.
 # Likewise the claim-size register arms gained the quickstart's image-resolution head and every arm cached latents
-# (amendment of 2026-12-07 15:40 UTC): CLAIM=v1 fits its two arms from copies without those lines.
+# (amendment of 2026-12-07 15:24 UTC): CLAIM=v1 fits its two arms from copies without those lines.
 AUTOENCODER_OPTIONS=()
 V1_EDIT=()
 case "$CLAIM" in
