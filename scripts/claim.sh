@@ -10,11 +10,11 @@
 #   make claim CLAIM=v1   # the first claim, as it was run
 #   make claim FORCE=1    # redoes every stage
 #   make claim HALF=0     # (v1) without the 50 %-of-training evaluation
-#   make claim FRACTIONS=0  # (v2) without the plausibility-vs-training-fraction evaluation (25 %, 50 %, 75 %, 100 %, unguided)
+#   make claim FRACTIONS=0  # (v2) without the plausibility-vs-training-fraction evaluation (25 %, 50 %, 100 %, unguided)
 #   CONFIGS=configs/claim/quickstart RUNS=runs/claim_quickstart make claim   # claim v2 at quickstart size
 #   make claim EXTRA_ARMS=1  # also the optional arms: head only (denoiser.registers.num_registers 0, anatomy_loss.weight 2)
 #                            # and registers only (denoiser.registers.num_registers 16, anatomy_loss.weight 0), 3 seeds each,
-#                            # evaluated beside the two main arms (report: runs/claim/extra/)
+#                            # evaluated beside the two main arms, unguided with the claim's sampler (report: runs/claim/extra/)
 # Other sizes reuse this script with a config folder of the same file names whose paths point
 # into RUNS (scripts/device_check.py writes one for the GPU-size claim):
 #   CONFIGS=folder RUNS=folder SEEDS="0 1 2" JOBS=6 bash scripts/claim.sh
@@ -117,7 +117,7 @@ if [[ "$CLAIM" == v2 ]]; then
   REPORT="$RUNS/v2"
   if [[ "$FRACTIONS" != 0 ]]; then  # plausibility against training fraction, every arm unguided
     python scripts/fraction_config.py "$CONFIGS/eval_v2.yaml" "$RUNS/configs/eval_fractions.yaml" \
-      --fractions 0.25 0.50 0.75 --out-dir "$RUNS/fractions"
+      --fractions 0.25 0.50 --out-dir "$RUNS/fractions"  # the fractions every arm's config writes
     stage fractions "$RUNS/fractions/report.md" anatldm test --config "$RUNS/configs/eval_fractions.yaml"
   fi
 else  # the first claim
@@ -140,15 +140,19 @@ if [[ "$EXTRA_ARMS" != 0 ]]; then  # the optional arms: what each half of the me
       config="$RUNS/configs/ldm_${arm}_seed$s.yaml"
       sed -e "s#$RUNS/ldm_seed0#$RUNS/ldm_${arm}_seed$s#g" -e "s/^seed_everything: 0$/seed_everything: $s/" \
         "$CONFIGS/ldm.yaml" > "$config"
-      stage "ldm_${arm}_seed$s" "$RUNS/ldm_${arm}_seed$s/checkpoints/last.ckpt" anatldm fit --config "$config" "${opts[@]}"
+      background "ldm_${arm}_seed$s" "$RUNS/ldm_${arm}_seed$s/checkpoints/last.ckpt" anatldm fit --config "$config" "${opts[@]}"
     done
   done
-  python - "$RUNS" "$CONFIGS" "${SEEDS[@]}" <<'PY'
+  drain
+  python - "$RUNS" "$CONFIGS" "$EVAL_CONFIG" "${SEEDS[@]}" <<'PY'
 import sys
 import yaml
-runs, configs, *seeds = sys.argv[1:]
+runs, configs, eval_config, *seeds = sys.argv[1:]
 config = yaml.safe_load(open(f"{configs}/eval.yaml"))
 args = config["model"]["init_args"]
+# the claim's own sampler (claim v2: DPM-Solver++ SDE 20 steps), every arm unguided
+sampling = yaml.safe_load(open(eval_config))["model"]["init_args"]
+args.update(sampler=sampling["sampler"], num_inference_steps=sampling["num_inference_steps"])
 for arm in ("head_only", "registers_only"):
     args["generators"][arm] = [f"{runs}/ldm_{arm}_seed{s}/checkpoints/last.ckpt" for s in seeds]
 args["output_dir"] = config["trainer"]["default_root_dir"] = f"{runs}/extra"
