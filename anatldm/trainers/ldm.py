@@ -238,12 +238,14 @@ class AnatomicalLDMTask(AnatomyTask):
         self.trainer.strategy.barrier("pipeline_export")
 
     def _clean_training_batches(self) -> Iterator[tuple[Tensor, Tensor]]:
-        """``(latents, masks)`` of the training data, epoch after epoch: posterior samples, scaled."""
+        """``(latents, masks)`` of the training data, epoch after epoch: posterior samples, scaled, in
+        the weights' dtype (moments cached under bf16-mixed autocast are bf16; the refinement runs after it)."""
+        dtype = next(self.denoiser.parameters()).dtype
         while True:
             for batch in self.trainer.train_dataloader:
                 batch = {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
                 z_mu, z_sigma = ldm_stage.posterior_moments(batch, self.autoencoder, self.posterior_cache)
-                yield (z_mu + z_sigma * torch.randn_like(z_mu)) * self.scale_factor, batch["mask"]
+                yield ((z_mu + z_sigma * torch.randn_like(z_mu)) * self.scale_factor).to(dtype), batch["mask"]
 
     def _write_head_into_last_checkpoints(self) -> None:
         """The refined head into every ``last.ckpt`` of the run (their weights and, for resuming,
