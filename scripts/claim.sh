@@ -144,7 +144,7 @@ if [[ "$EXTRA_ARMS" != 0 ]]; then  # the optional arms: what each half of the me
       esac
       config="$RUNS/configs/ldm_${arm}_seed$s.yaml"
       sed -e "s#$RUNS/ldm_seed0#$RUNS/ldm_${arm}_seed$s#g" -e "s/^seed_everything: 0$/seed_everything: $s/" \
-        "$CONFIGS/ldm.yaml" > "$config"
+        ${V1_EDIT[@]+"${V1_EDIT[@]}"} "$CONFIGS/ldm.yaml" > "$config"  # CLAIM=v1: the same recipe as its two arms
       background "ldm_${arm}_seed$s" "$RUNS/ldm_${arm}_seed$s/checkpoints/last.ckpt" anatldm fit --config "$config" "${opts[@]}"
     done
   done
