@@ -1,6 +1,7 @@
-"""How much do the registers change the noise prediction? (claim v2's located-cause diagnostic)
+"""How much does a guide change the noise prediction? (claim v2's located-cause diagnostic)
 
     python scripts/register_effect.py CHECKPOINT [CHECKPOINT ...] [--timesteps 50 200 500 800] [--out FILE.json]
+    python scripts/register_effect.py CHECKPOINT [...] --guide-fraction 0.25    # autoguidance's guide instead
 
 For real test slices of the checkpoint's own data (the split it was trained beside), encoded by
 its autoencoder and noised to each timestep ``t`` (the training scheduler, fixed noise), prints
@@ -9,7 +10,11 @@ the relative change of the noise prediction when the register path is switched o
     e(t) = mean_i ||eps(z_t; R) - eps(z_t; no registers)|| / ||eps(z_t; R)||,
 
 the quantity register guidance amplifies by ``w - 1``. ``e`` near 0 means the registers do not
-take part in sampling, whatever their training did. A baseline (no bank) is refused.
+take part in sampling, whatever their training did. A baseline (no bank) is refused. With
+``--guide-fraction f`` the other prediction is autoguidance's guide instead, the run's
+``fraction-f.ckpt`` beside the checkpoint (any LDM, the baseline included): ``e`` is then the
+size of what autoguidance amplifies, and ``agreement`` (the cosine between ``eps - eps_guide``
+and ``eps_true - eps_guide``, the true noise) says whether it points towards the truth.
 """
 
 from __future__ import annotations
@@ -29,11 +34,19 @@ from anatldm.trainers import AnatomicalLDMTask  # noqa: E402
 
 
 @torch.no_grad()
-def register_effect(checkpoint: str, timesteps: list[int], max_slices: int = 128, cache_dir: str = ".cache/anatldm") -> dict:
+def register_effect(checkpoint: str, timesteps: list[int], max_slices: int = 128, cache_dir: str = ".cache/anatldm",
+                    guide_fraction: float | None = None) -> dict:
     task = AnatomicalLDMTask.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True).eval()
     pipeline = task.pipeline
-    if pipeline.denoiser.registers is None:
-        raise SystemExit(f"{checkpoint}: no register bank (a baseline)")
+    guide = None
+    if guide_fraction is not None:
+        guide_path = Path(checkpoint).parent / f"fraction-{guide_fraction:.2f}.ckpt"
+        if not guide_path.is_file():
+            raise SystemExit(f"{checkpoint}: no autoguidance guide {guide_path} beside it")
+        guide = AnatomicalLDMTask.load_from_checkpoint(guide_path, map_location="cpu", weights_only=True).eval()
+        guide = guide.pipeline.denoiser
+    elif pipeline.denoiser.registers is None:
+        raise SystemExit(f"{checkpoint}: no register bank (a baseline); --guide-fraction measures autoguidance")
     stored = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)["datamodule_hyper_parameters"]
     settings = {k: v for k, v in stored.items() if not k.startswith("_")}
     data = AnatomyDataModule(**{**settings, "cache_dir": cache_dir, "augment": False, "num_workers": 0})
@@ -43,15 +56,19 @@ def register_effect(checkpoint: str, timesteps: list[int], max_slices: int = 128
     latents = pipeline.autoencoder.encode(images)[0] * pipeline.scale_factor  # posterior mean
     generator = torch.Generator().manual_seed(0)
     noise = torch.randn(latents.shape, generator=generator)
-    out = {}
+    out, agreement = {}, {}
     for t in timesteps:
         steps = torch.full((len(latents),), t, dtype=torch.long)
         noisy = pipeline.train_scheduler.add_noise(latents, noise, steps)
-        with_registers = pipeline.denoiser(noisy, steps).sample
-        without = pipeline.denoiser(noisy, steps, use_registers=False).sample
-        change = (with_registers - without).flatten(1).norm(dim=1) / with_registers.flatten(1).norm(dim=1).clamp_min(1e-12)
+        eps = pipeline.denoiser(noisy, steps).sample  # (N, C, h, w)
+        other = guide(noisy, steps).sample if guide is not None else \
+            pipeline.denoiser(noisy, steps, use_registers=False).sample
+        change = (eps - other).flatten(1).norm(dim=1) / eps.flatten(1).norm(dim=1).clamp_min(1e-12)
         out[str(t)] = float(change.mean())
-    return {"checkpoint": checkpoint, "relative_change_by_t": out, "num_slices": len(indices),
+        cosine = torch.nn.functional.cosine_similarity((eps - other).flatten(1), (noise - other).flatten(1), dim=1)
+        agreement[str(t)] = float(cosine.mean())
+    return {"checkpoint": checkpoint, "guide": f"fraction-{guide_fraction:.2f}" if guide is not None else "no registers",
+            "relative_change_by_t": out, "agreement_by_t": agreement, "num_slices": len(indices),
             "register_dropout": float(task.denoiser_config.registers.dropout)}
 
 
@@ -60,15 +77,19 @@ def main(argv=None) -> None:
     parser.add_argument("checkpoints", nargs="+")
     parser.add_argument("--timesteps", type=int, nargs="+", default=[50, 200, 500, 800])
     parser.add_argument("--max-slices", type=int, default=128)
+    parser.add_argument("--guide-fraction", type=float, default=None,
+                        help="compare with autoguidance's guide, the run's fraction-F.ckpt, not the register path")
     parser.add_argument("--out", default=None, help="write the rows as JSON here")
     args = parser.parse_args(argv)
-    rows = [register_effect(c, args.timesteps, args.max_slices) for c in args.checkpoints]
+    rows = [register_effect(c, args.timesteps, args.max_slices, guide_fraction=args.guide_fraction)
+            for c in args.checkpoints]
     for row in rows:
-        print(f"{row['checkpoint']}: dropout {row['register_dropout']:g}; " +
-              ", ".join(f"t={t}: {v:.4f}" for t, v in row["relative_change_by_t"].items()))
+        print(f"{row['checkpoint']} vs {row['guide']}: " +
+              ", ".join(f"t={t}: {v:.4f} (agreement {row['agreement_by_t'][t]:+.3f})"
+                        for t, v in row["relative_change_by_t"].items()))
     if args.out:
         write_text_atomic(args.out, json.dumps({"command": "python scripts/register_effect.py " + " ".join(
-            args.checkpoints), "rows": rows}, indent=1))
+            argv if argv is not None else sys.argv[1:]), "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":
