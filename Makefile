@@ -10,9 +10,11 @@ HALF ?= 1
 CLAIM ?= v2
 FRACTIONS ?= 1
 EXTRA_ARMS ?= 0
-VARIANTS ?= fixes timestep read_write attention
-SEEDS ?= 0 1
-SAMPLES ?= 500
+ABLATION ?= v2
+JOBS ?= 1
+VARIANTS ?=
+SEEDS ?=
+SAMPLES ?=
 TAG ?=
 COMBINED ?=
 DRY_RUN ?=
@@ -39,9 +41,11 @@ quickstart: $(STAMP)
 claim: $(STAMP)
 	FORCE=$(FORCE) CLAIM=$(CLAIM) FRACTIONS=$(FRACTIONS) HALF=$(HALF) EXTRA_ARMS=$(EXTRA_ARMS) PATH="$(abspath $(BIN)):$$PATH" bash scripts/claim.sh
 
+# the ablation v2 at claim size (scripts/ablation_v2.sh; JOBS=2 fits two at a time); ABLATION=v1: the first one
+# (scripts/ablation.sh). Empty VARIANTS, SEEDS, SAMPLES: each script's defaults.
 ablation: $(STAMP)
-	VARIANTS="$(VARIANTS)" SEEDS="$(SEEDS)" SAMPLES="$(SAMPLES)" TAG="$(TAG)" COMBINED="$(COMBINED)" \
-	  PATH="$(abspath $(BIN)):$$PATH" bash scripts/ablation.sh
+	VARIANTS="$(VARIANTS)" SEEDS="$(SEEDS)" SAMPLES="$(SAMPLES)" TAG="$(TAG)" COMBINED="$(COMBINED)" JOBS="$(JOBS)" \
+	  FORCE=$(FORCE) PATH="$(abspath $(BIN)):$$PATH" bash scripts/$(if $(filter v1,$(ABLATION)),ablation.sh,ablation_v2.sh)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
