@@ -273,8 +273,12 @@ def markdown_report(report: dict, metrics: dict) -> str:
     dice = ", ".join(f"{k} {v:.3f}" for k, v in gate["judge_dice"].items())
     floor = report.get("real_floor", {})
     per_slice = ", ".join(f"{k} {v:.3f}" for k, v in report["real_test"].get("segmenter_dice_per_slice", {}).items())
+    reconstructions = ", ".join(f"{k} {v:.3f}" for k, v in
+                                report["real_test"].get("segmenter_dice_reconstructions", {}).items())
     lines += ["", f"Judge Dice on real test slices, per subject (gate >= {gate['thresholds']['min_judge_dice']}): "
                   f"{dice}; slice-wise mean: {per_slice or '–'}.",
+              f"Judge Dice on the autoencoder's reconstructions of the same slices, per subject (what a mask "
+              f"read from a latent reaches with this judge): {reconstructions or '–'}.",
               f"Real-vs-real floor (training vs test slices, judge features): FID {_cell(floor.get('fid'))}, "
               f"KID {_cell(floor.get('kid'))}.",
               f"Rules: {report['rules_source']}.", ""]

@@ -201,6 +201,8 @@ class EvaluationTask(AnatomyTask):
         self.real_plausibility = PlausibilityRate(self.rules).to(self.device)
         self.controls = {name: PlausibilityRate(self.rules).to(self.device) for name in results.CONTROLS}
         self.real_slices = slices.RealSlices(self.class_names, datamodule.cache.subject_names, self.device)
+        # the judge on the autoencoder's reconstructions of the same slices: what a mask read from a latent can reach
+        self.reconstruction_overlap = slices.CaseOverlap(self.class_names, datamodule.cache.subject_names, self.device)
         self.head_dice = HeadDice({name: self.model(name) for names in self.arms.values() for name in names},
                                   self.class_names, datamodule.cache.subject_names, self.device, judge=self.segment)
         self.protocol = EvaluationProtocol(hp, self.rules, self.class_names, self.segment, self._new_kid,
@@ -218,7 +220,9 @@ class EvaluationTask(AnatomyTask):
             self.controls["flipped"].update(self.segment(flip_left_right(images[lateral])))
         generator = next(iter(self.generators.values()))  # every generator shares the autoencoder
         latents = generator.autoencoder.encode(images)[0] * generator.scale_factor  # posterior mean
-        self.controls["reconstructed"].update(self.segment(generator.decode(latents)))
+        reconstructed = self.segment(generator.decode(latents))
+        self.controls["reconstructed"].update(reconstructed)
+        self.reconstruction_overlap.update(reconstructed, batch["mask"], batch["subject"])
         self.real_slices.append(images, masks, batch["subject"], batch["position"])
         self.head_dice.update(images, batch["mask"], batch["subject"], batch["position"])
 
@@ -232,6 +236,7 @@ class EvaluationTask(AnatomyTask):
         ceiling = self.ceiling_dice.compute()  # (C - 1,)
         per_slice = {name: float(ceiling[c - 1]) for c, name in enumerate(self.class_names) if c > 0}
         judge_dice = self.real_slices.case_dice()
+        judge_dice_reconstructions = self.reconstruction_overlap.case_dice()
         real, train_features = self.protocol.real_record(real_images, real_masks)
         num_samples = hp.num_samples or self.num_test_slices
         records, kept = self.protocol.sample_models(
@@ -255,6 +260,7 @@ class EvaluationTask(AnatomyTask):
                               getattr(self.trainer.datamodule, "content_hash", None),
                               time.monotonic() - self._start_time, records, real, train_features, judge_dice,
                               per_slice, real_passed, control_rates, num_samples)
+        report["real_test"]["segmenter_dice_reconstructions"] = judge_dice_reconstructions
         if edits:
             report["edits"] = edits
         results.write_report(hp.output_dir, report, self.rules, kept, self.class_names, hp.seed, self.trainer.world_size)
