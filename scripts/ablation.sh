@@ -51,7 +51,7 @@ for variant in $VARIANTS; do
     [[ "$variant" == literal ]] && continue
     out="$RUNS/configs/${variant}_seed$s.yaml"
     sed -e "s#runs/claim/ldm_seed0#$RUNS/${variant}_seed$s#g" -e "s/^seed_everything: 0$/seed_everything: $s/" \
-      configs/claim/ldm.yaml > "$out"
+      -f scripts/claim_v1.sed configs/claim/ldm.yaml > "$out"  # the first claim's recipe
     # shellcheck disable=SC2086
     stage "${variant}_seed$s" "$RUNS/${variant}_seed$s/checkpoints/last.ckpt" anatldm fit --config "$out" $opts
   done

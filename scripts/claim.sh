@@ -57,8 +57,7 @@ AUTOENCODER_OPTIONS=()
 V1_EDIT=()
 case "$CLAIM" in
   v1) EVAL_CONFIG="$CONFIGS/eval.yaml"; AUTOENCODER_OPTIONS=(--model.init_args.anatomy_perceptual.weight 0)
-      V1_EDIT=(-e '/^ *output_stride: 2 /d' -e '/^ *image_features: true /d' -e '/^ *refine_steps: 250 /d'
-               -e '/^ *cache_latents: true /d') ;;
+      V1_EDIT=(-f scripts/claim_v1.sed) ;;
   v2) EVAL_CONFIG="$CONFIGS/eval_v2.yaml" ;;
   *) echo "CLAIM must be v1 or v2, got '$CLAIM'" >&2; exit 2 ;; esac
 # v1 and v2 share the run folder's stages (the register LDM is both claims' literal arm) but not their
