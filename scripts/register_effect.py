@@ -14,7 +14,10 @@ take part in sampling, whatever their training did. A baseline (no bank) is refu
 ``--guide-fraction f`` the other prediction is autoguidance's guide instead, the run's
 ``fraction-f.ckpt`` beside the checkpoint (any LDM, the baseline included): ``e`` is then the
 size of what autoguidance amplifies, and ``agreement`` (the cosine between ``eps - eps_guide``
-and ``eps_true - eps_guide``, the true noise) says whether it points towards the truth.
+and ``eps_true - eps_guide``, the true noise) says whether it points towards the truth. A model
+with anatomy-conditioned registers is conditioned as in sampling, on its own head's soft mask of
+the same noisy latent, and ``conditioning_change_by_t`` is the same ratio with that condition
+replaced by zeros (the first sampling step's): how much the registers respond to the sample.
 """
 
 from __future__ import annotations
@@ -56,19 +59,27 @@ def register_effect(checkpoint: str, timesteps: list[int], max_slices: int = 128
     latents = pipeline.autoencoder.encode(images)[0] * pipeline.scale_factor  # posterior mean
     generator = torch.Generator().manual_seed(0)
     noise = torch.randn(latents.shape, generator=generator)
-    out, agreement = {}, {}
+    denoiser = pipeline.denoiser
+    conditioned = getattr(denoiser, "anatomy_conditioner", None) is not None
+    out, agreement, conditioning = {}, {}, {}
     for t in timesteps:
         steps = torch.full((len(latents),), t, dtype=torch.long)
         noisy = pipeline.train_scheduler.add_noise(latents, noise, steps)
-        eps = pipeline.denoiser(noisy, steps).sample  # (N, C, h, w)
+        unconditioned = denoiser(noisy, steps)
+        anatomy = torch.softmax(unconditioned.anatomy_logits.float(), dim=1) if conditioned else None
+        eps = denoiser(noisy, steps, anatomy=anatomy).sample if conditioned else unconditioned.sample  # (N, C, h, w)
+        if conditioned:
+            conditioning[str(t)] = float(((eps - unconditioned.sample).flatten(1).norm(dim=1)
+                                          / eps.flatten(1).norm(dim=1).clamp_min(1e-12)).mean())
         other = guide(noisy, steps).sample if guide is not None else \
-            pipeline.denoiser(noisy, steps, use_registers=False).sample
+            denoiser(noisy, steps, anatomy=anatomy, use_registers=False).sample
         change = (eps - other).flatten(1).norm(dim=1) / eps.flatten(1).norm(dim=1).clamp_min(1e-12)
         out[str(t)] = float(change.mean())
         cosine = torch.nn.functional.cosine_similarity((eps - other).flatten(1), (noise - other).flatten(1), dim=1)
         agreement[str(t)] = float(cosine.mean())
     return {"checkpoint": checkpoint, "guide": f"fraction-{guide_fraction:.2f}" if guide is not None else "no registers",
             "relative_change_by_t": out, "agreement_by_t": agreement, "num_slices": len(indices),
+            **({"conditioning_change_by_t": conditioning} if conditioned else {}),
             "register_dropout": float(task.denoiser_config.registers.dropout)}
 
 
@@ -86,7 +97,9 @@ def main(argv=None) -> None:
     for row in rows:
         print(f"{row['checkpoint']} vs {row['guide']}: " +
               ", ".join(f"t={t}: {v:.4f} (agreement {row['agreement_by_t'][t]:+.3f})"
-                        for t, v in row["relative_change_by_t"].items()))
+                        for t, v in row["relative_change_by_t"].items())
+              + ("; conditioning: " + ", ".join(f"t={t}: {v:.4f}" for t, v in row["conditioning_change_by_t"].items())
+                 if "conditioning_change_by_t" in row else ""))
     if args.out:
         write_text_atomic(args.out, json.dumps({"command": "python scripts/register_effect.py " + " ".join(
             argv if argv is not None else sys.argv[1:]), "rows": rows}, indent=1))
