@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The recipe ablation (configs/ablation/README.md, pre-registered): register-arm variants of the
 # claim's LDM, each judged by the claim harness against the claim's shared baseline arm.
-#   make ablation                                  # the screen: every variant, seeds 0 1, 500 samples
-#   make ablation VARIANTS=attention SEEDS="0 1 2" SAMPLES=1000 TAG=_confirm   # a full confirmation
+#   make ablation ABLATION=v1                      # the screen: every variant, seeds 0 1, 500 samples
+#   make ablation ABLATION=v1 VARIANTS=attention SEEDS="0 1 2" SAMPLES=1000 TAG=_confirm   # a full confirmation
+# Its variants are copies of the first claim's register arm (scripts/claim_v1.sed); its models need the first
+# claim's (make claim CLAIM=v1).
 # Needs the claim's autoencoder, judge and baseline LDMs (make claim, or its first stages).
 # Writes runs/ablation/<variant><TAG>/report.{json,md} and docs/results/ablation/<variant><TAG>.json.
 set -euo pipefail
