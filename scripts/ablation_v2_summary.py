@@ -16,14 +16,14 @@ import json
 from pathlib import Path
 
 from anatldm.atomic import write_text_atomic
+from anatldm.evaluation.report import ClaimCriteria, claim_verdict
 
 #: the pre-registered rule (configs/ablation/README.md, 2026-12-07 18:25 UTC)
 MIN_POINTS = 0.05            # an option helps: its variant's change exceeds its parent's by 5 points
 MAX_KID_RATIO_TO_PARENT = 1.10
 MIN_MEMORISATION_CHANGE = -0.10
 MAX_DIVERSITY_RATIO = 1.10
-CLAIM_MIN_GAIN = 0.115       # a claim v3 candidate: the claim's own criteria, unguided
-CLAIM_MAX_KID_RATIO = 1.10
+# a claim v3 candidate: the claim's own criteria (ClaimCriteria's defaults: gain >= +11.5 %, KID ratio <= 1.10), unguided
 
 
 def arm_summary(report: dict, arm: str) -> dict:
@@ -57,16 +57,6 @@ def option_verdict(variant: dict, parent: dict) -> dict:
             "checks": checks, "helps": all(checks.values())}
 
 
-def claim_candidate(arm: dict) -> dict:
-    """The claim's own criteria against the compute-matched baseline (here unguided)."""
-    pairs = arm["pairs"]
-    checks = {"primary_gain": arm["change"]["value"] >= CLAIM_MIN_GAIN,
-              "interval_excludes_0": arm["change"]["low"] > 0,
-              "same_sign_every_pair": bool(pairs) and all(p > 0 for p in pairs),
-              "kid_ratio": arm["kid_ratio"] <= CLAIM_MAX_KID_RATIO}
-    return {"checks": checks, "candidate": all(checks.values())}
-
-
 def summarise(report: dict, variants: list[str], parents: list[str]) -> dict:
     arms = {name: arm_summary(report, name) for name in report["arms"] if name != report["baseline"]}
     options = {}
@@ -85,7 +75,8 @@ def summarise(report: dict, variants: list[str], parents: list[str]) -> dict:
         "reference_plausibility": report["arms"][report["baseline"]]["pooled"]["plausibility_rate"],
         "arms": arms,
         "options": options,
-        "claim_v3_candidates": {name: claim_candidate(arm) for name, arm in arms.items()},
+        "claim_v3_candidates": {name: claim_verdict(ClaimCriteria(arm=name), report["baseline"], report["arms"],
+                                                    report["gate"]["passed"]) for name in arms},
         "evaluation_wall_time_s": report.get("evaluation_wall_time_s"),
     }
 
@@ -117,7 +108,7 @@ def markdown(summary: dict) -> str:
             f"{_pct(change['high'])}] | {', '.join(_pct(p) for p in arm['pairs'])} | {arm['kid_ratio']:.2f} | "
             f"{arm['diversity_ratio']:.3f} | {_pct(arm['memorisation_change'])} | "
             f"{'-' if consistency is None else f'{consistency:.3f}'} | "
-            f"{'yes' if summary['claim_v3_candidates'][name]['candidate'] else 'no'} |")
+            f"{'yes' if summary['claim_v3_candidates'][name]['met'] else 'no'} |")
     lines += ["", "| option | variant vs parent | points vs parent (>= +5) | KID ratio vs parent (<= 1.10) "
               "| guards | helps |", "|---|---|---|---|---|---|"]
     for name, option in summary["options"].items():
@@ -126,7 +117,7 @@ def markdown(summary: dict) -> str:
         lines.append(f"| {name} | {option['variant']} vs {option['parent']} | {option['points_vs_parent'] * 100:+.1f} "
                      f"| {option['kid_ratio_vs_parent']:.2f} | {guards} | {'yes' if option['helps'] else 'no'} |")
     helped = [name for name, option in summary["options"].items() if option["helps"]]
-    candidates = [name for name, c in summary["claim_v3_candidates"].items() if c["candidate"]]
+    candidates = [name for name, c in summary["claim_v3_candidates"].items() if c["met"]]
     lines += ["", f"Options that help by the rule: {', '.join(helped) if helped else 'none'}. "
               f"Claim v3 candidates: {', '.join(candidates) if candidates else 'none'}."]
     return "\n".join(lines) + "\n"

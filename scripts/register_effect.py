@@ -33,7 +33,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from anatldm.atomic import write_text_atomic  # noqa: E402
 from anatldm.datamodules import AnatomyDataModule  # noqa: E402
+from anatldm.pipelines.guide import load_guide  # noqa: E402
 from anatldm.trainers import AnatomicalLDMTask  # noqa: E402
+
+
+def _relative_change(eps: torch.Tensor, other: torch.Tensor) -> float:
+    """mean_i ||eps_i - other_i|| / ||eps_i|| over a batch ``(N, ...)``."""
+    return float(((eps - other).flatten(1).norm(dim=1) / eps.flatten(1).norm(dim=1).clamp_min(1e-12)).mean())
 
 
 @torch.no_grad()
@@ -46,8 +52,7 @@ def register_effect(checkpoint: str, timesteps: list[int], max_slices: int = 128
         guide_path = Path(checkpoint).parent / f"fraction-{guide_fraction:.2f}.ckpt"
         if not guide_path.is_file():
             raise SystemExit(f"{checkpoint}: no autoguidance guide {guide_path} beside it")
-        guide = AnatomicalLDMTask.load_from_checkpoint(guide_path, map_location="cpu", weights_only=True).eval()
-        guide = guide.pipeline.denoiser
+        guide = load_guide(str(guide_path), pipeline)  # as the sampler loads it: same autoencoder, checked
     elif pipeline.denoiser.registers is None:
         raise SystemExit(f"{checkpoint}: no register bank (a baseline); --guide-fraction measures autoguidance")
     stored = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)["datamodule_hyper_parameters"]
@@ -66,15 +71,14 @@ def register_effect(checkpoint: str, timesteps: list[int], max_slices: int = 128
         steps = torch.full((len(latents),), t, dtype=torch.long)
         noisy = pipeline.train_scheduler.add_noise(latents, noise, steps)
         unconditioned = denoiser(noisy, steps)
-        anatomy = torch.softmax(unconditioned.anatomy_logits.float(), dim=1) if conditioned else None
-        eps = denoiser(noisy, steps, anatomy=anatomy).sample if conditioned else unconditioned.sample  # (N, C, h, w)
-        if conditioned:
-            conditioning[str(t)] = float(((eps - unconditioned.sample).flatten(1).norm(dim=1)
-                                          / eps.flatten(1).norm(dim=1).clamp_min(1e-12)).mean())
+        eps, anatomy = unconditioned.sample, None  # (N, C, h, w)
+        if conditioned:  # as in sampling: the head's soft mask of the same latent
+            anatomy = torch.softmax(unconditioned.anatomy_logits.float(), dim=1)
+            eps = denoiser(noisy, steps, anatomy=anatomy).sample
+            conditioning[str(t)] = _relative_change(eps, unconditioned.sample)
         other = guide(noisy, steps).sample if guide is not None else \
             denoiser(noisy, steps, anatomy=anatomy, use_registers=False).sample
-        change = (eps - other).flatten(1).norm(dim=1) / eps.flatten(1).norm(dim=1).clamp_min(1e-12)
-        out[str(t)] = float(change.mean())
+        out[str(t)] = _relative_change(eps, other)
         cosine = torch.nn.functional.cosine_similarity((eps - other).flatten(1), (noise - other).flatten(1), dim=1)
         agreement[str(t)] = float(cosine.mean())
     return {"checkpoint": checkpoint, "guide": f"fraction-{guide_fraction:.2f}" if guide is not None else "no registers",

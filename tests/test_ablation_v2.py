@@ -48,8 +48,8 @@ def test_rule_applied_to_each_option() -> None:
     assert options["dropout"]["variant"] == "register_v2" and options["dropout"]["parent"] == "balance"
     assert options["dropout"]["points_vs_parent"] == pytest.approx(0.02)
     candidates = summary["claim_v3_candidates"]
-    assert candidates["anatomy"]["candidate"]
-    assert not candidates["v2_anatomy"]["candidate"]  # a negative seed pair, interval spanning 0, KID 3x
+    assert candidates["anatomy"]["met"]
+    assert not candidates["v2_anatomy"]["met"]  # a negative seed pair, interval spanning 0, KID 3x
     assert "Options that help by the rule: anatomy." in summary_module.markdown(summary)
 
 
